@@ -1,0 +1,220 @@
+//! Typed settings for every part of Parley, read once at start.
+//!
+//! Layers, later ones winning: built-in defaults, a TOML file (`--config`), then
+//! `PARLEY_…` environment variables where `__` separates sections
+//! (`PARLEY_HTTP__LISTEN=0.0.0.0:9090`, `PARLEY_DATABASE__URL=postgres://…`).
+//! Secrets are wrapped so that printing the settings never shows them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+mod secret;
+pub use secret::{DatabaseUrl, Secret};
+
+/// Everything Parley can be told, grouped by the part it concerns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the SQLite file, the generated signing key and uploads live.
+    pub data_dir: PathBuf,
+    pub database: DatabaseSettings,
+    pub http: HttpSettings,
+    pub mqtt: MqttSettings,
+    pub bus: BusSettings,
+    pub auth: AuthSettings,
+    pub messages: MessageSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://path` or `postgres://…`; unset means `sqlite://{data_dir}/parley.db`.
+    pub url: Option<DatabaseUrl>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// Where devices connect (MQTT 3.1.1 and 5 over TCP).
+    pub listen: String,
+    /// Largest packet accepted from a device, in bytes; larger ones end the connection.
+    pub max_packet_size: u32,
+    /// Seconds a new connection has to send its CONNECT.
+    pub connect_timeout_secs: u64,
+    /// How long a persistent session (clean session = 0) outlives its connection, in seconds.
+    pub session_expiry_secs: u64,
+    /// Messages kept for a device that is away (persistent sessions only); more are dropped and counted.
+    pub max_queued_messages: usize,
+    /// QoS 1 messages sent to a device and not yet acknowledged.
+    pub max_inflight: u16,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusSettings {
+    /// Loopback address of the embedded rumqttd; port 0 picks a free one at start.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// HS256 signing key; unset means a key generated on first start in `{data_dir}/signing.key`.
+    pub signing_key: Option<Secret>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessageSettings {
+    /// Longest text accepted in one message, in characters.
+    pub max_text_chars: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A tracing filter, e.g. `info` or `parley=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("parley-data"),
+            database: DatabaseSettings::default(),
+            http: HttpSettings::default(),
+            mqtt: MqttSettings::default(),
+            bus: BusSettings::default(),
+            auth: AuthSettings::default(),
+            messages: MessageSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, max_connections: 10 }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:8080".into() }
+    }
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:1883".into(),
+            max_packet_size: 256 * 1024,
+            connect_timeout_secs: 10,
+            session_expiry_secs: 24 * 3600,
+            max_queued_messages: 1000,
+            max_inflight: 100,
+            max_subscriptions: 64,
+        }
+    }
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:0".into() }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            signing_key: None,
+            issuer: "parley".into(),
+            audience: "parley".into(),
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for MessageSettings {
+    fn default() -> Self {
+        Self { max_text_chars: 4000 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// Why settings could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Settings {
+    /// Reads defaults, then `file` if given, then `PARLEY_…` variables from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // PARLEY_CONFIG names the file itself and PARLEY_TEST_* belong to the test suite.
+        let env = Env::prefixed("PARLEY_")
+            .ignore(&["config"])
+            .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+            .split("__");
+        figment.merge(env).extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    /// The database URL in effect: the configured one, or the SQLite file in the data directory.
+    pub fn database_url(&self) -> SecretString {
+        match &self.database.url {
+            Some(url) => url.0.clone(),
+            None => {
+                let path = self.data_dir.join("parley.db");
+                SecretString::from(format!("sqlite://{}?mode=rwc", path.display()))
+            }
+        }
+    }
+
+    /// The database URL with any password hidden, for logs.
+    pub fn database_url_for_logs(&self) -> String {
+        secret::mask_url_password(self.database_url().expose_secret())
+    }
+}
+
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // TOML of the Serialize impl, where secrets serialise as "[redacted]".
+        match toml::to_string(self) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "{self:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

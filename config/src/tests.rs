@@ -1,0 +1,46 @@
+use super::*;
+use std::io::Write;
+
+#[test]
+fn defaults_match_the_documented_embedded_setup() {
+    let s = Settings::default();
+    assert_eq!(s.mqtt.listen, "0.0.0.0:1883");
+    assert_eq!(s.http.listen, "0.0.0.0:8080");
+    assert!(s.bus.listen.starts_with("127.0.0.1:"));
+    assert!(s.database.url.is_none());
+    assert!(s.database_url().expose_secret().starts_with("sqlite://parley-data/parley.db"));
+}
+
+#[test]
+fn file_then_environment_override_defaults() {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    writeln!(file, "[http]\nlisten = \"127.0.0.1:9999\"\n[mqtt]\nmax_inflight = 7").expect("write");
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("PARLEY_MQTT__MAX_INFLIGHT", "9");
+        jail.set_env("PARLEY_TEST_POSTGRES_URL", "ignored");
+        let s = Settings::load(Some(file.path())).expect("settings load");
+        assert_eq!(s.http.listen, "127.0.0.1:9999");
+        assert_eq!(s.mqtt.max_inflight, 9);
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    writeln!(file, "[http]\nlisen = \"127.0.0.1:9999\"").expect("write");
+    let err = Settings::load(Some(file.path())).expect_err("typo must be refused");
+    assert!(err.to_string().contains("lisen"), "{err}");
+}
+
+#[test]
+fn printed_settings_hide_secrets() {
+    let mut s = Settings::default();
+    s.database.url = Some(DatabaseUrl::new("postgres://app:hunter2@db:5432/parley"));
+    s.auth.signing_key = Some(Secret(SecretString::from("topsecretkey")));
+    let shown = format!("{s} {s:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("topsecretkey"), "{shown}");
+    assert!(shown.contains("postgres://app:[redacted]@db:5432/parley"), "{shown}");
+    assert_eq!(s.database_url_for_logs(), "postgres://app:[redacted]@db:5432/parley");
+}

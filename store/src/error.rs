@@ -1,0 +1,41 @@
+//! What the store can answer besides success.
+
+/// Errors callers can match on; database details stay inside `Database`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule refused the write; names the field (`email`, `username`…).
+    #[error("{0} is already taken")]
+    Conflict(&'static str),
+    /// A referenced row does not exist.
+    #[error("a referenced record does not exist")]
+    MissingReference,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Turns a unique or foreign-key violation into the matching variant; `fields`
+    /// are the column names to look for in the backend's message or constraint name.
+    pub(crate) fn classify(err: sqlx::Error, fields: &[&'static str]) -> StoreError {
+        if let sqlx::Error::Database(db) = &err {
+            if db.is_unique_violation() {
+                let text = format!("{} {}", db.message(), db.constraint().unwrap_or(""));
+                if let Some(field) = fields.iter().find(|f| text.contains(*f)) {
+                    return StoreError::Conflict(field);
+                }
+                return StoreError::Conflict("record");
+            }
+            if db.is_foreign_key_violation() {
+                return StoreError::MissingReference;
+            }
+        }
+        StoreError::Database(err)
+    }
+
+    /// True when the error is a uniqueness violation (used to detect racing retries).
+    pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+        matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+    }
+}

@@ -1,0 +1,26 @@
+//! The only code that speaks SQL. One [`Store`] with two backends, SQLite and
+//! PostgreSQL, sharing the same statements wherever the dialects agree; the same
+//! behaviour tests (`tests/behaviour.rs`) run against both.
+//!
+//! Times are stored as milliseconds since the epoch in both backends.
+
+mod backend;
+mod conversations;
+mod error;
+mod messages;
+mod tokens;
+mod users;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use backend::Store;
+pub use conversations::{ConversationCursor, ConversationSummary};
+pub use error::StoreError;
+pub use messages::{MessagePage, MessageRange, NewDirectMessage, Stored};
+pub use users::{NewUser, UserRecord};
+
+/// Milliseconds since the epoch → UTC time (out-of-range values clamp to the epoch).
+pub(crate) fn time_from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

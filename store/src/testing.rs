@@ -1,0 +1,60 @@
+//! Fresh databases for tests: a temporary SQLite file, or a new database on the
+//! PostgreSQL server named by `PARLEY_TEST_POSTGRES_URL`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::{Connection, Executor, PgConnection};
+
+/// The variable that names the PostgreSQL server for the PostgreSQL test runs.
+pub const POSTGRES_URL_VAR: &str = "PARLEY_TEST_POSTGRES_URL";
+
+/// Which backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database that exists for one test. SQLite files are deleted on drop;
+/// PostgreSQL databases are named `parley_test_*` and left for the server's owner.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// A new empty database, or `None` (with a note on stderr) for PostgreSQL when
+    /// the variable is unset.
+    pub async fn create(backend: Backend) -> Option<TestDatabase> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("parley.db").display());
+                Some(TestDatabase { url, _dir: Some(dir) })
+            }
+            Backend::Postgres => {
+                let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
+                    eprintln!("skipped: set {POSTGRES_URL_VAR} to run the PostgreSQL variant");
+                    return None;
+                };
+                static COUNTER: AtomicU32 = AtomicU32::new(0);
+                let name = format!(
+                    "parley_test_{}_{}_{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    uuid::Uuid::new_v4().simple()
+                );
+                let mut admin = PgConnection::connect(&admin_url)
+                    .await
+                    .expect("connect to the PostgreSQL test server");
+                admin
+                    .execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create test database");
+                let (base, _) = admin_url.rsplit_once('/').expect("URL with a database name");
+                Some(TestDatabase { url: format!("{base}/{name}"), _dir: None })
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Topic names. The gate's ACL and the bridge's routing both read them from here.
+
+use crate::UserId;
+
+/// Prefix of everything user `uid` may publish.
+pub fn uplink_prefix(uid: &str) -> String {
+    format!("from/{uid}/")
+}
+
+/// Prefix of everything user `uid` may subscribe to.
+pub fn downlink_prefix(uid: &str) -> String {
+    format!("to/{uid}/")
+}
+
+/// Where a device sends chat messages.
+pub fn send_message(uid: UserId) -> String {
+    format!("from/{uid}/msg")
+}
+
+/// Where a device receives acknowledgements and errors for what it sent.
+pub fn ack(uid: UserId) -> String {
+    format!("to/{uid}/ack")
+}
+
+/// Where a device receives messages sent to it.
+pub fn message(uid: UserId) -> String {
+    format!("to/{uid}/msg")
+}
+
+/// The filter with which the bridges share all uplinks.
+pub const BRIDGE_UPLINK_FILTER: &str = "$share/parley-bridge/from/#";
+
+/// The filter with which a gate takes every downlink from the bus.
+pub const GATE_DOWNLINK_FILTER: &str = "to/#";
+
+/// An uplink topic split into its sender and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink<'a> {
+    pub user: UserId,
+    pub kind: &'a str,
+}
+
+/// `from/{uid}/{kind}` → sender and kind; `None` for anything else.
+pub fn parse_uplink(topic: &str) -> Option<Uplink<'_>> {
+    let rest = topic.strip_prefix("from/")?;
+    let (uid, kind) = rest.split_once('/')?;
+    Some(Uplink { user: uid.parse().ok()?, kind })
+}
+
+/// The user a downlink topic `to/{uid}/…` is addressed to, as it is written in the topic.
+pub fn downlink_user(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("to/")?;
+    let (uid, _) = rest.split_once('/')?;
+    Some(uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uplink_topics_parse_into_sender_and_kind() {
+        let uid = UserId::new();
+        let topic = send_message(uid);
+        assert_eq!(parse_uplink(&topic), Some(Uplink { user: uid, kind: "msg" }));
+        assert_eq!(parse_uplink("from/not-a-uuid/msg"), None);
+        assert_eq!(parse_uplink("to/x/msg"), None);
+        assert_eq!(parse_uplink(&format!("from/{uid}")), None);
+    }
+
+    #[test]
+    fn downlink_topics_name_their_user() {
+        let uid = UserId::new();
+        assert_eq!(downlink_user(&message(uid)), Some(uid.to_string().as_str()));
+        assert_eq!(downlink_user("to/abc"), None);
+        assert_eq!(downlink_user("from/abc/msg"), None);
+    }
+}
