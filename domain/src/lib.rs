@@ -1,1 +1,67 @@
+//! The rules of Parley, shared by the gate, the bridge and the API: accounts and
+//! tokens, who may send what to whom, how history is read. Adapters call
+//! [`Domain`]; the domain calls the store; nothing here knows MQTT or HTTP.
 
+mod accounts;
+mod error;
+mod keys;
+mod messaging;
+mod tokens;
+
+use std::sync::Arc;
+
+pub use accounts::{Registration, Session};
+pub use error::{DomainError, ErrorKind};
+pub use keys::load_or_create_signing_key;
+pub use messaging::{HistoryQuery, MAX_CLIENT_ID_LEN};
+pub use parley_store::{
+    ConversationCursor, ConversationSummary, MessagePage, Store, StoreError, Stored,
+};
+pub use tokens::{AccessClaims, TokenError, TokenSettings, Tokens};
+
+/// Limits the rules enforce, from configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_text_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_text_chars: 4000 }
+    }
+}
+
+/// The domain services. Cheap to clone; every part of the process shares one.
+#[derive(Clone)]
+pub struct Domain {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    tokens: Tokens,
+    limits: Limits,
+}
+
+impl Domain {
+    pub fn new(store: Store, tokens: Tokens, limits: Limits) -> Self {
+        Self { inner: Arc::new(Inner { store, tokens, limits }) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -4,6 +4,7 @@
 //! Every topic a device may touch starts with its own user id: `from/{uid}/…` is what
 //! it sends, `to/{uid}/…` what it receives. `docs/protocol.md` is the prose version.
 
+pub mod bus;
 pub mod ids;
 pub mod payloads;
 pub mod topics;

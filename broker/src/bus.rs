@@ -1,0 +1,150 @@
+//! The internal bus: an embedded rumqttd on loopback that carries uplinks from
+//! gates to bridges and downlinks back. Only Parley's own parts connect, with a
+//! password generated at each start (see shared/RUMQTT-NOTES.md for why devices
+//! never reach it).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use parley_wire::bus::{BusEndpoint, MAX_BUS_PACKET};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const BUS_USER: &str = "parley";
+
+/// Starts rumqttd on its own threads, listening on the loopback address `listen`
+/// (port 0 picks a free port), and returns how to reach it once it accepts.
+pub fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
+    let mut addr: SocketAddr = listen.parse().with_context(|| format!("bus.listen {listen:?} is not an address"))?;
+    if !addr.ip().is_loopback() {
+        bail!("bus.listen must be a loopback address (the bus is internal), not {addr}");
+    }
+    if addr.port() == 0 {
+        // rumqttd binds by address only, so find a free port first.
+        let probe = std::net::TcpListener::bind(addr).context("no free loopback port for the bus")?;
+        addr = probe.local_addr()?;
+    } else if std::net::TcpListener::bind(addr).is_err() {
+        bail!("bus port {addr} is in use: set bus.listen (PARLEY_BUS__LISTEN) to a free loopback port, or 127.0.0.1:0");
+    }
+    let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: MAX_BUS_PACKET,
+        max_inflight_count: 500,
+        auth: Some(HashMap::from([(BUS_USER.to_string(), password.clone())])),
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "parley-bus".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 1024,
+            max_outgoing_packet_count: 1000,
+            // The database is the record; the bus keeps only a small log.
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 2,
+            ..RouterConfig::default()
+        },
+        v4: Some(HashMap::from([("internal".to_string(), server)])),
+        ..Config::default()
+    };
+    std::thread::Builder::new()
+        .name("parley-bus".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded bus stopped");
+            }
+        })
+        .context("could not start the bus thread")?;
+    wait_until_listening(addr)?;
+    tracing::info!(%addr, "embedded bus listening on loopback");
+    Ok(BusEndpoint { host: ip_text(addr.ip()), port: addr.port(), username: BUS_USER.into(), password })
+}
+
+fn ip_text(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+fn wait_until_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the embedded bus did not start listening on {addr}")
+}
+
+/// Proves the bus works with a real round trip: publish a number, see it come back.
+pub struct BusProbe {
+    client: AsyncClient,
+    topic: String,
+    seen: watch::Receiver<u64>,
+    sent: AtomicU64,
+}
+
+impl BusProbe {
+    /// Connects a probe client; it lives until `shutdown`.
+    pub fn start(bus: &BusEndpoint, shutdown: CancellationToken) -> BusProbe {
+        let topic = format!("parley/probe/{}", uuid::Uuid::new_v4().simple());
+        let (client, mut events) = AsyncClient::new(bus.options("probe"), 16);
+        let (tx, seen) = watch::channel(0u64);
+        let sub_client = client.clone();
+        let sub_topic = topic.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    event = events.poll() => event,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub_client.try_subscribe(sub_topic.clone(), QoS::AtMostOnce);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Some(n) = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()) {
+                            tx.send_replace(n);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        });
+        BusProbe { client, topic, seen, sent: AtomicU64::new(0) }
+    }
+
+    /// One round trip through the bus within `limit`, or why not.
+    pub async fn check(&self, limit: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut seen = self.seen.clone();
+        let round_trip = async {
+            self.client
+                .publish(self.topic.clone(), QoS::AtMostOnce, false, n.to_string())
+                .await
+                .map_err(|e| format!("bus publish failed: {e}"))?;
+            seen.wait_for(|v| *v >= n).await.map_err(|_| "bus probe stopped".to_string())?;
+            Ok::<_, String>(())
+        };
+        match tokio::time::timeout(limit, round_trip).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no bus round trip within {limit:?}")),
+        }
+    }
+}

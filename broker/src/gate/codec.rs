@@ -1,0 +1,504 @@
+//! MQTT 3.1.1 and 5 packets as the gate sees them, whichever version a device
+//! speaks. Decoding and encoding are rumqttc's codecs; this module only chooses
+//! the version from the CONNECT's protocol level and maps to one set of types.
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::{self as m4base, v4};
+use rumqttc::v5::mqttbytes::{self as m5base, v5};
+
+/// The protocol version of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V4,
+    V5,
+}
+
+/// A last will, published by the gate if the connection ends without DISCONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+}
+
+/// A CONNECT, reduced to what the gate uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectInfo {
+    pub protocol: Protocol,
+    pub client_id: String,
+    pub clean_start: bool,
+    pub keep_alive: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub will: Option<Will>,
+    /// v5 Session Expiry Interval, in seconds.
+    pub session_expiry: Option<u32>,
+    /// v5 Receive Maximum: QoS 1/2 messages the device accepts unacknowledged.
+    pub receive_maximum: Option<u16>,
+    /// v5 Maximum Packet Size the device accepts.
+    pub max_packet_size: Option<u32>,
+}
+
+/// A PUBLISH in either direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub pkid: u16,
+    /// v5 only: the packet used a topic alias (unsupported: we announce none).
+    pub topic_alias: bool,
+}
+
+/// A packet from a connected device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Publish(Publish),
+    PubAck(u16),
+    PubRec(u16),
+    PubRel(u16),
+    PubComp(u16),
+    Subscribe { pkid: u16, filters: Vec<(String, u8)> },
+    Unsubscribe { pkid: u16, filters: Vec<String> },
+    PingReq,
+    /// `with_will`: v5 reason 0x04 asks for the will to be published anyway.
+    Disconnect { with_will: bool },
+    /// A second CONNECT, or a packet only a server sends: a protocol violation.
+    ProtocolViolation(&'static str),
+}
+
+/// Why a CONNECT was refused; each maps to the version's CONNACK code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    UnsupportedVersion,
+    BadClientId,
+    BadCredentials,
+    NotAuthorized,
+    ServerUnavailable,
+    QuotaExceeded,
+}
+
+/// Why a connection is being closed by the gate (v5 sends it as a DISCONNECT reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Malformed,
+    ProtocolError,
+    NotAuthorized,
+    ShuttingDown,
+    KeepAliveTimeout,
+    SessionTakenOver,
+    TopicNameInvalid,
+    PacketTooLarge,
+    ReceiveMaximumExceeded,
+    TopicAliasInvalid,
+    RetainNotSupported,
+    QoSNotSupported,
+}
+
+/// Answer to one filter of a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubResult {
+    Granted(u8),
+    NotAuthorized,
+    FilterInvalid,
+    QuotaExceeded,
+}
+
+/// Reason in a PUBACK or PUBREC (v5; 3.1.1 acknowledgements carry none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckReason {
+    Success,
+    NotAuthorized,
+    TopicNameInvalid,
+    PacketIdInUse,
+}
+
+/// A packet the gate sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    ConnAck { session_present: bool, refusal: Option<Refusal>, props: ConnAckProps },
+    Publish(Publish),
+    PubAck { pkid: u16, reason: AckReason },
+    PubRec { pkid: u16, reason: AckReason },
+    PubRel(u16),
+    PubComp(u16),
+    SubAck { pkid: u16, results: Vec<SubResult> },
+    UnsubAck { pkid: u16, count: usize },
+    PingResp,
+    Disconnect(CloseReason),
+}
+
+/// What a v5 CONNACK tells the device about this server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnAckProps {
+    pub assigned_client_id: Option<String>,
+    pub session_expiry: Option<u32>,
+    pub receive_maximum: Option<u16>,
+    pub max_packet_size: Option<u32>,
+}
+
+/// A decoding failure; `Incomplete` only means "read more bytes".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("need more bytes")]
+    Incomplete,
+    #[error("packet of {0} bytes is larger than allowed")]
+    TooLarge(usize),
+    #[error("first packet is not CONNECT")]
+    NotConnect,
+    #[error("unsupported protocol level {0}")]
+    UnsupportedVersion(u8),
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+}
+
+fn frame(buf: &BytesMut, max: usize) -> Result<m4base::FixedHeader, DecodeError> {
+    match m4base::check(buf.iter(), max) {
+        Ok(h) => Ok(h),
+        Err(m4base::Error::InsufficientBytes(_)) => Err(DecodeError::Incomplete),
+        Err(m4base::Error::PayloadSizeLimitExceeded(n)) => Err(DecodeError::TooLarge(n)),
+        Err(e) => Err(DecodeError::Malformed(e.to_string())),
+    }
+}
+
+/// Reads the first packet of a connection, which must be a CONNECT.
+pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<ConnectInfo, DecodeError> {
+    let header = frame(buf, max)?;
+    if buf[0] >> 4 != 1 {
+        return Err(DecodeError::NotConnect);
+    }
+    // The remaining length takes bytes 1.. until one without the continuation bit.
+    let header_len = 1 + buf[1..].iter().position(|b| b & 0x80 == 0).map_or(1, |i| i + 1);
+    // Variable header: protocol name (2-byte length + bytes), then the level byte.
+    let body = &buf[header_len..header.frame_length()];
+    let name_len = body.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    let level = name_len.and_then(|n| body.get(2 + n)).copied();
+    match level {
+        Some(4) => match v4::Packet::read(buf, max) {
+            Ok(v4::Packet::Connect(c)) => Ok(from_v4_connect(c)),
+            Ok(_) => Err(DecodeError::NotConnect),
+            Err(e) => Err(DecodeError::Malformed(e.to_string())),
+        },
+        Some(5) => match v5::Packet::read(buf, Some(max as u32)) {
+            Ok(v5::Packet::Connect(c, will, login)) => Ok(from_v5_connect(c, will, login)?),
+            Ok(_) => Err(DecodeError::NotConnect),
+            Err(e) => Err(DecodeError::Malformed(e.to_string())),
+        },
+        Some(other) => {
+            let _ = buf.split_to(header.frame_length());
+            Err(DecodeError::UnsupportedVersion(other))
+        }
+        None => Err(DecodeError::Malformed("CONNECT without protocol level".into())),
+    }
+}
+
+fn from_v4_connect(c: v4::Connect) -> ConnectInfo {
+    let (username, password) = match c.login {
+        Some(l) => (non_empty(l.username), non_empty(l.password)),
+        None => (None, None),
+    };
+    ConnectInfo {
+        protocol: Protocol::V4,
+        client_id: c.client_id,
+        clean_start: c.clean_session,
+        keep_alive: c.keep_alive,
+        username,
+        password,
+        will: c.last_will.map(|w| Will { topic: w.topic, payload: w.message, qos: w.qos as u8 }),
+        session_expiry: None,
+        receive_maximum: None,
+        max_packet_size: None,
+    }
+}
+
+fn from_v5_connect(
+    c: v5::Connect,
+    will: Option<v5::LastWill>,
+    login: Option<v5::Login>,
+) -> Result<ConnectInfo, DecodeError> {
+    let (username, password) = match login {
+        Some(l) => (non_empty(l.username), non_empty(l.password)),
+        None => (None, None),
+    };
+    let will = match will {
+        Some(w) => Some(Will {
+            topic: String::from_utf8(w.topic.to_vec())
+                .map_err(|_| DecodeError::Malformed("will topic is not UTF-8".into()))?,
+            payload: w.message,
+            qos: w.qos as u8,
+        }),
+        None => None,
+    };
+    let props = c.properties.unwrap_or_default();
+    Ok(ConnectInfo {
+        protocol: Protocol::V5,
+        client_id: c.client_id,
+        clean_start: c.clean_start,
+        keep_alive: c.keep_alive,
+        username,
+        password,
+        will,
+        session_expiry: props.session_expiry_interval,
+        receive_maximum: props.receive_maximum,
+        max_packet_size: props.max_packet_size,
+    })
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Reads the next packet after CONNECT.
+pub fn read(protocol: Protocol, buf: &mut BytesMut, max: usize) -> Result<Inbound, DecodeError> {
+    frame(buf, max)?;
+    match protocol {
+        Protocol::V4 => v4::Packet::read(buf, max).map_err(|e| DecodeError::Malformed(e.to_string())).map(from_v4),
+        Protocol::V5 => v5::Packet::read(buf, Some(max as u32))
+            .map_err(|e| DecodeError::Malformed(e.to_string()))
+            .and_then(from_v5),
+    }
+}
+
+fn from_v4(p: v4::Packet) -> Inbound {
+    use v4::Packet as P;
+    match p {
+        P::Publish(p) => Inbound::Publish(Publish {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos as u8,
+            retain: p.retain,
+            dup: p.dup,
+            pkid: p.pkid,
+            topic_alias: false,
+        }),
+        P::PubAck(a) => Inbound::PubAck(a.pkid),
+        P::PubRec(a) => Inbound::PubRec(a.pkid),
+        P::PubRel(a) => Inbound::PubRel(a.pkid),
+        P::PubComp(a) => Inbound::PubComp(a.pkid),
+        P::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            filters: s.filters.into_iter().map(|f| (f.path, f.qos as u8)).collect(),
+        },
+        P::Unsubscribe(u) => Inbound::Unsubscribe { pkid: u.pkid, filters: u.topics },
+        P::PingReq => Inbound::PingReq,
+        P::Disconnect => Inbound::Disconnect { with_will: false },
+        P::Connect(_) => Inbound::ProtocolViolation("second CONNECT"),
+        P::ConnAck(_) | P::SubAck(_) | P::UnsubAck(_) | P::PingResp => {
+            Inbound::ProtocolViolation("server-only packet from a client")
+        }
+    }
+}
+
+fn from_v5(p: v5::Packet) -> Result<Inbound, DecodeError> {
+    use v5::Packet as P;
+    Ok(match p {
+        P::Publish(p) => {
+            let topic_alias = p.properties.as_ref().is_some_and(|pr| pr.topic_alias.is_some());
+            Inbound::Publish(Publish {
+                topic: String::from_utf8(p.topic.to_vec())
+                    .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?,
+                payload: p.payload,
+                qos: p.qos as u8,
+                retain: p.retain,
+                dup: p.dup,
+                pkid: p.pkid,
+                topic_alias,
+            })
+        }
+        P::PubAck(a) => Inbound::PubAck(a.pkid),
+        P::PubRec(a) => Inbound::PubRec(a.pkid),
+        P::PubRel(a) => Inbound::PubRel(a.pkid),
+        P::PubComp(a) => Inbound::PubComp(a.pkid),
+        P::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            filters: s.filters.into_iter().map(|f| (f.path, f.qos as u8)).collect(),
+        },
+        P::Unsubscribe(u) => Inbound::Unsubscribe { pkid: u.pkid, filters: u.filters },
+        P::PingReq(_) => Inbound::PingReq,
+        P::Disconnect(d) => Inbound::Disconnect {
+            with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+        },
+        P::Connect(..) => Inbound::ProtocolViolation("second CONNECT"),
+        P::Auth(_) => Inbound::ProtocolViolation("AUTH is not supported"),
+        P::ConnAck(_) | P::SubAck(_) | P::UnsubAck(_) | P::PingResp(_) => {
+            Inbound::ProtocolViolation("server-only packet from a client")
+        }
+    })
+}
+
+/// Appends the encoding of `packet` to `out`. A 3.1.1 connection gets no
+/// DISCONNECT (the version has none from server to client): the caller just closes.
+pub fn write(protocol: Protocol, packet: Outbound, out: &mut BytesMut) {
+    // Encoding our own well-formed packets into a growable buffer does not fail.
+    match protocol {
+        Protocol::V4 => {
+            let _ = write_v4(packet, out);
+        }
+        Protocol::V5 => {
+            let _ = write_v5(packet, out);
+        }
+    }
+}
+
+fn qos4(q: u8) -> m4base::QoS {
+    match q {
+        0 => m4base::QoS::AtMostOnce,
+        1 => m4base::QoS::AtLeastOnce,
+        _ => m4base::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(q: u8) -> m5base::QoS {
+    match q {
+        0 => m5base::QoS::AtMostOnce,
+        1 => m5base::QoS::AtLeastOnce,
+        _ => m5base::QoS::ExactlyOnce,
+    }
+}
+
+fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<usize, m4base::Error> {
+    use v4::ConnectReturnCode as C;
+    match packet {
+        Outbound::ConnAck { session_present, refusal, .. } => {
+            let code = match refusal {
+                None => C::Success,
+                Some(Refusal::UnsupportedVersion) => C::RefusedProtocolVersion,
+                Some(Refusal::BadClientId) => C::BadClientId,
+                Some(Refusal::BadCredentials) => C::BadUserNamePassword,
+                Some(Refusal::NotAuthorized) => C::NotAuthorized,
+                Some(Refusal::ServerUnavailable | Refusal::QuotaExceeded) => C::ServiceUnavailable,
+            };
+            v4::ConnAck::new(code, session_present && refusal.is_none()).write(out)
+        }
+        Outbound::Publish(p) => {
+            let mut publish = v4::Publish::from_bytes(p.topic, qos4(p.qos), p.payload);
+            publish.pkid = p.pkid;
+            publish.dup = p.dup;
+            publish.retain = p.retain;
+            publish.write(out)
+        }
+        Outbound::PubAck { pkid, .. } => v4::PubAck::new(pkid).write(out),
+        Outbound::PubRec { pkid, .. } => v4::PubRec::new(pkid).write(out),
+        Outbound::PubRel(pkid) => v4::PubRel::new(pkid).write(out),
+        Outbound::PubComp(pkid) => v4::PubComp::new(pkid).write(out),
+        Outbound::SubAck { pkid, results } => {
+            let codes = results
+                .into_iter()
+                .map(|r| match r {
+                    SubResult::Granted(q) => v4::SubscribeReasonCode::Success(qos4(q)),
+                    _ => v4::SubscribeReasonCode::Failure,
+                })
+                .collect();
+            v4::SubAck::new(pkid, codes).write(out)
+        }
+        Outbound::UnsubAck { pkid, .. } => v4::UnsubAck::new(pkid).write(out),
+        Outbound::PingResp => v4::PingResp.write(out),
+        Outbound::Disconnect(_) => Ok(0),
+    }
+}
+
+fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error> {
+    use v5::ConnectReturnCode as C;
+    match packet {
+        Outbound::ConnAck { session_present, refusal, props } => {
+            let code = match refusal {
+                None => C::Success,
+                Some(Refusal::UnsupportedVersion) => C::UnsupportedProtocolVersion,
+                Some(Refusal::BadClientId) => C::ClientIdentifierNotValid,
+                Some(Refusal::BadCredentials) => C::BadUserNamePassword,
+                Some(Refusal::NotAuthorized) => C::NotAuthorized,
+                Some(Refusal::ServerUnavailable) => C::ServerUnavailable,
+                Some(Refusal::QuotaExceeded) => C::QuotaExceeded,
+            };
+            let properties = refusal.is_none().then(|| v5::ConnAckProperties {
+                session_expiry_interval: props.session_expiry,
+                receive_max: props.receive_maximum,
+                max_qos: Some(1),
+                retain_available: Some(0),
+                max_packet_size: props.max_packet_size,
+                assigned_client_identifier: props.assigned_client_id,
+                topic_alias_max: None,
+                reason_string: None,
+                user_properties: Vec::new(),
+                wildcard_subscription_available: Some(1),
+                subscription_identifiers_available: Some(0),
+                shared_subscription_available: Some(0),
+                server_keep_alive: None,
+                response_information: None,
+                server_reference: None,
+                authentication_method: None,
+                authentication_data: None,
+            });
+            v5::ConnAck { session_present: session_present && refusal.is_none(), code, properties }.write(out)
+        }
+        Outbound::Publish(p) => {
+            let mut publish = v5::Publish::new(p.topic, qos5(p.qos), p.payload, None);
+            publish.pkid = p.pkid;
+            publish.dup = p.dup;
+            publish.retain = p.retain;
+            publish.write(out)
+        }
+        Outbound::PubAck { pkid, reason } => {
+            let mut ack = v5::PubAck::new(pkid, None);
+            ack.reason = match reason {
+                AckReason::Success => v5::PubAckReason::Success,
+                AckReason::NotAuthorized => v5::PubAckReason::NotAuthorized,
+                AckReason::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
+                AckReason::PacketIdInUse => v5::PubAckReason::PacketIdentifierInUse,
+            };
+            ack.write(out)
+        }
+        Outbound::PubRec { pkid, reason } => {
+            let mut rec = v5::PubRec::new(pkid, None);
+            rec.reason = match reason {
+                AckReason::Success => v5::PubRecReason::Success,
+                AckReason::NotAuthorized => v5::PubRecReason::NotAuthorized,
+                AckReason::TopicNameInvalid => v5::PubRecReason::TopicNameInvalid,
+                AckReason::PacketIdInUse => v5::PubRecReason::PacketIdentifierInUse,
+            };
+            rec.write(out)
+        }
+        Outbound::PubRel(pkid) => v5::PubRel::new(pkid, None).write(out),
+        Outbound::PubComp(pkid) => v5::PubComp::new(pkid, None).write(out),
+        Outbound::SubAck { pkid, results } => {
+            let return_codes = results
+                .into_iter()
+                .map(|r| match r {
+                    SubResult::Granted(q) => v5::SubscribeReasonCode::Success(qos5(q)),
+                    SubResult::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
+                    SubResult::FilterInvalid => v5::SubscribeReasonCode::TopicFilterInvalid,
+                    SubResult::QuotaExceeded => v5::SubscribeReasonCode::QuotaExceeded,
+                })
+                .collect();
+            v5::SubAck { pkid, return_codes, properties: None }.write(out)
+        }
+        Outbound::UnsubAck { pkid, count } => {
+            let reasons = vec![v5::UnsubAckReason::Success; count];
+            v5::UnsubAck { pkid, reasons, properties: None }.write(out)
+        }
+        Outbound::PingResp => v5::PingResp::write(out),
+        Outbound::Disconnect(reason) => {
+            use v5::DisconnectReasonCode as D;
+            let code = match reason {
+                CloseReason::Malformed => D::MalformedPacket,
+                CloseReason::ProtocolError => D::ProtocolError,
+                CloseReason::NotAuthorized => D::NotAuthorized,
+                CloseReason::ShuttingDown => D::ServerShuttingDown,
+                CloseReason::KeepAliveTimeout => D::KeepAliveTimeout,
+                CloseReason::SessionTakenOver => D::SessionTakenOver,
+                CloseReason::TopicNameInvalid => D::TopicNameInvalid,
+                CloseReason::PacketTooLarge => D::PacketTooLarge,
+                CloseReason::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded,
+                CloseReason::TopicAliasInvalid => D::TopicAliasInvalid,
+                CloseReason::RetainNotSupported => D::RetainNotSupported,
+                CloseReason::QoSNotSupported => D::QoSNotSupported,
+            };
+            v5::Disconnect::new(code).write(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+//! Device sessions: subscriptions, the queue of messages waiting for the device,
+//! and what it has not acknowledged yet. A session outlives its connection when the
+//! device asked for a persistent one, so short drops lose nothing.
+//!
+//! Sessions are keyed by (user, client id): a client id chosen by another user is
+//! another session, so no device can take over or read someone else's.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parley_wire::UserId;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// A message waiting to go to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+}
+
+/// One subscription filter and the QoS granted for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub filter: String,
+    pub qos: u8,
+}
+
+/// A session's mutable state; always reached through [`Session::state`].
+#[derive(Debug, Default)]
+pub struct SessionState {
+    pub subscriptions: Vec<Subscription>,
+    pub queue: VecDeque<Delivery>,
+    /// QoS 1 messages written to the device and not yet acknowledged, in send order.
+    pub inflight: VecDeque<(u16, Delivery)>,
+    /// QoS 2 packet ids received from the device and not yet released.
+    pub incoming_qos2: HashSet<u16>,
+    next_pkid: u16,
+    /// The connection that owns the session now, if any.
+    pub owner: Option<u64>,
+    /// Cancelled to push the owning connection out (takeover, shutdown).
+    pub kick: CancellationToken,
+    /// Whether the session survives its connection, and for how long.
+    pub expiry: Option<Duration>,
+    /// When an ownerless persistent session is forgotten.
+    pub expires_at: Option<Instant>,
+}
+
+impl SessionState {
+    /// The next free packet id for a message to the device (1..=65535, skipping in-flight ones).
+    pub fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid == 0 {
+                continue;
+            }
+            if !self.inflight.iter().any(|(id, _)| *id == self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+}
+
+/// A device session.
+#[derive(Debug)]
+pub struct Session {
+    pub user: UserId,
+    pub client_id: String,
+    state: Mutex<SessionState>,
+    /// Woken when the queue grows, so the owning connection writes.
+    pub notify: Notify,
+}
+
+impl Session {
+    /// The state, even if a holder panicked (the state stays consistent per operation).
+    pub fn state(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Counters the gate keeps for operators and tests.
+#[derive(Debug, Default)]
+pub struct GateStats {
+    pub connections_accepted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub publishes_refused: AtomicU64,
+    pub subscriptions_refused: AtomicU64,
+    pub deliveries_dropped: AtomicU64,
+    pub malformed_packets: AtomicU64,
+}
+
+impl GateStats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Key = (UserId, String);
+
+/// Every session of this gate, findable by (user, client id) and by user.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<Maps>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    sessions: HashMap<Key, Arc<Session>>,
+    by_user: HashMap<UserId, Vec<Arc<Session>>>,
+}
+
+/// What [`Registry::attach`] found.
+pub struct Attached {
+    pub session: Arc<Session>,
+    pub present: bool,
+}
+
+impl Registry {
+    fn maps(&self) -> MutexGuard<'_, Maps> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `connection` the owner of the (user, client id) session, pushing out any
+    /// previous owner. With `clean_start`, or when the old session expired, a new
+    /// session replaces the old one. Refuses (returns `None`) when the user already
+    /// has `max_per_user` sessions and none of them can be evicted.
+    pub fn attach(
+        &self,
+        user: UserId,
+        client_id: &str,
+        connection: u64,
+        clean_start: bool,
+        expiry: Option<Duration>,
+        max_per_user: usize,
+    ) -> Option<Attached> {
+        let now = Instant::now();
+        let mut maps = self.maps();
+        let key = (user, client_id.to_string());
+        let existing = maps.sessions.get(&key).cloned();
+        let reusable = existing.as_ref().filter(|s| {
+            let st = s.state();
+            !clean_start && st.expires_at.is_none_or(|t| t > now)
+        });
+        let (session, present) = match reusable {
+            Some(s) => (s.clone(), true),
+            None => {
+                if let Some(old) = existing {
+                    old.state().kick.cancel();
+                    maps.remove(&old);
+                }
+                let count = maps.by_user.get(&user).map_or(0, Vec::len);
+                if count >= max_per_user && !maps.evict_oldest_offline(user) {
+                    return None;
+                }
+                let s = Arc::new(Session {
+                    user,
+                    client_id: client_id.to_string(),
+                    state: Mutex::new(SessionState::default()),
+                    notify: Notify::new(),
+                });
+                maps.sessions.insert(key, s.clone());
+                maps.by_user.entry(user).or_default().push(s.clone());
+                (s, false)
+            }
+        };
+        {
+            let mut st = session.state();
+            st.kick.cancel();
+            st.kick = CancellationToken::new();
+            st.owner = Some(connection);
+            st.expiry = expiry;
+            st.expires_at = None;
+        }
+        Some(Attached { session, present })
+    }
+
+    /// Called when `connection` ends: a persistent session waits for its device,
+    /// anything else is forgotten. Does nothing if another connection took over.
+    pub fn detach(&self, session: &Arc<Session>, connection: u64) {
+        let mut maps = self.maps();
+        let mut st = session.state();
+        if st.owner != Some(connection) {
+            return;
+        }
+        st.owner = None;
+        match st.expiry {
+            Some(expiry) if !expiry.is_zero() => st.expires_at = Some(Instant::now() + expiry),
+            _ => {
+                drop(st);
+                maps.remove(session);
+            }
+        }
+    }
+
+    /// The sessions of `user` (connected or waiting).
+    pub fn sessions_of(&self, user: UserId) -> Vec<Arc<Session>> {
+        self.maps().by_user.get(&user).cloned().unwrap_or_default()
+    }
+
+    /// Forgets persistent sessions whose device stayed away past their expiry.
+    pub fn purge_expired(&self) -> usize {
+        let now = Instant::now();
+        let mut maps = self.maps();
+        let expired: Vec<_> = maps
+            .sessions
+            .values()
+            .filter(|s| s.state().expires_at.is_some_and(|t| t <= now))
+            .cloned()
+            .collect();
+        for s in &expired {
+            maps.remove(s);
+        }
+        expired.len()
+    }
+
+    /// Pushes every connection out (shutdown).
+    pub fn kick_all(&self) {
+        for s in self.maps().sessions.values() {
+            s.state().kick.cancel();
+        }
+    }
+
+    /// How many sessions exist, and how many have a connected device.
+    pub fn counts(&self) -> (usize, usize) {
+        let maps = self.maps();
+        let connected = maps.sessions.values().filter(|s| s.state().owner.is_some()).count();
+        (maps.sessions.len(), connected)
+    }
+}
+
+impl Maps {
+    fn remove(&mut self, session: &Arc<Session>) {
+        self.sessions.remove(&(session.user, session.client_id.clone()));
+        if let Some(list) = self.by_user.get_mut(&session.user) {
+            list.retain(|s| !Arc::ptr_eq(s, session));
+            if list.is_empty() {
+                self.by_user.remove(&session.user);
+            }
+        }
+    }
+
+    fn evict_oldest_offline(&mut self, user: UserId) -> bool {
+        let oldest = self
+            .by_user
+            .get(&user)
+            .and_then(|list| {
+                list.iter()
+                    .filter_map(|s| s.state().expires_at.map(|t| (t, s.clone())))
+                    .min_by_key(|(t, _)| *t)
+            })
+            .map(|(_, s)| s);
+        match oldest {
+            Some(s) => {
+                self.remove(&s);
+                true
+            }
+            None => false,
+        }
+    }
+}
