@@ -1,1 +1,57 @@
+//! The HTTP API (axum): accounts, conversations and history, operations
+//! endpoints and the OpenAPI document. Every route returns JSON, errors included.
 
+mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use parley_domain::Domain;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, ErrorResponse};
+
+/// A named readiness check beyond the database (the bus round trip, …).
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub domain: Domain,
+    pub readiness: Arc<Vec<(&'static str, ReadinessCheck)>>,
+}
+
+/// All routes, with JSON answers for unknown routes and methods.
+pub fn router(state: AppState) -> Router {
+    use routes::{auth, conversations, ops};
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/docs", get(ops::docs))
+        .route("/v1/auth/register", post(auth::register))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/refresh", post(auth::refresh))
+        .route("/v1/me", get(auth::me))
+        .route("/v1/conversations", get(conversations::list))
+        .route("/v1/conversations/{id}/messages", get(conversations::messages))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown`, letting requests in progress finish.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}

@@ -14,6 +14,7 @@ pub use accounts::{Registration, Session};
 pub use error::{DomainError, ErrorKind};
 pub use keys::load_or_create_signing_key;
 pub use messaging::{HistoryQuery, MAX_CLIENT_ID_LEN};
+pub use parley_store::UserRecord as StoreUser;
 pub use parley_store::{
     ConversationCursor, ConversationSummary, MessagePage, Store, StoreError, Stored,
 };

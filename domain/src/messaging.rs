@@ -63,6 +63,11 @@ impl Domain {
         }
     }
 
+    /// Who belongs to a conversation.
+    pub async fn conversation_members(&self, conversation: ConversationId) -> Result<Vec<UserId>, DomainError> {
+        Ok(self.store().members_of(conversation).await?)
+    }
+
     /// The caller's conversations, newest activity first.
     pub async fn conversations(
         &self,

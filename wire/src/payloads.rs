@@ -9,6 +9,7 @@ use crate::{ConversationId, MessageId, UserId};
 /// retries harmless: the same `id` from the same user is stored once.
 /// Unknown fields are ignored, so newer apps keep working against this server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendMessage {
     pub id: String,
     pub to: UserId,
@@ -17,6 +18,7 @@ pub struct SendMessage {
 
 /// `to/{uid}/ack`: the message is stored ("sent", one tick).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ack {
     /// The device's own id for the message.
     pub id: String,
@@ -29,6 +31,7 @@ pub struct Ack {
 
 /// `to/{uid}/ack`: what the device sent was refused; nothing was stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckError {
     /// The device's id for the message, when it could be read.
     pub id: Option<String>,
@@ -37,6 +40,7 @@ pub struct AckError {
 
 /// A machine-readable code and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
@@ -44,6 +48,7 @@ pub struct ErrorBody {
 
 /// A stored message, as devices receive it on `to/{uid}/msg` and as history returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     pub id: MessageId,
     pub conversation_id: ConversationId,

@@ -1,0 +1,31 @@
+//! The OpenAPI document, generated from the handlers and types themselves.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{auth, conversations, ops};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Parley HTTP API", description = "Accounts, conversations and history. Devices talk MQTT; see docs/protocol.md."),
+    paths(
+        auth::register, auth::login, auth::refresh, auth::me,
+        conversations::list, conversations::messages,
+        ops::healthz, ops::readyz,
+    ),
+    components(schemas(crate::ErrorResponse, crate::error::ErrorDetail)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}

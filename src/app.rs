@@ -1,0 +1,155 @@
+//! Starting and stopping the whole platform in one process: store, embedded bus,
+//! gate, bridge, HTTP API and scheduler, all tied to one shutdown token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use parley_api::{AppState, ReadinessCheck};
+use parley_broker::bus::{self, BusProbe};
+use parley_broker::gate::{self, GateHandle, GateSettings};
+use parley_config::Settings;
+use parley_domain::{Domain, Limits, Store, TokenSettings, Tokens};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The platform, running.
+pub struct Running {
+    pub mqtt_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub store: Store,
+    pub gate: GateHandle,
+    shutdown: CancellationToken,
+    parts: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+/// Opens the database and applies migrations (what `parley migrate` does).
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
+    let store = Store::connect(settings.database_url().expose_secret(), settings.database.max_connections)
+        .await
+        .with_context(|| format!("cannot open the database {}", settings.database_url_for_logs()))?;
+    store.migrate().await.context("database migration failed")?;
+    Ok(store)
+}
+
+async fn bind(addr: &str, setting: &str, env: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow!("{addr} is already in use: set {setting} in the config file or {env} to a free address")
+        } else {
+            anyhow!("cannot listen on {addr} ({setting}): {e}")
+        }
+    })
+}
+
+/// Starts every part; they run until `shutdown` is cancelled or one of them fails.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let store = open_store(&settings).await?;
+    tracing::info!(backend = store.backend_name(), database = %settings.database_url_for_logs(), "database ready");
+    let key = match &settings.auth.signing_key {
+        Some(key) => key.expose().as_bytes().to_vec(),
+        None => parley_domain::load_or_create_signing_key(&settings.data_dir.join("signing.key"))
+            .context("cannot read or create the signing key in data_dir")?,
+    };
+    if key.len() < 32 {
+        return Err(anyhow!("auth.signing_key must be at least 32 bytes"));
+    }
+    let tokens = Tokens::new(
+        &key,
+        TokenSettings {
+            issuer: settings.auth.issuer.clone(),
+            audience: settings.auth.audience.clone(),
+            access_ttl: Duration::from_secs(settings.auth.access_token_ttl_secs),
+            refresh_ttl: Duration::from_secs(settings.auth.refresh_token_ttl_secs),
+        },
+    );
+    let domain = Domain::new(store.clone(), tokens.clone(), Limits { max_text_chars: settings.messages.max_text_chars });
+
+    let mqtt = bind(&settings.mqtt.listen, "mqtt.listen", "PARLEY_MQTT__LISTEN").await?;
+    let http = bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?;
+    let (mqtt_addr, http_addr) = (mqtt.local_addr()?, http.local_addr()?);
+    let bus_listen = settings.bus.listen.clone();
+    let bus = tokio::task::spawn_blocking(move || bus::start_embedded(&bus_listen)).await??;
+
+    let mut parts = JoinSet::new();
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+    {
+        let (settings, tokens, bus, shutdown) = (GateSettings::from_config(&settings.mqtt), tokens, bus.clone(), shutdown.clone());
+        parts.spawn(async move {
+            let ready = move |h| {
+                let _ = gate_tx.send(h);
+            };
+            ("gate", gate::serve(mqtt, settings, tokens, &bus, shutdown, ready).await)
+        });
+    }
+    {
+        let (domain, bus, shutdown) = (domain.clone(), bus.clone(), shutdown.clone());
+        parts.spawn(async move { ("bridge", parley_bridge::run(domain, &bus, shutdown).await) });
+    }
+    let probe = Arc::new(BusProbe::start(&bus, shutdown.clone()));
+    let bus_check: ReadinessCheck = Arc::new(move || {
+        let probe = probe.clone();
+        Box::pin(async move { probe.check(Duration::from_secs(2)).await.map(|_| ()) })
+    });
+    let state = AppState { domain: domain.clone(), readiness: Arc::new(vec![("bus", bus_check)]) };
+    {
+        let shutdown = shutdown.clone();
+        parts.spawn(async move { ("api", parley_api::serve(http, state, shutdown).await.map_err(Into::into)) });
+    }
+    {
+        let (domain, shutdown) = (domain.clone(), shutdown.clone());
+        parts.spawn(async move { ("scheduler", crate::scheduler::run(domain, shutdown).await) });
+    }
+    let gate = gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?;
+    tracing::info!(%mqtt_addr, %http_addr, "parley is up");
+    Ok(Running { mqtt_addr, http_addr, store, gate, shutdown, parts })
+}
+
+impl Running {
+    /// Waits until a part stops (or shutdown is requested), then stops the others.
+    /// Returns the first part's failure, naming it.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut failure = None;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            Some(first) = self.parts.join_next() => {
+                failure = Some(describe(first));
+            }
+        }
+        let requested = self.shutdown.is_cancelled() && failure.is_none();
+        self.shutdown.cancel();
+        while let Some(next) = self.parts.join_next().await {
+            if let Err(e) = describe(next) {
+                tracing::error!(error = %e, "a part failed while stopping");
+            }
+        }
+        self.store.close().await;
+        match failure {
+            Some(Err(e)) => Err(e),
+            Some(Ok(name)) if !requested => Err(anyhow!("{name} stopped unexpectedly")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Requests shutdown and waits for every part to stop.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+fn describe(joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>) -> anyhow::Result<&'static str> {
+    match joined {
+        Ok((name, Ok(()))) => {
+            tracing::info!(part = name, "stopped");
+            Ok(name)
+        }
+        Ok((name, Err(e))) => Err(e.context(format!("{name} failed"))),
+        Err(e) => Err(anyhow!("a part panicked: {e}")),
+    }
+}
