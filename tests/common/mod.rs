@@ -1,0 +1,266 @@
+//! The harness for end-to-end tests: a whole Parley on port 0 with a fresh database
+//! (SQLite file or a new PostgreSQL database), a real HTTP client and real MQTT
+//! clients (rumqttc) talking to it over TCP.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use parley::app::Running;
+use parley_config::{DatabaseUrl, Settings};
+pub use parley_store::testing::Backend;
+use parley_store::testing::TestDatabase;
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Generates one `#[tokio::test]` per backend for each listed async fn taking a `Backend`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $name() { super::$name(super::common::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $name() { super::$name(super::common::Backend::Postgres).await })*
+        }
+    };
+}
+
+/// How long any wait in these tests may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct TestApp {
+    pub running: Option<Running>,
+    pub http: String,
+    pub mqtt: SocketAddr,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    _db: TestDatabase,
+    _data: tempfile::TempDir,
+}
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub login: String,
+    pub password: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    /// Starts Parley against a fresh database of `backend`; `None` when PostgreSQL is not configured.
+    pub async fn spawn(backend: Backend) -> Option<TestApp> {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
+        let db = TestDatabase::create(backend).await?;
+        let data = tempfile::tempdir().expect("data dir");
+        let mut settings = Settings::default();
+        settings.data_dir = data.path().to_path_buf();
+        settings.database.url = Some(DatabaseUrl::new(db.url.clone()));
+        settings.database.max_connections = 5;
+        settings.mqtt.listen = "127.0.0.1:0".into();
+        settings.http.listen = "127.0.0.1:0".into();
+        settings.bus.listen = "127.0.0.1:0".into();
+        tweak(&mut settings);
+        let running = parley::app::start(settings.clone(), CancellationToken::new()).await.expect("parley starts");
+        Some(TestApp {
+            http: format!("http://{}", running.http_addr),
+            mqtt: running.mqtt_addr,
+            running: Some(running),
+            client: reqwest::Client::new(),
+            settings,
+            _db: db,
+            _data: data,
+        })
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("clean stop");
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self.client.post(format!("{}{path}", self.http)).json(&body).send().await.expect("http");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.client.get(format!("{}{path}", self.http));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("http");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers `username` with a password, then logs in by username.
+    pub async fn user(&self, username: &str) -> TestUser {
+        let password = format!("pw-{username}-long-enough");
+        let (status, body) = self.post("/v1/auth/register", json!({"username": username, "password": password})).await;
+        assert_eq!(status, 201, "register {username}: {body}");
+        self.login(username, &password).await
+    }
+
+    pub async fn login(&self, login: &str, password: &str) -> TestUser {
+        let (status, body) = self.post("/v1/auth/login", json!({"login": login, "password": password})).await;
+        assert_eq!(status, 200, "login {login}: {body}");
+        TestUser {
+            id: body["user"]["id"].as_str().expect("user id").to_string(),
+            login: login.to_string(),
+            password: password.to_string(),
+            access_token: body["access_token"].as_str().expect("access token").to_string(),
+            refresh_token: body["refresh_token"].as_str().expect("refresh token").to_string(),
+        }
+    }
+
+    pub fn options(&self, client_id: &str, username: &str, password: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, self.mqtt.ip().to_string(), self.mqtt.port());
+        o.set_credentials(username, password);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        o
+    }
+
+    /// A connected 3.1.1 device of `user`, subscribed to all its downlinks.
+    pub async fn device(&self, user: &TestUser, client_id: &str) -> Device {
+        let mut d = Device::connect(self.options(client_id, &user.id, &user.access_token)).await.expect("device connects");
+        d.subscribe(&format!("to/{}/#", user.id)).await;
+        d
+    }
+
+    /// Stored messages, counted by the database itself.
+    pub async fn message_rows(&self) -> i64 {
+        self.running().store.count_messages().await.expect("count")
+    }
+}
+
+/// A device: a rumqttc client whose event loop runs in its own task and
+/// forwards every incoming packet here.
+pub struct Device {
+    pub client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Packet>,
+    pending: VecDeque<Packet>,
+    pub closed: tokio::sync::watch::Receiver<Option<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Device {
+    /// Connects and waits for CONNACK; a refusal is returned as the error.
+    pub async fn connect(options: MqttOptions) -> Result<Device, ConnectionError> {
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let connack = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match eventloop.poll().await? {
+                    Event::Incoming(Packet::ConnAck(ack)) => return Ok::<_, ConnectionError>(ack),
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .expect("CONNACK in time")?;
+        assert_eq!(connack.code, rumqttc::ConnectReturnCode::Success);
+        let (tx, events) = mpsc::unbounded_channel();
+        let (closed_tx, closed) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(p)) => {
+                        if tx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = closed_tx.send(Some(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Device { client, events, pending: VecDeque::new(), closed, task })
+    }
+
+    /// The next incoming packet matching `pick`, keeping the others for later calls.
+    pub async fn next_matching<T>(&mut self, mut pick: impl FnMut(&Packet) -> Option<T>) -> T {
+        if let Some(pos) = self.pending.iter().position(|p| pick(p).is_some()) {
+            let p = self.pending.remove(pos).expect("pending");
+            return pick(&p).expect("picked");
+        }
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let p = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .expect("expected packet did not arrive in time")
+                .expect("device event loop ended");
+            if let Some(t) = pick(&p) {
+                return t;
+            }
+            self.pending.push_back(p);
+        }
+    }
+
+    /// The next PUBLISH on `topic`, as JSON.
+    pub async fn next_on(&mut self, topic: &str) -> Value {
+        self.next_matching(|p| match p {
+            Packet::Publish(p) if p.topic == topic => Some(serde_json::from_slice(&p.payload).expect("json payload")),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Whether anything arrives on `topic` within `wait`.
+    pub async fn nothing_on(&mut self, topic: &str, wait: Duration) -> bool {
+        if self.pending.iter().any(|p| matches!(p, Packet::Publish(p) if p.topic == topic)) {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            let hit = matches!(&p, Packet::Publish(p) if p.topic == topic);
+            self.pending.push_back(p);
+            if hit {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Subscribes at QoS 1 and waits for the SUBACK; returns its return codes.
+    pub async fn subscribe(&mut self, filter: &str) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe");
+        self.next_matching(|p| match p {
+            Packet::SubAck(a) => Some(a.return_codes.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn publish_json(&self, topic: &str, body: &Value) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, body.to_string()).await.expect("publish");
+    }
+
+    pub async fn publish_raw(&self, topic: &str, body: &[u8]) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, body.to_vec()).await.expect("publish");
+    }
+}
