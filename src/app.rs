@@ -116,12 +116,14 @@ impl Running {
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let mut failure = None;
         tokio::select! {
+            biased;
             _ = self.shutdown.cancelled() => {}
             Some(first) = self.parts.join_next() => {
                 failure = Some(describe(first));
             }
         }
-        let requested = self.shutdown.is_cancelled() && failure.is_none();
+        // Parts stop on their own once shutdown was requested; before that, stopping is a failure.
+        let requested = self.shutdown.is_cancelled();
         self.shutdown.cancel();
         while let Some(next) = self.parts.join_next().await {
             if let Err(e) = describe(next) {

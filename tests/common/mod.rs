@@ -144,6 +144,13 @@ impl TestApp {
         d
     }
 
+    /// A token for `user_id` signed with this deployment's key, issued at `issued_at` (Unix seconds).
+    pub fn token_issued_at(&self, user_id: &str, issued_at: i64) -> String {
+        let key = parley_domain::load_or_create_signing_key(&self.settings.data_dir.join("signing.key")).expect("key");
+        let tokens = parley_domain::Tokens::new(&key, token_settings());
+        tokens.issue_access(user_id.parse().expect("uuid"), issued_at)
+    }
+
     /// Stored messages, counted by the database itself.
     pub async fn message_rows(&self) -> i64 {
         self.running().store.count_messages().await.expect("count")
@@ -154,6 +161,8 @@ impl TestApp {
 /// forwards every incoming packet here.
 pub struct Device {
     pub client: AsyncClient,
+    /// What CONNACK said about an existing session.
+    pub session_present: bool,
     events: mpsc::UnboundedReceiver<Packet>,
     pending: VecDeque<Packet>,
     pub closed: tokio::sync::watch::Receiver<Option<String>>,
@@ -199,7 +208,7 @@ impl Device {
                 }
             }
         });
-        Ok(Device { client, events, pending: VecDeque::new(), closed, task })
+        Ok(Device { client, session_present: connack.session_present, events, pending: VecDeque::new(), closed, task })
     }
 
     /// The next incoming packet matching `pick`, keeping the others for later calls.
@@ -263,4 +272,20 @@ impl Device {
     pub async fn publish_raw(&self, topic: &str, body: &[u8]) {
         self.client.publish(topic, QoS::AtLeastOnce, false, body.to_vec()).await.expect("publish");
     }
+}
+
+/// The token settings the test deployments use (the defaults).
+pub fn token_settings() -> parley_domain::TokenSettings {
+    let d = Settings::default().auth;
+    parley_domain::TokenSettings {
+        issuer: d.issuer,
+        audience: d.audience,
+        access_ttl: Duration::from_secs(d.access_token_ttl_secs),
+        refresh_ttl: Duration::from_secs(d.refresh_token_ttl_secs),
+    }
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
 }

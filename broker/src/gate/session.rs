@@ -233,8 +233,12 @@ impl Registry {
 }
 
 impl Maps {
+    /// Forgets exactly this session (not a newer one under the same key).
     fn remove(&mut self, session: &Arc<Session>) {
-        self.sessions.remove(&(session.user, session.client_id.clone()));
+        let key = (session.user, session.client_id.clone());
+        if self.sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            self.sessions.remove(&key);
+        }
         if let Some(list) = self.by_user.get_mut(&session.user) {
             list.retain(|s| !Arc::ptr_eq(s, session));
             if list.is_empty() {
