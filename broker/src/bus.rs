@@ -93,6 +93,8 @@ fn wait_until_listening(addr: SocketAddr) -> anyhow::Result<()> {
 pub struct BusProbe {
     client: AsyncClient,
     topic: String,
+    /// True while the probe's subscription stands (set on SUBACK, cleared on a drop).
+    subscribed: watch::Receiver<bool>,
     seen: watch::Receiver<u64>,
     sent: AtomicU64,
 }
@@ -103,6 +105,7 @@ impl BusProbe {
         let topic = format!("parley/probe/{}", uuid::Uuid::new_v4().simple());
         let (client, mut events) = AsyncClient::new(bus.options("probe"), 16);
         let (tx, seen) = watch::channel(0u64);
+        let (sub_tx, subscribed) = watch::channel(false);
         let sub_client = client.clone();
         let sub_topic = topic.clone();
         tokio::spawn(async move {
@@ -115,17 +118,23 @@ impl BusProbe {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let _ = sub_client.try_subscribe(sub_topic.clone(), QoS::AtMostOnce);
                     }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        sub_tx.send_replace(true);
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Some(n) = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()) {
                             tx.send_replace(n);
                         }
                     }
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    Err(_) => {
+                        sub_tx.send_replace(false);
+                        tokio::time::sleep(Duration::from_millis(500)).await
+                    }
                 }
             }
         });
-        BusProbe { client, topic, seen, sent: AtomicU64::new(0) }
+        BusProbe { client, topic, subscribed, seen, sent: AtomicU64::new(0) }
     }
 
     /// One round trip through the bus within `limit`, or why not.
@@ -133,7 +142,9 @@ impl BusProbe {
         let started = Instant::now();
         let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         let mut seen = self.seen.clone();
+        let mut subscribed = self.subscribed.clone();
         let round_trip = async {
+            subscribed.wait_for(|s| *s).await.map_err(|_| "bus probe stopped".to_string())?;
             self.client
                 .publish(self.topic.clone(), QoS::AtMostOnce, false, n.to_string())
                 .await
