@@ -30,9 +30,17 @@ pub struct Running {
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
-    let store = Store::connect(settings.database_url().expose_secret(), settings.database.max_connections)
-        .await
-        .with_context(|| format!("cannot open the database {}", settings.database_url_for_logs()))?;
+    let store = Store::connect(
+        settings.database_url().expose_secret(),
+        settings.database.max_connections,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the database {}",
+            settings.database_url_for_logs()
+        )
+    })?;
     store.migrate().await.context("database migration failed")?;
     Ok(store)
 }
@@ -68,7 +76,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             refresh_ttl: Duration::from_secs(settings.auth.refresh_token_ttl_secs),
         },
     );
-    let domain = Domain::new(store.clone(), tokens.clone(), Limits { max_text_chars: settings.messages.max_text_chars });
+    let domain = Domain::new(
+        store.clone(),
+        tokens.clone(),
+        Limits {
+            max_text_chars: settings.messages.max_text_chars,
+        },
+    );
 
     let mqtt = bind(&settings.mqtt.listen, "mqtt.listen", "PARLEY_MQTT__LISTEN").await?;
     let http = bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?;
@@ -79,12 +93,20 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let mut parts = JoinSet::new();
     let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
     {
-        let (settings, tokens, bus, shutdown) = (GateSettings::from_config(&settings.mqtt), tokens, bus.clone(), shutdown.clone());
+        let (settings, tokens, bus, shutdown) = (
+            GateSettings::from_config(&settings.mqtt),
+            tokens,
+            bus.clone(),
+            shutdown.clone(),
+        );
         parts.spawn(async move {
             let ready = move |h| {
                 let _ = gate_tx.send(h);
             };
-            ("gate", gate::serve(mqtt, settings, tokens, &bus, shutdown, ready).await)
+            (
+                "gate",
+                gate::serve(mqtt, settings, tokens, &bus, shutdown, ready).await,
+            )
         });
     }
     {
@@ -96,18 +118,37 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         let probe = probe.clone();
         Box::pin(async move { probe.check(Duration::from_secs(2)).await.map(|_| ()) })
     });
-    let state = AppState { domain: domain.clone(), readiness: Arc::new(vec![("bus", bus_check)]) };
+    let state = AppState {
+        domain: domain.clone(),
+        readiness: Arc::new(vec![("bus", bus_check)]),
+    };
     {
         let shutdown = shutdown.clone();
-        parts.spawn(async move { ("api", parley_api::serve(http, state, shutdown).await.map_err(Into::into)) });
+        parts.spawn(async move {
+            (
+                "api",
+                parley_api::serve(http, state, shutdown)
+                    .await
+                    .map_err(Into::into),
+            )
+        });
     }
     {
         let (domain, shutdown) = (domain.clone(), shutdown.clone());
         parts.spawn(async move { ("scheduler", crate::scheduler::run(domain, shutdown).await) });
     }
-    let gate = gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?;
+    let gate = gate_rx
+        .await
+        .map_err(|_| anyhow!("the gate stopped before it started"))?;
     tracing::info!(%mqtt_addr, %http_addr, "parley is up");
-    Ok(Running { mqtt_addr, http_addr, store, gate, shutdown, parts })
+    Ok(Running {
+        mqtt_addr,
+        http_addr,
+        store,
+        gate,
+        shutdown,
+        parts,
+    })
 }
 
 impl Running {
@@ -145,7 +186,9 @@ impl Running {
     }
 }
 
-fn describe(joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>) -> anyhow::Result<&'static str> {
+fn describe(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Result<&'static str> {
     match joined {
         Ok((name, Ok(()))) => {
             tracing::info!(part = name, "stopped");

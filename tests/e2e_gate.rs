@@ -24,7 +24,11 @@ both_backends!(
 );
 
 async fn refused(app: &TestApp, username: &str, password: &str) -> ConnectReturnCode {
-    let options = app.options(&format!("c-{}", uuid::Uuid::new_v4().simple()), username, password);
+    let options = app.options(
+        &format!("c-{}", uuid::Uuid::new_v4().simple()),
+        username,
+        password,
+    );
     match Device::connect(options).await {
         Err(ConnectionError::ConnectionRefused(code)) => code,
         Err(other) => panic!("expected a CONNACK refusal, got {other:?}"),
@@ -41,53 +45,120 @@ fn unsigned_token(sub: &str) -> String {
 }
 
 async fn bad_tokens_are_refused_with_the_connack_code_and_change_nothing(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut watcher = app.device(&bob, "bob-phone").await;
 
-    let foreign = parley_domain::Tokens::new(&[7u8; 64], token_settings()).issue_access(alice.id.parse().expect("uuid"), now_secs());
+    let foreign = parley_domain::Tokens::new(&[7u8; 64], token_settings())
+        .issue_access(alice.id.parse().expect("uuid"), now_secs());
     let expired = app.token_issued_at(&alice.id, now_secs() - 3600);
     let cases = [
-        ("no password", alice.id.clone(), String::new(), ConnectReturnCode::BadUserNamePassword),
-        ("garbage", alice.id.clone(), "not-a-jwt".to_string(), ConnectReturnCode::BadUserNamePassword),
-        ("expired", alice.id.clone(), expired, ConnectReturnCode::BadUserNamePassword),
-        ("wrong key", alice.id.clone(), foreign, ConnectReturnCode::BadUserNamePassword),
-        ("alg none", alice.id.clone(), unsigned_token(&alice.id), ConnectReturnCode::BadUserNamePassword),
-        ("refresh token as password", alice.id.clone(), alice.refresh_token.clone(), ConnectReturnCode::BadUserNamePassword),
-        ("someone else's token", alice.id.clone(), bob.access_token.clone(), ConnectReturnCode::NotAuthorized),
-        ("username not a user id", "alice".to_string(), alice.access_token.clone(), ConnectReturnCode::NotAuthorized),
+        (
+            "no password",
+            alice.id.clone(),
+            String::new(),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "garbage",
+            alice.id.clone(),
+            "not-a-jwt".to_string(),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "expired",
+            alice.id.clone(),
+            expired,
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "wrong key",
+            alice.id.clone(),
+            foreign,
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "alg none",
+            alice.id.clone(),
+            unsigned_token(&alice.id),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "refresh token as password",
+            alice.id.clone(),
+            alice.refresh_token.clone(),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "someone else's token",
+            alice.id.clone(),
+            bob.access_token.clone(),
+            ConnectReturnCode::NotAuthorized,
+        ),
+        (
+            "username not a user id",
+            "alice".to_string(),
+            alice.access_token.clone(),
+            ConnectReturnCode::NotAuthorized,
+        ),
     ];
     for (what, username, password, expected) in &cases {
         assert_eq!(refused(&app, username, password).await, *expected, "{what}");
     }
     let stats = app.running().gate.stats();
-    assert_eq!(stats.connections_refused.load(Ordering::Relaxed), cases.len() as u64);
-    assert_eq!(app.running().gate.session_counts(), (1, 1), "only bob's session exists");
+    assert_eq!(
+        stats.connections_refused.load(Ordering::Relaxed),
+        cases.len() as u64
+    );
+    assert_eq!(
+        app.running().gate.session_counts(),
+        (1, 1),
+        "only bob's session exists"
+    );
     assert_eq!(app.message_rows().await, 0);
 
     // Bob's device never noticed, and Alice with her real token gets in.
     let a = app.device(&alice, "alice-phone").await;
-    a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "m1", "to": bob.id, "text": "hi"})).await;
+    a.publish_json(
+        &format!("from/{}/msg", alice.id),
+        &json!({"id": "m1", "to": bob.id, "text": "hi"}),
+    )
+    .await;
     let got = watcher.next_on(&format!("to/{}/msg", bob.id)).await;
     assert_eq!(got["text"], "hi");
     app.stop().await;
 }
 
 async fn v5_devices_get_v5_reason_codes_for_bad_tokens_and_foreign_subscriptions(backend: Backend) {
-    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as C5, Packet as P5, SubscribeReasonCode as S5};
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnectReturnCode as C5, Packet as P5, SubscribeReasonCode as S5,
+    };
     use rumqttc::v5::{AsyncClient, ConnectionError as E5, Event as Ev5, MqttOptions};
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let connect = |password: String| {
-        let mut o = MqttOptions::new(format!("v5-{}", uuid::Uuid::new_v4().simple()), app.mqtt.ip().to_string(), app.mqtt.port());
+        let mut o = MqttOptions::new(
+            format!("v5-{}", uuid::Uuid::new_v4().simple()),
+            app.mqtt.ip().to_string(),
+            app.mqtt.port(),
+        );
         o.set_credentials(alice.id.clone(), password);
         AsyncClient::new(o, 16)
     };
-    for (password, expected) in [("garbage".to_string(), C5::BadUserNamePassword), (bob.access_token.clone(), C5::NotAuthorized)] {
+    for (password, expected) in [
+        ("garbage".to_string(), C5::BadUserNamePassword),
+        (bob.access_token.clone(), C5::NotAuthorized),
+    ] {
         let (_client, mut events) = connect(password);
-        let outcome = tokio::time::timeout(Duration::from_secs(10), events.poll()).await.expect("answer in time");
+        let outcome = tokio::time::timeout(Duration::from_secs(10), events.poll())
+            .await
+            .expect("answer in time");
         match outcome {
             Err(E5::ConnectionRefused(code)) => assert_eq!(code, expected),
             other => panic!("expected refusal {expected:?}, got {other:?}"),
@@ -103,10 +174,15 @@ async fn v5_devices_get_v5_reason_codes_for_bad_tokens_and_foreign_subscriptions
                 Ev5::Incoming(P5::ConnAck(_)) if !sent => {
                     sent = true;
                     for f in [own.as_str(), "#", theirs.as_str()] {
-                        client.subscribe(f, rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await.expect("subscribe");
+                        client
+                            .subscribe(f, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                            .await
+                            .expect("subscribe");
                     }
                 }
-                Ev5::Incoming(P5::SubAck(a)) if a.return_codes.len() == 1 && a.pkid == 3 => return a.return_codes,
+                Ev5::Incoming(P5::SubAck(a)) if a.return_codes.len() == 1 && a.pkid == 3 => {
+                    return a.return_codes
+                }
                 Ev5::Incoming(P5::SubAck(a)) => assert!(a.pkid < 3, "{a:?}"),
                 _ => {}
             }
@@ -119,48 +195,98 @@ async fn v5_devices_get_v5_reason_codes_for_bad_tokens_and_foreign_subscriptions
 }
 
 async fn foreign_and_wildcard_subscriptions_are_refused(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut a = app.device(&alice, "alice-phone").await;
-    for filter in ["#".to_string(), "+/#".to_string(), "to/#".to_string(), "to/+/msg".to_string(), format!("to/{}/#", bob.id), format!("from/{}/#", bob.id), "$SYS/#".to_string(), format!("$share/g/to/{}/#", bob.id)] {
-        assert_eq!(a.subscribe(&filter).await, vec![SubscribeReasonCode::Failure], "{filter}");
+    for filter in [
+        "#".to_string(),
+        "+/#".to_string(),
+        "to/#".to_string(),
+        "to/+/msg".to_string(),
+        format!("to/{}/#", bob.id),
+        format!("from/{}/#", bob.id),
+        "$SYS/#".to_string(),
+        format!("$share/g/to/{}/#", bob.id),
+    ] {
+        assert_eq!(
+            a.subscribe(&filter).await,
+            vec![SubscribeReasonCode::Failure],
+            "{filter}"
+        );
     }
-    assert_eq!(a.subscribe(&format!("to/{}/msg", alice.id)).await, vec![SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]);
-    assert_eq!(app.running().gate.stats().subscriptions_refused.load(Ordering::Relaxed), 8);
+    assert_eq!(
+        a.subscribe(&format!("to/{}/msg", alice.id)).await,
+        vec![SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]
+    );
+    assert_eq!(
+        app.running()
+            .gate
+            .stats()
+            .subscriptions_refused
+            .load(Ordering::Relaxed),
+        8
+    );
 
     // None of those filters lets Alice see Bob's traffic.
     let carol = app.user("carol").await;
     let c = app.device(&carol, "carol-phone").await;
-    c.publish_json(&format!("from/{}/msg", carol.id), &json!({"id": "c1", "to": bob.id, "text": "for bob only"})).await;
+    c.publish_json(
+        &format!("from/{}/msg", carol.id),
+        &json!({"id": "c1", "to": bob.id, "text": "for bob only"}),
+    )
+    .await;
     let mut b = app.device(&bob, "bob-phone").await;
     let _ = b.next_on(&format!("to/{}/msg", bob.id)).await;
-    assert!(a.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300)).await);
+    assert!(
+        a.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300))
+            .await
+    );
     app.stop().await;
 }
 
 async fn publishing_as_another_user_is_refused_and_reported(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut a = app.device(&alice, "alice-phone").await;
     let mut b = app.device(&bob, "bob-phone").await;
     let forged = json!({"id": "f1", "to": alice.id, "text": "I am bob"});
-    a.publish_json(&format!("from/{}/msg", bob.id), &forged).await;
+    a.publish_json(&format!("from/{}/msg", bob.id), &forged)
+        .await;
     a.publish_json(&format!("to/{}/msg", bob.id), &forged).await;
     for _ in 0..2 {
         let err = a.next_on(&format!("to/{}/error", alice.id)).await;
         assert_eq!(err["error"]["code"], "not_authorized");
     }
-    assert!(b.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300)).await);
-    assert!(b.nothing_on(&format!("to/{}/ack", bob.id), Duration::from_millis(100)).await);
-    assert_eq!(app.running().gate.stats().publishes_refused.load(Ordering::Relaxed), 2);
+    assert!(
+        b.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300))
+            .await
+    );
+    assert!(
+        b.nothing_on(&format!("to/{}/ack", bob.id), Duration::from_millis(100))
+            .await
+    );
+    assert_eq!(
+        app.running()
+            .gate
+            .stats()
+            .publishes_refused
+            .load(Ordering::Relaxed),
+        2
+    );
     assert_eq!(app.message_rows().await, 0);
     app.stop().await;
 }
 
 async fn a_persistent_session_keeps_messages_while_the_device_is_away(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut options = app.options("bob-tablet", &bob.id, &bob.access_token);
@@ -173,7 +299,11 @@ async fn a_persistent_session_keeps_messages_while_the_device_is_away(backend: B
 
     let mut a = app.device(&alice, "alice-phone").await;
     for i in 0..3 {
-        a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": format!("m{i}"), "to": bob.id, "text": format!("while away {i}")})).await;
+        a.publish_json(
+            &format!("from/{}/msg", alice.id),
+            &json!({"id": format!("m{i}"), "to": bob.id, "text": format!("while away {i}")}),
+        )
+        .await;
         let _ = a.next_on(&format!("to/{}/ack", alice.id)).await;
     }
     let mut again = Device::connect(options).await.expect("reconnect");
@@ -186,30 +316,54 @@ async fn a_persistent_session_keeps_messages_while_the_device_is_away(backend: B
 }
 
 async fn a_second_connection_with_the_same_client_id_takes_the_session_over(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let old = app.device(&bob, "bob-phone").await;
     let mut new = app.device(&bob, "bob-phone").await;
     let mut closed = old.closed.clone();
-    tokio::time::timeout(Duration::from_secs(10), closed.wait_for(Option::is_some)).await.expect("old connection closed").expect("watch");
+    tokio::time::timeout(Duration::from_secs(10), closed.wait_for(Option::is_some))
+        .await
+        .expect("old connection closed")
+        .expect("watch");
     let a = app.device(&alice, "alice-phone").await;
-    a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "t1", "to": bob.id, "text": "to the new one"})).await;
-    assert_eq!(new.next_on(&format!("to/{}/msg", bob.id)).await["text"], "to the new one");
+    a.publish_json(
+        &format!("from/{}/msg", alice.id),
+        &json!({"id": "t1", "to": bob.id, "text": "to the new one"}),
+    )
+    .await;
+    assert_eq!(
+        new.next_on(&format!("to/{}/msg", bob.id)).await["text"],
+        "to the new one"
+    );
     assert_eq!(app.running().gate.session_counts(), (2, 2));
     app.stop().await;
 }
 
 async fn another_users_client_id_is_another_session(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else { return };
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut a = app.device(&alice, "same-id").await;
     let b = app.device(&bob, "same-id").await;
     assert!(a.closed.borrow().is_none());
-    b.publish_json(&format!("from/{}/msg", bob.id), &json!({"id": "x", "to": alice.id, "text": "still here?"})).await;
-    assert_eq!(a.next_on(&format!("to/{}/msg", alice.id)).await["text"], "still here?");
-    assert!(a.closed.borrow().is_none(), "alice's connection was not taken over");
+    b.publish_json(
+        &format!("from/{}/msg", bob.id),
+        &json!({"id": "x", "to": alice.id, "text": "still here?"}),
+    )
+    .await;
+    assert_eq!(
+        a.next_on(&format!("to/{}/msg", alice.id)).await["text"],
+        "still here?"
+    );
+    assert!(
+        a.closed.borrow().is_none(),
+        "alice's connection was not taken over"
+    );
     assert_eq!(app.running().gate.session_counts(), (2, 2));
     app.stop().await;
 }
@@ -217,7 +371,10 @@ async fn another_users_client_id_is_another_session(backend: Backend) {
 async fn wait_until(mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + common::DEADLINE;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -15,7 +15,10 @@ pub struct Downlink {
 impl Downlink {
     fn json(topic: String, body: &impl serde::Serialize) -> Downlink {
         // Serialising our own payload types cannot fail.
-        Downlink { topic, payload: serde_json::to_vec(body).unwrap_or_default() }
+        Downlink {
+            topic,
+            payload: serde_json::to_vec(body).unwrap_or_default(),
+        }
     }
 }
 
@@ -31,7 +34,12 @@ pub async fn handle_uplink(domain: &Domain, topic: &str, payload: &[u8]) -> Vec<
         "msg" => send_message(domain, sender, payload).await,
         other => {
             tracing::info!(user_id = %sender, kind = other, "unknown uplink kind");
-            vec![error(sender, None, "unknown_topic", format!("nothing is published on from/{{uid}}/{other}"))]
+            vec![error(
+                sender,
+                None,
+                "unknown_topic",
+                format!("nothing is published on from/{{uid}}/{other}"),
+            )]
         }
     }
 }
@@ -44,7 +52,12 @@ async fn send_message(domain: &Domain, sender: UserId, payload: &[u8]) -> Vec<Do
             let id = serde_json::from_slice::<serde_json::Value>(payload)
                 .ok()
                 .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string));
-            return vec![error(sender, id, "invalid_payload", format!("payload is not a valid message: {e}"))];
+            return vec![error(
+                sender,
+                id,
+                "invalid_payload",
+                format!("payload is not a valid message: {e}"),
+            )];
         }
     };
     let client_id = msg.id.clone();
@@ -54,7 +67,11 @@ async fn send_message(domain: &Domain, sender: UserId, payload: &[u8]) -> Vec<Do
             let fresh = matches!(stored, Stored::New(_));
             let message = stored.into_inner();
             tracing::debug!(user_id = %sender, conversation_id = %message.conversation_id, seq = message.seq, fresh, "message stored");
-            let recipient = if fresh { Some(to) } else { recipient_of(domain, &message, sender).await };
+            let recipient = if fresh {
+                Some(to)
+            } else {
+                recipient_of(domain, &message, sender).await
+            };
             let mut out = vec![Downlink::json(topics::ack(sender), &message.ack())];
             // A retry delivers again too: the first attempt may have been cut off
             // before its delivery; devices drop repeats by message id.
@@ -73,7 +90,11 @@ async fn send_message(domain: &Domain, sender: UserId, payload: &[u8]) -> Vec<Do
 }
 
 /// The other member of the 1:1 conversation the message belongs to.
-async fn recipient_of(domain: &Domain, message: &parley_wire::payloads::Message, sender: UserId) -> Option<UserId> {
+async fn recipient_of(
+    domain: &Domain,
+    message: &parley_wire::payloads::Message,
+    sender: UserId,
+) -> Option<UserId> {
     match domain.conversation_members(message.conversation_id).await {
         Ok(members) => members.into_iter().find(|m| *m != sender),
         Err(e) => {
@@ -84,6 +105,12 @@ async fn recipient_of(domain: &Domain, message: &parley_wire::payloads::Message,
 }
 
 fn error(sender: UserId, id: Option<String>, code: &str, message: String) -> Downlink {
-    let body = AckError { id, error: ErrorBody { code: code.to_string(), message } };
+    let body = AckError {
+        id,
+        error: ErrorBody {
+            code: code.to_string(),
+            message,
+        },
+    };
     Downlink::json(topics::ack(sender), &body)
 }

@@ -115,13 +115,18 @@ impl Default for Settings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: None, max_connections: 10 }
+        Self {
+            url: None,
+            max_connections: 10,
+        }
     }
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:8080".into() }
+        Self {
+            listen: "0.0.0.0:8080".into(),
+        }
     }
 }
 
@@ -141,7 +146,9 @@ impl Default for MqttSettings {
 
 impl Default for BusSettings {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:0".into() }
+        Self {
+            listen: "127.0.0.1:0".into(),
+        }
     }
 }
 
@@ -159,13 +166,18 @@ impl Default for AuthSettings {
 
 impl Default for MessageSettings {
     fn default() -> Self {
-        Self { max_text_chars: 4000 }
+        Self {
+            max_text_chars: 4000,
+        }
     }
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { level: "info".into(), format: "text".into() }
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -186,7 +198,10 @@ impl Settings {
             .ignore(&["config"])
             .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
             .split("__");
-        figment.merge(env).extract().map_err(|e| ConfigError(Box::new(e)))
+        figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError(Box::new(e)))
     }
 
     /// The database URL in effect: the configured one, or the SQLite file in the data directory.

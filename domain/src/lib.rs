@@ -28,7 +28,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_text_chars: 4000 }
+        Self {
+            max_text_chars: 4000,
+        }
     }
 }
 
@@ -46,7 +48,13 @@ struct Inner {
 
 impl Domain {
     pub fn new(store: Store, tokens: Tokens, limits: Limits) -> Self {
-        Self { inner: Arc::new(Inner { store, tokens, limits }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                tokens,
+                limits,
+            }),
+        }
     }
 
     pub fn store(&self) -> &Store {

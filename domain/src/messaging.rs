@@ -1,6 +1,8 @@
 //! Sending and reading messages: who may send what to whom, and how history pages.
 
-use parley_store::{ConversationCursor, ConversationSummary, MessagePage, MessageRange, NewDirectMessage, Stored};
+use parley_store::{
+    ConversationCursor, ConversationSummary, MessagePage, MessageRange, NewDirectMessage, Stored,
+};
 use parley_wire::payloads::{Message, SendMessage};
 use parley_wire::{ConversationId, UserId};
 
@@ -35,17 +37,26 @@ impl Domain {
             return Ok(Stored::Existing(existing));
         }
         if msg.to == sender {
-            return Err(DomainError::invalid("invalid_recipient", "a message cannot be sent to oneself"));
+            return Err(DomainError::invalid(
+                "invalid_recipient",
+                "a message cannot be sent to oneself",
+            ));
         }
         if msg.text.trim().is_empty() {
             return Err(DomainError::invalid("empty_text", "text is empty"));
         }
         let max = self.limits().max_text_chars;
         if msg.text.chars().count() > max {
-            return Err(DomainError::invalid("text_too_long", format!("text is longer than {max} characters")));
+            return Err(DomainError::invalid(
+                "text_too_long",
+                format!("text is longer than {max} characters"),
+            ));
         }
         if !self.store().user_exists(msg.to).await? {
-            return Err(DomainError::not_found("unknown_recipient", "no such recipient"));
+            return Err(DomainError::not_found(
+                "unknown_recipient",
+                "no such recipient",
+            ));
         }
         let new = NewDirectMessage {
             sender,
@@ -56,15 +67,19 @@ impl Domain {
         };
         match self.store().store_direct_message(&new).await {
             Ok(stored) => Ok(stored),
-            Err(parley_store::StoreError::MissingReference) => {
-                Err(DomainError::not_found("unknown_recipient", "no such recipient"))
-            }
+            Err(parley_store::StoreError::MissingReference) => Err(DomainError::not_found(
+                "unknown_recipient",
+                "no such recipient",
+            )),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Who belongs to a conversation.
-    pub async fn conversation_members(&self, conversation: ConversationId) -> Result<Vec<UserId>, DomainError> {
+    pub async fn conversation_members(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Vec<UserId>, DomainError> {
         Ok(self.store().members_of(conversation).await?)
     }
 
@@ -88,11 +103,17 @@ impl Domain {
         query: HistoryQuery,
     ) -> Result<MessagePage, DomainError> {
         if !self.store().is_member(conversation, user).await? {
-            return Err(DomainError::not_found("conversation_not_found", "no such conversation"));
+            return Err(DomainError::not_found(
+                "conversation_not_found",
+                "no such conversation",
+            ));
         }
         for bound in [query.before, query.after].into_iter().flatten() {
             if bound < 0 {
-                return Err(DomainError::invalid("invalid_cursor", "before and after are sequence numbers ≥ 0"));
+                return Err(DomainError::invalid(
+                    "invalid_cursor",
+                    "before and after are sequence numbers ≥ 0",
+                ));
             }
         }
         let range = MessageRange {

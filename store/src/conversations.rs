@@ -128,17 +128,27 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let sql = "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2";
         on_pool!(self, |pool| {
-            let row = sqlx::query(sql).bind(conversation.0).bind(user.0).fetch_optional(pool).await?;
+            let row = sqlx::query(sql)
+                .bind(conversation.0)
+                .bind(user.0)
+                .fetch_optional(pool)
+                .await?;
             Ok(row.is_some())
         })
     }
 
     /// The members of `conversation`, oldest first.
     #[tracing::instrument(skip_all)]
-    pub async fn members_of(&self, conversation: ConversationId) -> Result<Vec<UserId>, StoreError> {
+    pub async fn members_of(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Vec<UserId>, StoreError> {
         let sql = "SELECT user_id FROM conversation_members WHERE conversation_id = $1 ORDER BY joined_at, user_id";
         on_pool!(self, |pool| {
-            let rows = sqlx::query(sql).bind(conversation.0).fetch_all(pool).await?;
+            let rows = sqlx::query(sql)
+                .bind(conversation.0)
+                .fetch_all(pool)
+                .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 out.push(UserId(row.try_get::<Uuid, _>("user_id")?));

@@ -85,7 +85,8 @@ impl Store {
         let key = direct_key(msg.sender, msg.recipient);
         let insert_conversation = "INSERT INTO conversations (id, kind, direct_key, last_seq, created_at) \
                                    VALUES ($1, 'direct', $2, 0, $3) ON CONFLICT (direct_key) DO NOTHING";
-        let insert_member = "INSERT INTO conversation_members (conversation_id, user_id, joined_at) \
+        let insert_member =
+            "INSERT INTO conversation_members (conversation_id, user_id, joined_at) \
                              VALUES ($1, $2, $3), ($1, $4, $3) ON CONFLICT DO NOTHING";
         // Taking the sequence number first locks the conversation row (PostgreSQL) or
         // the database (SQLite) before the duplicate check, so retries cannot race.
@@ -105,7 +106,11 @@ impl Store {
                 .bind(msg.now_ms)
                 .execute(&mut *tx)
                 .await?;
-            let row = sqlx::query(next_seq).bind(&key).bind(msg.now_ms).fetch_one(&mut *tx).await?;
+            let row = sqlx::query(next_seq)
+                .bind(&key)
+                .bind(msg.now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
             let conversation_id = ConversationId(row.try_get::<Uuid, _>("id")?);
             let seq: i64 = row.try_get("last_seq")?;
             if created.rows_affected() == 1 {
@@ -174,9 +179,15 @@ impl Store {
         sender: UserId,
         client_id: &str,
     ) -> Result<Option<Message>, StoreError> {
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND client_id = $2");
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND client_id = $2"
+        );
         on_pool!(self, |pool| {
-            let row = sqlx::query(&sql).bind(sender.0).bind(client_id).fetch_optional(pool).await?;
+            let row = sqlx::query(&sql)
+                .bind(sender.0)
+                .bind(client_id)
+                .fetch_optional(pool)
+                .await?;
             Ok(match row {
                 Some(row) => Some(message_from_row!(row)),
                 None => None,
@@ -225,7 +236,9 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn count_messages(&self) -> Result<i64, StoreError> {
         on_pool!(self, |pool| {
-            let row = sqlx::query("SELECT COUNT(*) AS n FROM messages").fetch_one(pool).await?;
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM messages")
+                .fetch_one(pool)
+                .await?;
             Ok(row.try_get::<i64, _>("n")?)
         })
     }

@@ -30,8 +30,14 @@ impl TestDatabase {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temporary directory");
-                let url = format!("sqlite://{}?mode=rwc", dir.path().join("parley.db").display());
-                Some(TestDatabase { url, _dir: Some(dir) })
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("parley.db").display()
+                );
+                Some(TestDatabase {
+                    url,
+                    _dir: Some(dir),
+                })
             }
             Backend::Postgres => {
                 let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
@@ -52,8 +58,13 @@ impl TestDatabase {
                     .execute(format!("CREATE DATABASE {name}").as_str())
                     .await
                     .expect("create test database");
-                let (base, _) = admin_url.rsplit_once('/').expect("URL with a database name");
-                Some(TestDatabase { url: format!("{base}/{name}"), _dir: None })
+                let (base, _) = admin_url
+                    .rsplit_once('/')
+                    .expect("URL with a database name");
+                Some(TestDatabase {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                })
             }
         }
     }

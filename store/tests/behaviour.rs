@@ -48,30 +48,54 @@ fn user(name: &str) -> NewUser {
 }
 
 fn msg(from: UserId, to: UserId, client_id: &str, now_ms: i64) -> NewDirectMessage {
-    NewDirectMessage { sender: from, recipient: to, client_id: client_id.into(), body: format!("text {client_id}"), now_ms }
+    NewDirectMessage {
+        sender: from,
+        recipient: to,
+        client_id: client_id.into(),
+        body: format!("text {client_id}"),
+        now_ms,
+    }
 }
 
 async fn users_are_unique_by_each_identifier(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
     store.insert_user(&user("ada")).await.expect("first insert");
     let mut same_email = user("grace");
     same_email.email = Some("ada@example.com".into());
-    let err = store.insert_user(&same_email).await.expect_err("duplicate email");
+    let err = store
+        .insert_user(&same_email)
+        .await
+        .expect_err("duplicate email");
     assert!(matches!(err, StoreError::Conflict("email")), "{err:?}");
     let mut same_name = user("ada");
     same_name.email = None;
-    let err = store.insert_user(&same_name).await.expect_err("duplicate username");
+    let err = store
+        .insert_user(&same_name)
+        .await
+        .expect_err("duplicate username");
     assert!(matches!(err, StoreError::Conflict("username")), "{err:?}");
-    assert!(store.find_user_by_login("grace").await.expect("lookup").is_none());
+    assert!(store
+        .find_user_by_login("grace")
+        .await
+        .expect("lookup")
+        .is_none());
 }
 
 async fn users_are_found_by_any_login(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
     let mut new = user("lin");
     new.phone = Some("+15551234567".into());
     let inserted = store.insert_user(&new).await.expect("insert");
     for login in ["lin", "lin@example.com", "+15551234567"] {
-        let found = store.find_user_by_login(login).await.expect("lookup").expect("found");
+        let found = store
+            .find_user_by_login(login)
+            .await
+            .expect("lookup")
+            .expect("found");
         assert_eq!(found, inserted);
     }
     assert_eq!(store.get_user(new.id).await.expect("get"), Some(inserted));
@@ -80,20 +104,39 @@ async fn users_are_found_by_any_login(backend: Backend) {
 }
 
 async fn messages_are_stored_once_per_sender_and_client_id(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
-    let first = store.store_direct_message(&msg(a, b, "c1", 10)).await.expect("store");
-    let Stored::New(first) = first else { panic!("first write must be new: {first:?}") };
-    let again = store.store_direct_message(&msg(a, b, "c1", 20)).await.expect("retry");
+    let first = store
+        .store_direct_message(&msg(a, b, "c1", 10))
+        .await
+        .expect("store");
+    let Stored::New(first) = first else {
+        panic!("first write must be new: {first:?}")
+    };
+    let again = store
+        .store_direct_message(&msg(a, b, "c1", 20))
+        .await
+        .expect("retry");
     assert_eq!(again, Stored::Existing(first.clone()));
     assert_eq!(store.count_messages().await.expect("count"), 1);
-    let next = store.store_direct_message(&msg(a, b, "c2", 30)).await.expect("next").into_inner();
-    assert_eq!(next.seq, 2, "the retry must not have consumed a sequence number");
+    let next = store
+        .store_direct_message(&msg(a, b, "c2", 30))
+        .await
+        .expect("next")
+        .into_inner();
+    assert_eq!(
+        next.seq, 2,
+        "the retry must not have consumed a sequence number"
+    );
 }
 
 async fn sequence_numbers_are_gapless_per_conversation(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
     let c = store.insert_user(&user("c")).await.expect("c").id;
@@ -102,7 +145,9 @@ async fn sequence_numbers_are_gapless_per_conversation(backend: Backend) {
         let store = store.clone();
         let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
         tasks.push(tokio::spawn(async move {
-            store.store_direct_message(&msg(from, to, &format!("m{i}"), i)).await
+            store
+                .store_direct_message(&msg(from, to, &format!("m{i}"), i))
+                .await
         }));
     }
     let mut seqs = Vec::new();
@@ -112,62 +157,153 @@ async fn sequence_numbers_are_gapless_per_conversation(backend: Backend) {
     }
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
-    let other = store.store_direct_message(&msg(a, c, "x", 100)).await.expect("a→c").into_inner();
+    let other = store
+        .store_direct_message(&msg(a, c, "x", 100))
+        .await
+        .expect("a→c")
+        .into_inner();
     assert_eq!(other.seq, 1, "each conversation numbers on its own");
 }
 
 async fn another_senders_client_id_is_a_different_message(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
-    let from_a = store.store_direct_message(&msg(a, b, "same", 1)).await.expect("a").into_inner();
-    let from_b = store.store_direct_message(&msg(b, a, "same", 2)).await.expect("b");
-    let Stored::New(from_b) = from_b else { panic!("b's message must be new: {from_b:?}") };
+    let from_a = store
+        .store_direct_message(&msg(a, b, "same", 1))
+        .await
+        .expect("a")
+        .into_inner();
+    let from_b = store
+        .store_direct_message(&msg(b, a, "same", 2))
+        .await
+        .expect("b");
+    let Stored::New(from_b) = from_b else {
+        panic!("b's message must be new: {from_b:?}")
+    };
     assert_ne!(from_a.id, from_b.id);
     assert_eq!(from_b.sender_id, b);
     assert_eq!(store.count_messages().await.expect("count"), 2);
 }
 
 async fn message_pages_read_forward_and_backward(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
     let mut conversation = None;
     for i in 1..=7 {
-        let m = store.store_direct_message(&msg(a, b, &format!("m{i}"), i)).await.expect("store");
+        let m = store
+            .store_direct_message(&msg(a, b, &format!("m{i}"), i))
+            .await
+            .expect("store");
         conversation = Some(m.into_inner().conversation_id);
     }
     let conversation = conversation.expect("conversation");
     let seqs = |p: &parley_store::MessagePage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
 
-    let latest = store.messages_in(conversation, MessageRange { after: None, before: None, limit: 3 }).await.expect("latest");
+    let latest = store
+        .messages_in(
+            conversation,
+            MessageRange {
+                after: None,
+                before: None,
+                limit: 3,
+            },
+        )
+        .await
+        .expect("latest");
     assert_eq!((seqs(&latest), latest.has_more), (vec![5, 6, 7], true));
-    let older = store.messages_in(conversation, MessageRange { after: None, before: Some(5), limit: 3 }).await.expect("older");
+    let older = store
+        .messages_in(
+            conversation,
+            MessageRange {
+                after: None,
+                before: Some(5),
+                limit: 3,
+            },
+        )
+        .await
+        .expect("older");
     assert_eq!((seqs(&older), older.has_more), (vec![2, 3, 4], true));
-    let oldest = store.messages_in(conversation, MessageRange { after: None, before: Some(2), limit: 3 }).await.expect("oldest");
+    let oldest = store
+        .messages_in(
+            conversation,
+            MessageRange {
+                after: None,
+                before: Some(2),
+                limit: 3,
+            },
+        )
+        .await
+        .expect("oldest");
     assert_eq!((seqs(&oldest), oldest.has_more), (vec![1], false));
-    let forward = store.messages_in(conversation, MessageRange { after: Some(4), before: None, limit: 2 }).await.expect("forward");
+    let forward = store
+        .messages_in(
+            conversation,
+            MessageRange {
+                after: Some(4),
+                before: None,
+                limit: 2,
+            },
+        )
+        .await
+        .expect("forward");
     assert_eq!((seqs(&forward), forward.has_more), (vec![5, 6], true));
-    let between = store.messages_in(conversation, MessageRange { after: Some(2), before: Some(5), limit: 10 }).await.expect("between");
+    let between = store
+        .messages_in(
+            conversation,
+            MessageRange {
+                after: Some(2),
+                before: Some(5),
+                limit: 10,
+            },
+        )
+        .await
+        .expect("between");
     assert_eq!((seqs(&between), between.has_more), (vec![3, 4], false));
     assert_eq!(latest.messages[2].text, "text m7");
     assert_eq!(latest.messages[2].sender_id, a);
 }
 
 async fn conversations_list_newest_activity_first_with_members(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
     let c = store.insert_user(&user("c")).await.expect("c").id;
     let d = store.insert_user(&user("d")).await.expect("d").id;
-    let ab = store.store_direct_message(&msg(a, b, "1", 100)).await.expect("ab").into_inner();
-    let ac = store.store_direct_message(&msg(c, a, "2", 200)).await.expect("ac").into_inner();
-    store.store_direct_message(&msg(c, d, "3", 300)).await.expect("cd");
-    let ab2 = store.store_direct_message(&msg(b, a, "4", 400)).await.expect("ab2").into_inner();
+    let ab = store
+        .store_direct_message(&msg(a, b, "1", 100))
+        .await
+        .expect("ab")
+        .into_inner();
+    let ac = store
+        .store_direct_message(&msg(c, a, "2", 200))
+        .await
+        .expect("ac")
+        .into_inner();
+    store
+        .store_direct_message(&msg(c, d, "3", 300))
+        .await
+        .expect("cd");
+    let ab2 = store
+        .store_direct_message(&msg(b, a, "4", 400))
+        .await
+        .expect("ab2")
+        .into_inner();
 
     let list = store.conversations_for(a, None, 10).await.expect("list");
     let ids: Vec<_> = list.iter().map(|c| c.id).collect();
-    assert_eq!(ids, vec![ab.conversation_id, ac.conversation_id], "newest first, only a's");
+    assert_eq!(
+        ids,
+        vec![ab.conversation_id, ac.conversation_id],
+        "newest first, only a's"
+    );
     assert_eq!(list[0].last_message.as_ref(), Some(&ab2));
     assert_eq!(list[0].last_seq, 2);
     let mut members = list[0].members.clone();
@@ -176,30 +312,91 @@ async fn conversations_list_newest_activity_first_with_members(backend: Backend)
     expected.sort();
     assert_eq!(members, expected);
 
-    let cursor = parley_store::ConversationCursor { last_activity_ms: list[0].last_activity_ms, id: list[0].id };
-    let page2 = store.conversations_for(a, Some(cursor), 10).await.expect("page 2");
-    assert_eq!(page2.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ac.conversation_id]);
-    assert!(store.is_member(ab.conversation_id, b).await.expect("member"));
-    assert!(!store.is_member(ab.conversation_id, c).await.expect("not member"));
+    let cursor = parley_store::ConversationCursor {
+        last_activity_ms: list[0].last_activity_ms,
+        id: list[0].id,
+    };
+    let page2 = store
+        .conversations_for(a, Some(cursor), 10)
+        .await
+        .expect("page 2");
+    assert_eq!(
+        page2.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![ac.conversation_id]
+    );
+    assert!(store
+        .is_member(ab.conversation_id, b)
+        .await
+        .expect("member"));
+    assert!(!store
+        .is_member(ab.conversation_id, c)
+        .await
+        .expect("not member"));
 }
 
 async fn refresh_tokens_are_taken_once(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
     let a = store.insert_user(&user("a")).await.expect("a").id;
-    store.insert_refresh_token(a, b"hash-1", 10, 1_000).await.expect("insert");
-    store.insert_refresh_token(a, b"hash-2", 10, 20).await.expect("insert");
-    assert_eq!(store.take_refresh_token(b"hash-1", 50).await.expect("take"), Some(a));
-    assert_eq!(store.take_refresh_token(b"hash-1", 60).await.expect("again"), None, "used");
-    assert_eq!(store.take_refresh_token(b"hash-2", 50).await.expect("expired"), None, "expired");
-    assert_eq!(store.take_refresh_token(b"nope", 50).await.expect("unknown"), None);
-    assert_eq!(store.delete_stale_refresh_tokens(2_000).await.expect("purge"), 2);
+    store
+        .insert_refresh_token(a, b"hash-1", 10, 1_000)
+        .await
+        .expect("insert");
+    store
+        .insert_refresh_token(a, b"hash-2", 10, 20)
+        .await
+        .expect("insert");
+    assert_eq!(
+        store.take_refresh_token(b"hash-1", 50).await.expect("take"),
+        Some(a)
+    );
+    assert_eq!(
+        store
+            .take_refresh_token(b"hash-1", 60)
+            .await
+            .expect("again"),
+        None,
+        "used"
+    );
+    assert_eq!(
+        store
+            .take_refresh_token(b"hash-2", 50)
+            .await
+            .expect("expired"),
+        None,
+        "expired"
+    );
+    assert_eq!(
+        store
+            .take_refresh_token(b"nope", 50)
+            .await
+            .expect("unknown"),
+        None
+    );
+    assert_eq!(
+        store
+            .delete_stale_refresh_tokens(2_000)
+            .await
+            .expect("purge"),
+        2
+    );
 }
 
 async fn unknown_recipient_is_a_missing_reference(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
     let a = store.insert_user(&user("a")).await.expect("a").id;
-    let err = store.store_direct_message(&msg(a, UserId::new(), "x", 1)).await.expect_err("no such user");
+    let err = store
+        .store_direct_message(&msg(a, UserId::new(), "x", 1))
+        .await
+        .expect_err("no such user");
     assert!(matches!(err, StoreError::MissingReference), "{err:?}");
     assert_eq!(store.count_messages().await.expect("count"), 0);
-    assert!(store.conversations_for(a, None, 10).await.expect("list").is_empty());
+    assert!(store
+        .conversations_for(a, None, 10)
+        .await
+        .expect("list")
+        .is_empty());
 }

@@ -44,7 +44,10 @@ pub struct Uplink<'a> {
 pub fn parse_uplink(topic: &str) -> Option<Uplink<'_>> {
     let rest = topic.strip_prefix("from/")?;
     let (uid, kind) = rest.split_once('/')?;
-    Some(Uplink { user: uid.parse().ok()?, kind })
+    Some(Uplink {
+        user: uid.parse().ok()?,
+        kind,
+    })
 }
 
 /// The user a downlink topic `to/{uid}/…` is addressed to, as it is written in the topic.
@@ -62,7 +65,13 @@ mod tests {
     fn uplink_topics_parse_into_sender_and_kind() {
         let uid = UserId::new();
         let topic = send_message(uid);
-        assert_eq!(parse_uplink(&topic), Some(Uplink { user: uid, kind: "msg" }));
+        assert_eq!(
+            parse_uplink(&topic),
+            Some(Uplink {
+                user: uid,
+                kind: "msg"
+            })
+        );
         assert_eq!(parse_uplink("from/not-a-uuid/msg"), None);
         assert_eq!(parse_uplink("to/x/msg"), None);
         assert_eq!(parse_uplink(&format!("from/{uid}")), None);

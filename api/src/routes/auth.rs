@@ -53,7 +53,14 @@ pub struct UserView {
 
 impl From<parley_domain::StoreUser> for UserView {
     fn from(u: parley_domain::StoreUser) -> Self {
-        Self { id: u.id, username: u.username, email: u.email, phone: u.phone, display_name: u.display_name, created_at: u.created_at }
+        Self {
+            id: u.id,
+            username: u.username,
+            email: u.email,
+            phone: u.phone,
+            display_name: u.display_name,
+            created_at: u.created_at,
+        }
     }
 }
 
@@ -108,7 +115,10 @@ pub async fn register(
             password: req.password,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(RegisterResponse { user: user.into() })))
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse { user: user.into() }),
+    ))
 }
 
 /// Log in with username, email or phone and password.
@@ -117,7 +127,10 @@ pub async fn register(
         (status = 200, body = TokenResponse),
         (status = 401, description = "invalid_credentials", body = ErrorResponse),
     ))]
-pub async fn login(State(state): State<AppState>, Json(req): Json<LoginRequest>) -> Result<Json<TokenResponse>, ApiError> {
+pub async fn login(
+    State(state): State<AppState>,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
     let session = state.domain.login(&req.login, req.password).await?;
     Ok(Json(session.into()))
 }
@@ -128,7 +141,10 @@ pub async fn login(State(state): State<AppState>, Json(req): Json<LoginRequest>)
         (status = 200, body = TokenResponse),
         (status = 401, description = "invalid_refresh_token", body = ErrorResponse),
     ))]
-pub async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>) -> Result<Json<TokenResponse>, ApiError> {
+pub async fn refresh(
+    State(state): State<AppState>,
+    Json(req): Json<RefreshRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
     let session = state.domain.refresh(&req.refresh_token).await?;
     Ok(Json(session.into()))
 }
@@ -136,6 +152,9 @@ pub async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshReque
 /// The caller's own account.
 #[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = UserView), (status = 401, body = ErrorResponse)))]
-pub async fn me(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<UserView>, ApiError> {
+pub async fn me(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+) -> Result<Json<UserView>, ApiError> {
     Ok(Json(state.domain.user(user).await?.into()))
 }

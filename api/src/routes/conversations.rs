@@ -42,7 +42,8 @@ impl From<ConversationSummary> for ConversationView {
             kind: c.kind,
             members: c.members,
             last_seq: c.last_seq,
-            last_activity_at: DateTime::from_timestamp_millis(c.last_activity_ms).unwrap_or_default(),
+            last_activity_at: DateTime::from_timestamp_millis(c.last_activity_ms)
+                .unwrap_or_default(),
             last_message: c.last_message,
             created_at: c.created_at,
         }
@@ -80,9 +81,18 @@ fn encode_cursor(c: &ConversationSummary) -> String {
 }
 
 fn decode_cursor(text: &str) -> Result<ConversationCursor, ApiError> {
-    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "cursor is not one this API returned");
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+            "cursor is not one this API returned",
+        )
+    };
     let (ms, id) = text.split_once('_').ok_or_else(bad)?;
-    Ok(ConversationCursor { last_activity_ms: ms.parse().map_err(|_| bad())?, id: id.parse().map_err(|_| bad())? })
+    Ok(ConversationCursor {
+        last_activity_ms: ms.parse().map_err(|_| bad())?,
+        id: id.parse().map_err(|_| bad())?,
+    })
 }
 
 /// The caller's conversations, newest activity first.
@@ -95,9 +105,17 @@ pub async fn list(
 ) -> Result<Json<ConversationList>, ApiError> {
     let cursor = params.cursor.as_deref().map(decode_cursor).transpose()?;
     let limit = params.limit.unwrap_or(50).clamp(1, 200);
-    let page = state.domain.conversations(user, cursor, Some(limit)).await?;
-    let next_cursor = (page.len() == limit as usize).then(|| page.last().map(encode_cursor)).flatten();
-    Ok(Json(ConversationList { conversations: page.into_iter().map(Into::into).collect(), next_cursor }))
+    let page = state
+        .domain
+        .conversations(user, cursor, Some(limit))
+        .await?;
+    let next_cursor = (page.len() == limit as usize)
+        .then(|| page.last().map(encode_cursor))
+        .flatten();
+    Ok(Json(ConversationList {
+        conversations: page.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
 /// A page of a conversation's messages. Anyone but a member gets 404.
@@ -110,7 +128,14 @@ pub async fn messages(
     Path(id): Path<ConversationId>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Json<MessageList>, ApiError> {
-    let query = HistoryQuery { before: params.before, after: params.after, limit: params.limit };
+    let query = HistoryQuery {
+        before: params.before,
+        after: params.after,
+        limit: params.limit,
+    };
     let page = state.domain.history(user, id, query).await?;
-    Ok(Json(MessageList { messages: page.messages, has_more: page.has_more }))
+    Ok(Json(MessageList {
+        messages: page.messages,
+        has_more: page.has_more,
+    }))
 }

@@ -18,10 +18,7 @@ pub enum Verdict {
 
 /// A device of `user` may publish only under `from/{user}/`.
 pub fn publish(user: &str, topic: &str) -> Verdict {
-    if topic.is_empty()
-        || topic.len() > MAX_TOPIC_LEN
-        || topic.contains(['+', '#', '\0'])
-    {
+    if topic.is_empty() || topic.len() > MAX_TOPIC_LEN || topic.contains(['+', '#', '\0']) {
         return Verdict::Invalid;
     }
     match topic.strip_prefix(&topics::uplink_prefix(user)) {
@@ -67,14 +64,23 @@ mod tests {
         ] {
             assert_eq!(publish(ME, &topic), Verdict::NotAuthorized, "{topic}");
         }
-        for topic in [String::new(), format!("from/{ME}/+"), format!("from/{ME}/#"), "a".repeat(300)] {
+        for topic in [
+            String::new(),
+            format!("from/{ME}/+"),
+            format!("from/{ME}/#"),
+            "a".repeat(300),
+        ] {
             assert_eq!(publish(ME, &topic), Verdict::Invalid, "{topic}");
         }
     }
 
     #[test]
     fn devices_subscribe_only_under_their_own_downlink_prefix() {
-        for filter in [format!("to/{ME}/#"), format!("to/{ME}/msg"), format!("to/{ME}/+")] {
+        for filter in [
+            format!("to/{ME}/#"),
+            format!("to/{ME}/msg"),
+            format!("to/{ME}/+"),
+        ] {
             assert_eq!(subscribe(ME, &filter), Verdict::Allowed, "{filter}");
         }
         for filter in [
@@ -90,7 +96,12 @@ mod tests {
         ] {
             assert_eq!(subscribe(ME, &filter), Verdict::NotAuthorized, "{filter}");
         }
-        for filter in [String::new(), format!("to/{ME}/#/x"), format!("to/{ME}/a+"), "to/#x".to_string()] {
+        for filter in [
+            String::new(),
+            format!("to/{ME}/#/x"),
+            format!("to/{ME}/a+"),
+            "to/#x".to_string(),
+        ] {
             assert_eq!(subscribe(ME, &filter), Verdict::Invalid, "{filter}");
         }
     }

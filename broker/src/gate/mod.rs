@@ -103,8 +103,18 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tasks.spawn(purge_expired_sessions(registry.clone(), shutdown.clone()));
-    ready(GateHandle { stats: stats.clone(), registry: registry.clone() });
-    let shared = Arc::new(Shared { settings, tokens, registry: registry.clone(), stats, bus: client.clone(), next_connection: AtomicU64::new(1) });
+    ready(GateHandle {
+        stats: stats.clone(),
+        registry: registry.clone(),
+    });
+    let shared = Arc::new(Shared {
+        settings,
+        tokens,
+        registry: registry.clone(),
+        stats,
+        bus: client.clone(),
+        next_connection: AtomicU64::new(1),
+    });
     tracing::info!(addr = %listener.local_addr()?, "gate listening for devices");
     loop {
         let accepted = tokio::select! {
@@ -113,7 +123,12 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tasks.spawn(connection::serve(shared.clone(), stream, peer, shutdown.clone()));
+                tasks.spawn(connection::serve(
+                    shared.clone(),
+                    stream,
+                    peer,
+                    shutdown.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: pause instead of spinning.

@@ -78,7 +78,9 @@ pub struct Session {
 impl Session {
     /// The state, even if a holder panicked (the state stays consistent per operation).
     pub fn state(&self) -> MutexGuard<'_, SessionState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -227,7 +229,11 @@ impl Registry {
     /// How many sessions exist, and how many have a connected device.
     pub fn counts(&self) -> (usize, usize) {
         let maps = self.maps();
-        let connected = maps.sessions.values().filter(|s| s.state().owner.is_some()).count();
+        let connected = maps
+            .sessions
+            .values()
+            .filter(|s| s.state().owner.is_some())
+            .count();
         (maps.sessions.len(), connected)
     }
 }
@@ -236,7 +242,11 @@ impl Maps {
     /// Forgets exactly this session (not a newer one under the same key).
     fn remove(&mut self, session: &Arc<Session>) {
         let key = (session.user, session.client_id.clone());
-        if self.sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, session)) {
+        if self
+            .sessions
+            .get(&key)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
             self.sessions.remove(&key);
         }
         if let Some(list) = self.by_user.get_mut(&session.user) {
