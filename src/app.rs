@@ -118,9 +118,15 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         let probe = probe.clone();
         Box::pin(async move { probe.check(Duration::from_secs(2)).await.map(|_| ()) })
     });
+    let gate_tokens = domain.tokens().clone();
+    let gate_check: ReadinessCheck = Arc::new(move || {
+        let tokens = gate_tokens.clone();
+        Box::pin(async move { gate::self_check(mqtt_addr, &tokens, Duration::from_secs(2)).await })
+    });
+    let readiness = vec![("bus", bus_check), ("gate", gate_check)];
     let state = AppState {
         domain: domain.clone(),
-        readiness: Arc::new(vec![("bus", bus_check)]),
+        readiness: Arc::new(readiness),
     };
     {
         let shutdown = shutdown.clone();

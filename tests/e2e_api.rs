@@ -281,7 +281,10 @@ async fn operations_endpoints_report_health_readiness_and_the_api(backend: Backe
     );
     let (status, ready) = app.get("/readyz", None).await;
     assert_eq!(status, 200, "{ready}");
-    assert_eq!(ready["checks"], json!({"database": "ok", "bus": "ok"}));
+    assert_eq!(
+        ready["checks"],
+        json!({"database": "ok", "bus": "ok", "gate": "ok"})
+    );
     let (status, doc) = app.get("/openapi.json", None).await;
     assert_eq!(status, 200);
     for path in [

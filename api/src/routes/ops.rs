@@ -30,7 +30,8 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// The database answers and the bus carries a message round trip.
+/// Ready when the database answers, the bus carries a message round trip and the
+/// gate answers a real MQTT CONNECT.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

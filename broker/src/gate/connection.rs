@@ -101,6 +101,8 @@ struct Accepted {
     user_text: String,
     session: Arc<Session>,
     present: bool,
+    /// Cancelled when another connection takes the session over.
+    kick: CancellationToken,
     assigned_client_id: Option<String>,
     keep_alive: u16,
     will: Option<codec::Will>,
@@ -211,6 +213,7 @@ fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<Accepte
         user_text: username,
         session: attached.session,
         present: attached.present,
+        kick: attached.kick,
         assigned_client_id,
         keep_alive: c.keep_alive,
         will: c.will,
@@ -267,7 +270,7 @@ impl Connection {
             refusal: None,
             props,
         });
-        let kick = self.accepted.session.state().kick.clone();
+        let kick = self.accepted.kick.clone();
         self.resend_inflight();
         self.drain();
         if self.flush().await.is_err() {

@@ -159,3 +159,55 @@ async fn purge_expired_sessions(registry: Arc<Registry>, shutdown: CancellationT
         }
     }
 }
+
+/// Proves the gate accepts devices: a real MQTT CONNECT to `addr` with a token for
+/// a throwaway user id, answered by a successful CONNACK within `limit`.
+pub async fn self_check(
+    addr: std::net::SocketAddr,
+    tokens: &Tokens,
+    limit: Duration,
+) -> Result<(), String> {
+    use rumqttc::{ConnectReturnCode, Event, MqttOptions, Packet};
+    let host = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let user = parley_wire::UserId::new();
+    let token = tokens.issue_access(user, chrono_free_now_secs());
+    let mut options = MqttOptions::new(
+        format!("parley-readyz-{}", uuid::Uuid::new_v4().simple()),
+        host.to_string(),
+        addr.port(),
+    );
+    options
+        .set_credentials(user.to_string(), token)
+        .set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = AsyncClient::new(options, 4);
+    let answer = tokio::time::timeout(limit, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack)))
+                    if ack.code == ConnectReturnCode::Success =>
+                {
+                    return Ok(())
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return Err(format!("gate refused its own check: {:?}", ack.code))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("gate unreachable: {e}")),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no CONNACK from the gate within {limit:?}")));
+    let _ = client.try_disconnect();
+    answer
+}
+
+fn chrono_free_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

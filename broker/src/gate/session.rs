@@ -119,6 +119,8 @@ struct Maps {
 pub struct Attached {
     pub session: Arc<Session>,
     pub present: bool,
+    /// Cancelled when a later connection takes this session over.
+    pub kick: CancellationToken,
 }
 
 impl Registry {
@@ -169,15 +171,20 @@ impl Registry {
                 (s, false)
             }
         };
-        {
+        let kick = {
             let mut st = session.state();
             st.kick.cancel();
             st.kick = CancellationToken::new();
             st.owner = Some(connection);
             st.expiry = expiry;
             st.expires_at = None;
-        }
-        Some(Attached { session, present })
+            st.kick.clone()
+        };
+        Some(Attached {
+            session,
+            present,
+            kick,
+        })
     }
 
     /// Called when `connection` ends: a persistent session waits for its device,
