@@ -1,14 +1,17 @@
--- Accounts, refresh tokens, 1:1 conversations and their messages.
+-- Accounts, refresh tokens, conversations (1:1 and groups), their members and
+-- messages, and each user's event log (what sync replays).
 -- Times are milliseconds since the Unix epoch (UTC) in both backends.
 
 CREATE TABLE users (
-    id            BLOB PRIMARY KEY NOT NULL,
-    username      TEXT UNIQUE,
-    email         TEXT UNIQUE,
-    phone         TEXT UNIQUE,
-    display_name  TEXT,
-    password_hash TEXT NOT NULL,
-    created_at    INTEGER NOT NULL,
+    id             BLOB PRIMARY KEY NOT NULL,
+    username       TEXT UNIQUE,
+    email          TEXT UNIQUE,
+    phone          TEXT UNIQUE,
+    display_name   TEXT,
+    password_hash  TEXT NOT NULL,
+    -- Sequence number of the newest event in this user's log.
+    last_event_seq INTEGER NOT NULL DEFAULT 0,
+    created_at     INTEGER NOT NULL,
     CHECK (username IS NOT NULL OR email IS NOT NULL OR phone IS NOT NULL)
 );
 
@@ -24,18 +27,32 @@ CREATE INDEX refresh_tokens_by_user ON refresh_tokens(user_id);
 
 CREATE TABLE conversations (
     id              BLOB PRIMARY KEY NOT NULL,
-    kind            TEXT NOT NULL CHECK (kind IN ('direct')),
+    kind            TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+    -- "{lower user id}:{higher user id}" for 1:1 conversations, so there is one per pair.
     direct_key      TEXT UNIQUE,
+    title           TEXT,
+    -- Who talks to whom.
+    audience        TEXT NOT NULL DEFAULT 'user_user' CHECK (audience IN
+                      ('user_user', 'user_provider', 'user_institution', 'institution_institution', 'admin_provider', 'group')),
+    context_type    TEXT CHECK (context_type IN ('consultation', 'service_request', 'support', 'general')),
+    context_id      TEXT,
+    created_by      BLOB REFERENCES users(id) ON DELETE SET NULL,
     last_seq        INTEGER NOT NULL DEFAULT 0,
     last_message_at INTEGER,
     created_at      INTEGER NOT NULL,
-    CHECK (kind <> 'direct' OR direct_key IS NOT NULL)
+    CHECK ((kind = 'direct') = (direct_key IS NOT NULL)),
+    CHECK (context_id IS NULL OR context_type IS NOT NULL)
 );
 
 CREATE TABLE conversation_members (
-    conversation_id BLOB NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    user_id         BLOB NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    joined_at       INTEGER NOT NULL,
+    conversation_id    BLOB NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    user_id            BLOB NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    role               TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member')),
+    joined_at          INTEGER NOT NULL,
+    -- Receipts as watermarks: every message up to this seq was delivered to / read by the member.
+    last_delivered_seq INTEGER NOT NULL DEFAULT 0,
+    last_read_seq      INTEGER NOT NULL DEFAULT 0,
+    CHECK (last_read_seq >= 0 AND last_delivered_seq >= 0),
     PRIMARY KEY (conversation_id, user_id)
 );
 CREATE INDEX conversation_members_by_user ON conversation_members(user_id);
@@ -46,8 +63,23 @@ CREATE TABLE messages (
     seq             INTEGER NOT NULL CHECK (seq > 0),
     sender_id       BLOB NOT NULL REFERENCES users(id),
     client_id       TEXT NOT NULL,
+    kind            TEXT NOT NULL DEFAULT 'text' CHECK (kind IN ('text', 'system')),
     body            TEXT NOT NULL,
     created_at      INTEGER NOT NULL,
     UNIQUE (conversation_id, seq),
     UNIQUE (sender_id, client_id)
 );
+
+-- Everything a user receives, numbered per user without gaps, so any device can
+-- ask for exactly what it missed.
+CREATE TABLE user_events (
+    user_id         BLOB NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    seq             INTEGER NOT NULL CHECK (seq > 0),
+    kind            TEXT NOT NULL,
+    conversation_id BLOB,
+    message_id      BLOB,
+    body            TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    PRIMARY KEY (user_id, seq)
+);
+CREATE INDEX user_events_by_message ON user_events(message_id) WHERE message_id IS NOT NULL;

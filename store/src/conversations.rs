@@ -1,4 +1,4 @@
-//! Conversations and membership.
+//! Conversations: creating them, reading their details, listing a member's.
 
 use parley_wire::payloads::Message;
 use parley_wire::{ConversationId, MessageId, UserId};
@@ -6,20 +6,36 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::backend::on_pool;
+use crate::members::MemberRecord;
 use crate::{time_from_ms, Store, StoreError};
 
-/// A conversation as listed for one member.
+/// A conversation's own fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConversationSummary {
+pub struct ConversationRecord {
     pub id: ConversationId,
+    /// `direct` or `group`.
     pub kind: String,
-    pub members: Vec<UserId>,
+    pub title: Option<String>,
+    /// Who talks to whom: `user_user`, `user_provider`, … , `group`.
+    pub audience: String,
+    pub context_type: Option<String>,
+    pub context_id: Option<String>,
+    pub created_by: Option<UserId>,
     /// Sequence number of the newest message (0 when empty).
     pub last_seq: i64,
     /// Newest message time, or creation time for an empty conversation, in ms.
     pub last_activity_ms: i64,
-    pub last_message: Option<Message>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A conversation as listed for one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub conversation: ConversationRecord,
+    pub members: Vec<MemberRecord>,
+    pub last_message: Option<Message>,
+    /// Messages from others after the member's read watermark.
+    pub unread: i64,
 }
 
 /// Position in the "newest activity first" listing: strictly older than this.
@@ -29,8 +45,178 @@ pub struct ConversationCursor {
     pub id: ConversationId,
 }
 
+/// A group to create, with its first members (the creator is its owner).
+#[derive(Debug, Clone)]
+pub struct NewGroup {
+    pub id: ConversationId,
+    pub title: Option<String>,
+    pub audience: String,
+    pub context_type: Option<String>,
+    pub context_id: Option<String>,
+    pub creator: UserId,
+    pub members: Vec<UserId>,
+    pub now_ms: i64,
+}
+
+const CONVERSATION_COLUMNS: &str =
+    "c.id, c.kind, c.title, c.audience, c.context_type, c.context_id, c.created_by, \
+     c.last_seq, COALESCE(c.last_message_at, c.created_at) AS activity, c.created_at";
+
+macro_rules! conversation_from_row {
+    ($row:expr) => {
+        ConversationRecord {
+            id: ConversationId($row.try_get::<Uuid, _>("id")?),
+            kind: $row.try_get("kind")?,
+            title: $row.try_get("title")?,
+            audience: $row.try_get("audience")?,
+            context_type: $row.try_get("context_type")?,
+            context_id: $row.try_get("context_id")?,
+            created_by: $row.try_get::<Option<Uuid>, _>("created_by")?.map(UserId),
+            last_seq: $row.try_get("last_seq")?,
+            last_activity_ms: $row.try_get("activity")?,
+            created_at: time_from_ms($row.try_get("created_at")?),
+        }
+    };
+}
+
+/// The unique key of the 1:1 conversation between two users, whatever the order.
+pub(crate) fn direct_key(a: UserId, b: UserId) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}:{hi}")
+}
+
 impl Store {
-    /// The conversations `user` belongs to, newest activity first, after `cursor`.
+    /// Creates a group whose creator is its owner and the others plain members.
+    /// An unknown member is `StoreError::MissingReference`; nothing is created then.
+    #[tracing::instrument(skip_all)]
+    pub async fn create_group(&self, group: &NewGroup) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO conversations (id, kind, title, audience, context_type, context_id, created_by, last_seq, created_at) \
+                 VALUES ($1, 'group', $2, $3, $4, $5, $6, 0, $7)",
+            )
+            .bind(group.id.0)
+            .bind(&group.title)
+            .bind(&group.audience)
+            .bind(&group.context_type)
+            .bind(&group.context_id)
+            .bind(group.creator.0)
+            .bind(group.now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::classify(e, &[]))?;
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at) ",
+            );
+            let everyone: Vec<(UserId, &str)> = std::iter::once((group.creator, "owner"))
+                .chain(
+                    group
+                        .members
+                        .iter()
+                        .filter(|m| **m != group.creator)
+                        .map(|m| (*m, "member")),
+                )
+                .collect();
+            insert.push_values(&everyone, |mut row, (user, role)| {
+                row.push_bind(group.id.0)
+                    .push_bind(user.0)
+                    .push_bind(*role)
+                    .push_bind(group.now_ms);
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::classify(e, &[]))?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The 1:1 conversation between `a` and `b`, created (empty) if needed.
+    #[tracing::instrument(skip_all)]
+    pub async fn ensure_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+        now_ms: i64,
+    ) -> Result<ConversationId, StoreError> {
+        let key = direct_key(a, b);
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let created = sqlx::query(
+                "INSERT INTO conversations (id, kind, direct_key, audience, created_by, last_seq, created_at) \
+                 VALUES ($1, 'direct', $2, 'user_user', $3, 0, $4) ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+            )
+            .bind(Uuid::now_v7())
+            .bind(&key)
+            .bind(a.0)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let id = match created {
+                Some(row) => {
+                    let id: Uuid = row.try_get("id")?;
+                    sqlx::query(
+                        "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at) \
+                         VALUES ($1, $2, 'member', $3), ($1, $4, 'member', $3)",
+                    )
+                    .bind(id)
+                    .bind(a.0)
+                    .bind(now_ms)
+                    .bind(b.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::classify(e, &[]))?;
+                    id
+                }
+                None => sqlx::query("SELECT id FROM conversations WHERE direct_key = $1")
+                    .bind(&key)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("id")?,
+            };
+            tx.commit().await?;
+            Ok(ConversationId(id))
+        })
+    }
+
+    /// A conversation's fields.
+    #[tracing::instrument(skip_all)]
+    pub async fn get_conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = $1");
+        on_pool!(self, |pool| {
+            let row = sqlx::query(&sql).bind(id.0).fetch_optional(pool).await?;
+            Ok(match row {
+                Some(row) => Some(conversation_from_row!(row)),
+                None => None,
+            })
+        })
+    }
+
+    /// Sets a group's title.
+    #[tracing::instrument(skip_all)]
+    pub async fn rename_conversation(
+        &self,
+        id: ConversationId,
+        title: Option<&str>,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query("UPDATE conversations SET title = $2 WHERE id = $1")
+                .bind(id.0)
+                .bind(title)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// The conversations `user` belongs to, newest activity first, after `cursor`,
+    /// each with its members, last message and the user's unread count.
     #[tracing::instrument(skip_all)]
     pub async fn conversations_for(
         &self,
@@ -38,23 +224,26 @@ impl Store {
         cursor: Option<ConversationCursor>,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        let sql = "SELECT c.id, c.kind, c.last_seq, c.created_at, \
-                          COALESCE(c.last_message_at, c.created_at) AS activity, \
-                          m.id AS m_id, m.sender_id AS m_sender, m.client_id AS m_client, \
-                          m.body AS m_body, m.created_at AS m_at \
-                   FROM conversation_members cm \
-                   JOIN conversations c ON c.id = cm.conversation_id \
-                   LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq \
-                   WHERE cm.user_id = $1 \
-                     AND (COALESCE(c.last_message_at, c.created_at) < $2 \
-                          OR (COALESCE(c.last_message_at, c.created_at) = $2 AND c.id < $3)) \
-                   ORDER BY activity DESC, c.id DESC LIMIT $4";
+        let sql = format!(
+            "SELECT {CONVERSATION_COLUMNS}, \
+                    m.id AS m_id, m.sender_id AS m_sender, m.client_id AS m_client, \
+                    m.kind AS m_kind, m.body AS m_body, m.created_at AS m_at, \
+                    (SELECT COUNT(*) FROM messages u WHERE u.conversation_id = c.id \
+                       AND u.seq > cm.last_read_seq AND u.sender_id <> cm.user_id) AS unread \
+             FROM conversation_members cm \
+             JOIN conversations c ON c.id = cm.conversation_id \
+             LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq \
+             WHERE cm.user_id = $1 \
+               AND (COALESCE(c.last_message_at, c.created_at) < $2 \
+                    OR (COALESCE(c.last_message_at, c.created_at) = $2 AND c.id < $3)) \
+             ORDER BY activity DESC, c.id DESC LIMIT $4"
+        );
         let (before_ms, before_id) = match cursor {
             Some(c) => (c.last_activity_ms, c.id.0),
             None => (i64::MAX, Uuid::max()),
         };
         let mut list = on_pool!(self, |pool| {
-            let rows = sqlx::query(sql)
+            let rows = sqlx::query(&sql)
                 .bind(user.0)
                 .bind(before_ms)
                 .bind(before_id)
@@ -63,97 +252,35 @@ impl Store {
                 .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
-                let id = ConversationId(row.try_get::<Uuid, _>("id")?);
-                let last_seq: i64 = row.try_get("last_seq")?;
+                let conversation = conversation_from_row!(row);
                 let last_message = match row.try_get::<Option<Uuid>, _>("m_id")? {
                     Some(m_id) => Some(Message {
                         id: MessageId(m_id),
-                        conversation_id: id,
-                        seq: last_seq,
+                        conversation_id: conversation.id,
+                        seq: conversation.last_seq,
                         sender_id: UserId(row.try_get::<Uuid, _>("m_sender")?),
                         client_id: row.try_get("m_client")?,
+                        kind: row.try_get("m_kind")?,
                         text: row.try_get("m_body")?,
                         sent_at: time_from_ms(row.try_get("m_at")?),
                     }),
                     None => None,
                 };
                 out.push(ConversationSummary {
-                    id,
-                    kind: row.try_get("kind")?,
+                    conversation,
                     members: Vec::new(),
-                    last_seq,
-                    last_activity_ms: row.try_get("activity")?,
                     last_message,
-                    created_at: time_from_ms(row.try_get("created_at")?),
+                    unread: row.try_get("unread")?,
                 });
             }
             out
         });
-        if list.is_empty() {
-            return Ok(list);
-        }
-        let members = on_pool!(self, |pool| {
-            let mut query = QueryBuilder::new(
-                "SELECT conversation_id, user_id FROM conversation_members WHERE conversation_id IN (",
-            );
-            let mut ids = query.separated(", ");
-            for c in &list {
-                ids.push_bind(c.id.0);
-            }
-            query.push(") ORDER BY joined_at, user_id");
-            let rows = query.build().fetch_all(pool).await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                out.push((
-                    ConversationId(row.try_get::<Uuid, _>("conversation_id")?),
-                    UserId(row.try_get::<Uuid, _>("user_id")?),
-                ));
-            }
-            out
-        });
-        for (conversation, member) in members {
-            if let Some(c) = list.iter_mut().find(|c| c.id == conversation) {
+        let ids: Vec<ConversationId> = list.iter().map(|c| c.conversation.id).collect();
+        for (conversation, member) in self.members_of_many(&ids).await? {
+            if let Some(c) = list.iter_mut().find(|c| c.conversation.id == conversation) {
                 c.members.push(member);
             }
         }
         Ok(list)
-    }
-
-    /// Whether `user` is a member of `conversation`.
-    #[tracing::instrument(skip_all)]
-    pub async fn is_member(
-        &self,
-        conversation: ConversationId,
-        user: UserId,
-    ) -> Result<bool, StoreError> {
-        let sql = "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2";
-        on_pool!(self, |pool| {
-            let row = sqlx::query(sql)
-                .bind(conversation.0)
-                .bind(user.0)
-                .fetch_optional(pool)
-                .await?;
-            Ok(row.is_some())
-        })
-    }
-
-    /// The members of `conversation`, oldest first.
-    #[tracing::instrument(skip_all)]
-    pub async fn members_of(
-        &self,
-        conversation: ConversationId,
-    ) -> Result<Vec<UserId>, StoreError> {
-        let sql = "SELECT user_id FROM conversation_members WHERE conversation_id = $1 ORDER BY joined_at, user_id";
-        on_pool!(self, |pool| {
-            let rows = sqlx::query(sql)
-                .bind(conversation.0)
-                .fetch_all(pool)
-                .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                out.push(UserId(row.try_get::<Uuid, _>("user_id")?));
-            }
-            Ok(out)
-        })
     }
 }

@@ -6,6 +6,9 @@ pub enum StoreError {
     /// A uniqueness rule refused the write; names the field (`email`, `username`…).
     #[error("{0} is already taken")]
     Conflict(&'static str),
+    /// The user is not a member of the conversation (or it does not exist).
+    #[error("not a member of that conversation")]
+    NotMember,
     /// A referenced row does not exist.
     #[error("a referenced record does not exist")]
     MissingReference,

@@ -7,6 +7,8 @@
 mod backend;
 mod conversations;
 mod error;
+mod events;
+mod members;
 mod messages;
 mod tokens;
 mod users;
@@ -15,9 +17,11 @@ mod users;
 pub mod testing;
 
 pub use backend::Store;
-pub use conversations::{ConversationCursor, ConversationSummary};
+pub use conversations::{ConversationCursor, ConversationRecord, ConversationSummary, NewGroup};
 pub use error::StoreError;
-pub use messages::{MessagePage, MessageRange, NewDirectMessage, Stored};
+pub use events::{EventPage, EventRecord};
+pub use members::MemberRecord;
+pub use messages::{MessagePage, MessageRange, NewMessage, Posted, Stored, Target};
 pub use users::{NewUser, UserRecord};
 
 /// Milliseconds since the epoch → UTC time (out-of-range values clamp to the epoch).

@@ -2,7 +2,10 @@
 //! Each test runs once per backend; the PostgreSQL variant needs `PARLEY_TEST_POSTGRES_URL`.
 
 use parley_store::testing::{Backend, TestDatabase};
-use parley_store::{MessageRange, NewDirectMessage, NewUser, Store, StoreError, Stored};
+use parley_store::{
+    MessageRange, NewGroup, NewMessage, NewUser, Store, StoreError, Stored, Target,
+};
+use parley_wire::ConversationId;
 use parley_wire::UserId;
 
 macro_rules! both_backends {
@@ -26,6 +29,9 @@ both_backends!(
     conversations_list_newest_activity_first_with_members,
     refresh_tokens_are_taken_once,
     unknown_recipient_is_a_missing_reference,
+    every_member_gets_a_gapless_event_per_message,
+    groups_have_roles_and_only_members_post,
+    receipts_only_move_forward_and_drive_unread_counts,
 );
 
 async fn store(backend: Backend) -> Option<(Store, TestDatabase)> {
@@ -47,13 +53,21 @@ fn user(name: &str) -> NewUser {
     }
 }
 
-fn msg(from: UserId, to: UserId, client_id: &str, now_ms: i64) -> NewDirectMessage {
-    NewDirectMessage {
+fn msg(from: UserId, to: UserId, client_id: &str, now_ms: i64) -> NewMessage {
+    NewMessage {
         sender: from,
-        recipient: to,
+        target: Target::Direct(to),
         client_id: client_id.into(),
+        kind: "text",
         body: format!("text {client_id}"),
         now_ms,
+    }
+}
+
+fn in_group(from: UserId, group: ConversationId, client_id: &str, now_ms: i64) -> NewMessage {
+    NewMessage {
+        target: Target::Conversation(group),
+        ..msg(from, from, client_id, now_ms)
     }
 }
 
@@ -110,23 +124,24 @@ async fn messages_are_stored_once_per_sender_and_client_id(backend: Backend) {
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
     let first = store
-        .store_direct_message(&msg(a, b, "c1", 10))
+        .store_message(&msg(a, b, "c1", 10))
         .await
         .expect("store");
     let Stored::New(first) = first else {
         panic!("first write must be new: {first:?}")
     };
     let again = store
-        .store_direct_message(&msg(a, b, "c1", 20))
+        .store_message(&msg(a, b, "c1", 20))
         .await
         .expect("retry");
     assert_eq!(again, Stored::Existing(first.clone()));
     assert_eq!(store.count_messages().await.expect("count"), 1);
     let next = store
-        .store_direct_message(&msg(a, b, "c2", 30))
+        .store_message(&msg(a, b, "c2", 30))
         .await
         .expect("next")
-        .into_inner();
+        .into_inner()
+        .message;
     assert_eq!(
         next.seq, 2,
         "the retry must not have consumed a sequence number"
@@ -146,22 +161,23 @@ async fn sequence_numbers_are_gapless_per_conversation(backend: Backend) {
         let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
         tasks.push(tokio::spawn(async move {
             store
-                .store_direct_message(&msg(from, to, &format!("m{i}"), i))
+                .store_message(&msg(from, to, &format!("m{i}"), i))
                 .await
         }));
     }
     let mut seqs = Vec::new();
     for t in tasks {
-        let m = t.await.expect("join").expect("store").into_inner();
+        let m = t.await.expect("join").expect("store").into_inner().message;
         seqs.push(m.seq);
     }
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     let other = store
-        .store_direct_message(&msg(a, c, "x", 100))
+        .store_message(&msg(a, c, "x", 100))
         .await
         .expect("a→c")
-        .into_inner();
+        .into_inner()
+        .message;
     assert_eq!(other.seq, 1, "each conversation numbers on its own");
 }
 
@@ -172,19 +188,17 @@ async fn another_senders_client_id_is_a_different_message(backend: Backend) {
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
     let from_a = store
-        .store_direct_message(&msg(a, b, "same", 1))
+        .store_message(&msg(a, b, "same", 1))
         .await
         .expect("a")
-        .into_inner();
-    let from_b = store
-        .store_direct_message(&msg(b, a, "same", 2))
-        .await
-        .expect("b");
+        .into_inner()
+        .message;
+    let from_b = store.store_message(&msg(b, a, "same", 2)).await.expect("b");
     let Stored::New(from_b) = from_b else {
         panic!("b's message must be new: {from_b:?}")
     };
-    assert_ne!(from_a.id, from_b.id);
-    assert_eq!(from_b.sender_id, b);
+    assert_ne!(from_a.id, from_b.message.id);
+    assert_eq!(from_b.message.sender_id, b);
     assert_eq!(store.count_messages().await.expect("count"), 2);
 }
 
@@ -197,10 +211,10 @@ async fn message_pages_read_forward_and_backward(backend: Backend) {
     let mut conversation = None;
     for i in 1..=7 {
         let m = store
-            .store_direct_message(&msg(a, b, &format!("m{i}"), i))
+            .store_message(&msg(a, b, &format!("m{i}"), i))
             .await
             .expect("store");
-        conversation = Some(m.into_inner().conversation_id);
+        conversation = Some(m.into_inner().message.conversation_id);
     }
     let conversation = conversation.expect("conversation");
     let seqs = |p: &parley_store::MessagePage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
@@ -278,50 +292,51 @@ async fn conversations_list_newest_activity_first_with_members(backend: Backend)
     let c = store.insert_user(&user("c")).await.expect("c").id;
     let d = store.insert_user(&user("d")).await.expect("d").id;
     let ab = store
-        .store_direct_message(&msg(a, b, "1", 100))
+        .store_message(&msg(a, b, "1", 100))
         .await
         .expect("ab")
-        .into_inner();
+        .into_inner()
+        .message;
     let ac = store
-        .store_direct_message(&msg(c, a, "2", 200))
+        .store_message(&msg(c, a, "2", 200))
         .await
         .expect("ac")
-        .into_inner();
-    store
-        .store_direct_message(&msg(c, d, "3", 300))
-        .await
-        .expect("cd");
+        .into_inner()
+        .message;
+    store.store_message(&msg(c, d, "3", 300)).await.expect("cd");
     let ab2 = store
-        .store_direct_message(&msg(b, a, "4", 400))
+        .store_message(&msg(b, a, "4", 400))
         .await
         .expect("ab2")
-        .into_inner();
+        .into_inner()
+        .message;
 
     let list = store.conversations_for(a, None, 10).await.expect("list");
-    let ids: Vec<_> = list.iter().map(|c| c.id).collect();
+    let ids: Vec<_> = list.iter().map(|c| c.conversation.id).collect();
     assert_eq!(
         ids,
         vec![ab.conversation_id, ac.conversation_id],
         "newest first, only a's"
     );
     assert_eq!(list[0].last_message.as_ref(), Some(&ab2));
-    assert_eq!(list[0].last_seq, 2);
-    let mut members = list[0].members.clone();
+    assert_eq!(list[0].conversation.last_seq, 2);
+    assert_eq!(list[0].unread, 1, "b's message is unread for a");
+    let mut members: Vec<UserId> = list[0].members.iter().map(|m| m.user_id).collect();
     members.sort();
     let mut expected = vec![a, b];
     expected.sort();
     assert_eq!(members, expected);
 
     let cursor = parley_store::ConversationCursor {
-        last_activity_ms: list[0].last_activity_ms,
-        id: list[0].id,
+        last_activity_ms: list[0].conversation.last_activity_ms,
+        id: list[0].conversation.id,
     };
     let page2 = store
         .conversations_for(a, Some(cursor), 10)
         .await
         .expect("page 2");
     assert_eq!(
-        page2.iter().map(|c| c.id).collect::<Vec<_>>(),
+        page2.iter().map(|c| c.conversation.id).collect::<Vec<_>>(),
         vec![ac.conversation_id]
     );
     assert!(store
@@ -389,7 +404,7 @@ async fn unknown_recipient_is_a_missing_reference(backend: Backend) {
     };
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let err = store
-        .store_direct_message(&msg(a, UserId::new(), "x", 1))
+        .store_message(&msg(a, UserId::new(), "x", 1))
         .await
         .expect_err("no such user");
     assert!(matches!(err, StoreError::MissingReference), "{err:?}");
@@ -399,4 +414,237 @@ async fn unknown_recipient_is_a_missing_reference(backend: Backend) {
         .await
         .expect("list")
         .is_empty());
+}
+
+async fn every_member_gets_a_gapless_event_per_message(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let a = store.insert_user(&user("a")).await.expect("a").id;
+    let b = store.insert_user(&user("b")).await.expect("b").id;
+    let c = store.insert_user(&user("c")).await.expect("c").id;
+    let first = store
+        .store_message(&msg(a, b, "1", 10))
+        .await
+        .expect("a→b")
+        .into_inner();
+    let mut deliveries = first.deliveries.clone();
+    deliveries.sort();
+    let mut expected = vec![(a, 1), (b, 1)];
+    expected.sort();
+    assert_eq!(
+        deliveries, expected,
+        "sender and recipient each take their next number"
+    );
+    store.store_message(&msg(c, b, "2", 20)).await.expect("c→b");
+    let receipt = store
+        .append_events(&[b], "receipt", None, r#"{"x":1}"#, 30)
+        .await
+        .expect("append");
+    assert_eq!(receipt, vec![(b, 3)]);
+
+    let page = store.events_after(b, 0, 10).await.expect("events");
+    assert_eq!(
+        page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!((page.last_seq, page.oldest_seq), (3, 1));
+    assert_eq!(
+        page.events[0].message.as_ref().map(|m| m.text.as_str()),
+        Some("text 1")
+    );
+    assert_eq!(
+        page.events[1].message.as_ref().map(|m| m.sender_id),
+        Some(c)
+    );
+    assert_eq!(
+        (page.events[2].kind.as_str(), page.events[2].body.as_str()),
+        ("receipt", r#"{"x":1}"#)
+    );
+    let tail = store.events_after(b, 2, 10).await.expect("tail");
+    assert_eq!(tail.events.len(), 1);
+    assert_eq!(
+        store.events_after(a, 0, 10).await.expect("a").events.len(),
+        1
+    );
+    assert_eq!(
+        store.delete_events_before(25).await.expect("prune"),
+        4,
+        "a1, b1, c1 and b2 are older"
+    );
+    let pruned = store.events_after(b, 0, 10).await.expect("pruned");
+    assert_eq!(
+        (pruned.events.len(), pruned.last_seq, pruned.oldest_seq),
+        (1, 3, 3)
+    );
+}
+
+async fn groups_have_roles_and_only_members_post(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let a = store.insert_user(&user("a")).await.expect("a").id;
+    let b = store.insert_user(&user("b")).await.expect("b").id;
+    let c = store.insert_user(&user("c")).await.expect("c").id;
+    let group = NewGroup {
+        id: ConversationId::new(),
+        title: Some("team".into()),
+        audience: "group".into(),
+        context_type: None,
+        context_id: None,
+        creator: a,
+        members: vec![b],
+        now_ms: 5,
+    };
+    store.create_group(&group).await.expect("create");
+    let roles: Vec<(UserId, String)> = store
+        .members(group.id)
+        .await
+        .expect("members")
+        .into_iter()
+        .map(|m| (m.user_id, m.role))
+        .collect();
+    assert!(
+        roles.contains(&(a, "owner".into()))
+            && roles.contains(&(b, "member".into()))
+            && roles.len() == 2,
+        "{roles:?}"
+    );
+    let err = store
+        .store_message(&in_group(c, group.id, "x", 6))
+        .await
+        .expect_err("c is not a member");
+    assert!(matches!(err, StoreError::NotMember), "{err:?}");
+    let err = store
+        .store_message(&in_group(a, ConversationId::new(), "y", 6))
+        .await
+        .expect_err("no such group");
+    assert!(matches!(err, StoreError::NotMember), "{err:?}");
+    assert!(store
+        .add_member(group.id, c, "member", 7)
+        .await
+        .expect("add"));
+    assert!(
+        !store
+            .add_member(group.id, c, "member", 7)
+            .await
+            .expect("again"),
+        "already a member"
+    );
+    let posted = store
+        .store_message(&in_group(c, group.id, "z", 8))
+        .await
+        .expect("c posts")
+        .into_inner();
+    assert_eq!((posted.message.seq, posted.deliveries.len()), (1, 3));
+    assert!(store
+        .set_member_role(group.id, b, "admin")
+        .await
+        .expect("role"));
+    assert!(store.remove_member(group.id, c).await.expect("remove"));
+    assert!(!store.is_member(group.id, c).await.expect("gone"));
+    store
+        .rename_conversation(group.id, Some("renamed"))
+        .await
+        .expect("rename");
+    let record = store
+        .get_conversation(group.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (
+            record.kind.as_str(),
+            record.title.as_deref(),
+            record.last_seq
+        ),
+        ("group", Some("renamed"), 1)
+    );
+    let mut bad = group.clone();
+    bad.id = ConversationId::new();
+    bad.members = vec![UserId::new()];
+    assert!(matches!(
+        store.create_group(&bad).await,
+        Err(StoreError::MissingReference)
+    ));
+    assert!(
+        store.get_conversation(bad.id).await.expect("get").is_none(),
+        "nothing created"
+    );
+}
+
+async fn receipts_only_move_forward_and_drive_unread_counts(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let a = store.insert_user(&user("a")).await.expect("a").id;
+    let b = store.insert_user(&user("b")).await.expect("b").id;
+    let mut conversation = None;
+    for i in 1..=4 {
+        conversation = Some(
+            store
+                .store_message(&msg(a, b, &format!("m{i}"), i))
+                .await
+                .expect("store")
+                .into_inner()
+                .message
+                .conversation_id,
+        );
+    }
+    let conversation = conversation.expect("conversation");
+    store
+        .store_message(&msg(b, a, "reply", 10))
+        .await
+        .expect("reply");
+    assert_eq!(
+        store.unread_counts_for(b).await.expect("unread"),
+        vec![(conversation, 4)]
+    );
+    assert_eq!(
+        store.unread_counts_for(a).await.expect("unread"),
+        vec![(conversation, 1)]
+    );
+
+    let (m, moved) = store
+        .advance_receipts(conversation, b, Some(3), None)
+        .await
+        .expect("receipt")
+        .expect("member");
+    assert_eq!((m.last_delivered_seq, m.last_read_seq, moved), (3, 0, true));
+    let (m, moved) = store
+        .advance_receipts(conversation, b, None, Some(2))
+        .await
+        .expect("receipt")
+        .expect("member");
+    assert_eq!((m.last_delivered_seq, m.last_read_seq, moved), (3, 2, true));
+    let (m, moved) = store
+        .advance_receipts(conversation, b, Some(1), Some(1))
+        .await
+        .expect("receipt")
+        .expect("member");
+    assert_eq!(
+        (m.last_delivered_seq, m.last_read_seq, moved),
+        (3, 2, false),
+        "never backwards"
+    );
+    let (m, _) = store
+        .advance_receipts(conversation, b, None, Some(99))
+        .await
+        .expect("receipt")
+        .expect("member");
+    assert_eq!(
+        (m.last_delivered_seq, m.last_read_seq),
+        (5, 5),
+        "capped at the newest message; read implies delivered"
+    );
+    assert_eq!(
+        store.unread_counts_for(b).await.expect("unread"),
+        vec![(conversation, 0)]
+    );
+    let stranger = store.insert_user(&user("s")).await.expect("s").id;
+    assert!(store
+        .advance_receipts(conversation, stranger, Some(1), None)
+        .await
+        .expect("receipt")
+        .is_none());
 }

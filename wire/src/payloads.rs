@@ -56,6 +56,8 @@ pub struct Message {
     pub sender_id: UserId,
     /// The sender device's own id for the message.
     pub client_id: String,
+    /// `text`, or `system` for events the server writes into the conversation.
+    pub kind: String,
     pub text: String,
     pub sent_at: DateTime<Utc>,
 }
