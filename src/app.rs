@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use parley_api::{AppState, ReadinessCheck};
+use parley_api::{AppState, Publisher, ReadinessCheck};
 use parley_broker::bus::{self, BusProbe};
 use parley_broker::gate::{self, GateHandle, GateSettings};
 use parley_config::Settings;
 use parley_domain::{Domain, Limits, Store, TokenSettings, Tokens};
+use rumqttc::QoS;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -124,9 +125,24 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         Box::pin(async move { gate::self_check(mqtt_addr, &tokens, Duration::from_secs(2)).await })
     });
     let readiness = vec![("bus", bus_check), ("gate", gate_check)];
+    let bus_client = bus::publisher(&bus, "api", shutdown.clone());
+    let publisher: Publisher = Arc::new(move |outgoing| {
+        let client = bus_client.clone();
+        Box::pin(async move {
+            for o in outgoing {
+                if let Err(e) = client
+                    .publish(o.topic(), QoS::AtLeastOnce, false, o.payload())
+                    .await
+                {
+                    tracing::error!(error = %e, "could not hand a downlink to the bus");
+                }
+            }
+        })
+    });
     let state = AppState {
         domain: domain.clone(),
         readiness: Arc::new(readiness),
+        publisher,
     };
     {
         let shutdown = shutdown.clone();

@@ -25,17 +25,31 @@ async fn send_with_retries(from: &Device, from_id: &str, to_id: &str, prefix: &s
 }
 
 /// Collects acks (by client id) and received messages (by message id) until every
-/// one of `expect_acks` ids is acknowledged and `expect_received` messages arrived.
+/// one of `expect_acks` ids is acknowledged and `expect_received` messages arrived
+/// from the other side and every own message came back as an event too (what the
+/// user's other devices see).
+struct Collected {
+    acks: HashMap<String, Vec<Value>>,
+    /// Message events from the other user, by message id.
+    received: BTreeMap<String, Value>,
+    /// Event numbers of every message event (own and received), by message id.
+    event_seqs: BTreeMap<String, i64>,
+}
+
 async fn collect(
     device: &mut Device,
     uid: &str,
     expect_acks: usize,
     expect_received: usize,
-) -> (HashMap<String, Vec<Value>>, BTreeMap<String, Value>) {
+) -> Collected {
     let (ack_topic, msg_topic) = (format!("to/{uid}/ack"), format!("to/{uid}/msg"));
     let mut acks: HashMap<String, Vec<Value>> = HashMap::new();
     let mut received = BTreeMap::new();
-    while acks.len() < expect_acks || received.len() < expect_received {
+    let mut event_seqs: BTreeMap<String, i64> = BTreeMap::new();
+    while acks.len() < expect_acks
+        || received.len() < expect_received
+        || event_seqs.len() < expect_acks + expect_received
+    {
         let (topic, body) = device
             .next_matching(|p| match p {
                 rumqttc::Packet::Publish(p) if p.topic == ack_topic || p.topic == msg_topic => {
@@ -53,10 +67,21 @@ async fn collect(
                 .or_default()
                 .push(body);
         } else {
-            received.insert(body["id"].as_str().expect("message id").to_string(), body);
+            assert_eq!(body["type"], "message", "{body}");
+            let id = body["id"].as_str().expect("message id").to_string();
+            let seq = body["event_seq"].as_i64().expect("event_seq");
+            let first = *event_seqs.entry(id.clone()).or_insert(seq);
+            assert_eq!(first, seq, "a repeat of a message keeps its event number");
+            if body["sender_id"] != uid {
+                received.insert(id, body);
+            }
         }
     }
-    (acks, received)
+    Collected {
+        acks,
+        received,
+        event_seqs,
+    }
 }
 
 /// Each client id has one stored identity however often it was acknowledged, and
@@ -94,13 +119,30 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
         send_with_retries(&a, &alice.id, &bob.id, "a", 100),
         send_with_retries(&b, &bob.id, &alice.id, "b", 100),
     );
-    let ((a_acks, a_got), (b_acks, b_got)) = tokio::join!(
+    let (a_all, b_all) = tokio::join!(
         collect(&mut a, &alice.id, 100, 100),
         collect(&mut b, &bob.id, 100, 100)
     );
+    let (a_acks, a_got) = (&a_all.acks, &a_all.received);
+    let (b_acks, b_got) = (&b_all.acks, &b_all.received);
+    // Each user's log numbers its 200 message events 1..=200: retries add none.
+    for all in [&a_all, &b_all] {
+        let mut seqs: Vec<i64> = all.event_seqs.values().copied().collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    }
+    for (acks, all) in [(a_acks, &a_all), (b_acks, &b_all)] {
+        for copies in acks.values() {
+            let id = copies[0]["message_id"].as_str().expect("id");
+            assert_eq!(
+                Some(&copies[0]["event_seq"].as_i64().expect("ack event_seq")),
+                all.event_seqs.get(id)
+            );
+        }
+    }
 
-    let a_seqs = check_acks(&a_acks, "a", 100);
-    let b_seqs = check_acks(&b_acks, "b", 100);
+    let a_seqs = check_acks(a_acks, "a", 100);
+    let b_seqs = check_acks(b_acks, "b", 100);
     let mut all: Vec<i64> = a_seqs.iter().chain(&b_seqs).copied().collect();
     all.sort_unstable();
     assert_eq!(

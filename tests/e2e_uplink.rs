@@ -137,7 +137,7 @@ async fn a_client_id_used_by_another_user_is_a_different_message(backend: Backen
         (a_ack["seq"].as_i64(), b_ack["seq"].as_i64()),
         (Some(1), Some(2))
     );
-    let got = a.next_on(&format!("to/{}/msg", alice.id)).await;
+    let got = a.next_message_from(&alice.id, &bob.id).await;
     assert_eq!(
         (got["text"].as_str(), got["sender_id"].as_str()),
         (Some("from bob"), Some(bob.id.as_str()))

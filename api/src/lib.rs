@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 use parley_domain::Domain;
+use parley_wire::payloads::Outgoing;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -23,16 +24,31 @@ pub use error::{ApiError, ErrorResponse};
 pub type ReadinessCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Hands what an HTTP action causes to the bus, for the users' devices.
+pub type Publisher =
+    Arc<dyn Fn(Vec<Outgoing>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub domain: Domain,
     pub readiness: Arc<Vec<(&'static str, ReadinessCheck)>>,
+    pub publisher: Publisher,
+}
+
+impl AppState {
+    /// Publishes downlinks caused by a request; an empty list costs nothing.
+    pub async fn publish(&self, outgoing: Vec<Outgoing>) {
+        if !outgoing.is_empty() {
+            (self.publisher)(outgoing).await;
+        }
+    }
 }
 
 /// All routes, with JSON answers for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
-    use routes::{auth, conversations, ops};
+    use axum::routing::patch;
+    use routes::{auth, conversations, members, messages, ops, sync};
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -42,11 +58,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/refresh", post(auth::refresh))
         .route("/v1/me", get(auth::me))
-        .route("/v1/conversations", get(conversations::list))
         .route(
-            "/v1/conversations/{id}/messages",
-            get(conversations::messages),
+            "/v1/conversations",
+            get(conversations::list).post(conversations::create),
         )
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::get).patch(conversations::rename),
+        )
+        .route("/v1/conversations/{id}/members", post(members::add))
+        .route(
+            "/v1/conversations/{id}/members/{user_id}",
+            patch(members::set_role).delete(members::remove),
+        )
+        .route("/v1/conversations/{id}/messages", get(messages::history))
+        .route("/v1/conversations/{id}/read", post(messages::mark_read))
+        .route("/v1/sync", get(sync::sync))
+        .route("/v1/unread", get(sync::unread))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(TraceLayer::new_for_http())

@@ -3,14 +3,17 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, conversations, ops};
+use crate::routes::{auth, conversations, members, messages, ops, sync};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Parley HTTP API", description = "Accounts, conversations and history. Devices talk MQTT; see docs/protocol.md."),
     paths(
         auth::register, auth::login, auth::refresh, auth::me,
-        conversations::list, conversations::messages,
+        conversations::list, conversations::create, conversations::get, conversations::rename,
+        members::add, members::remove, members::set_role,
+        messages::history, messages::mark_read,
+        sync::sync, sync::unread,
         ops::healthz, ops::readyz,
     ),
     components(schemas(crate::ErrorResponse, crate::error::ErrorDetail)),

@@ -14,7 +14,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use uplink::{handle_uplink, Downlink};
+pub use uplink::handle_uplink;
 
 /// Runs the bridge until `shutdown`.
 pub async fn run(
@@ -68,7 +68,7 @@ async fn work(domain: Domain, client: AsyncClient, mut rx: mpsc::Receiver<rumqtt
     while let Some(publish) = rx.recv().await {
         for d in handle_uplink(&domain, &publish.topic, &publish.payload).await {
             if let Err(e) = client
-                .publish(d.topic, QoS::AtLeastOnce, false, d.payload)
+                .publish(d.topic(), QoS::AtLeastOnce, false, d.payload())
                 .await
             {
                 tracing::error!(error = %e, "bridge could not publish a downlink");

@@ -10,6 +10,8 @@ pub enum ErrorKind {
     Invalid,
     /// The credentials are wrong or missing.
     Unauthorized,
+    /// The caller is known but may not do this.
+    Forbidden,
     /// The thing does not exist, or the caller may not know that it does.
     NotFound,
     /// The write collides with existing data.
@@ -45,6 +47,14 @@ impl DomainError {
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::Rule {
             kind: ErrorKind::Unauthorized,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Rule {
+            kind: ErrorKind::Forbidden,
             code,
             message: message.into(),
         }

@@ -3,21 +3,27 @@
 //! [`Domain`]; the domain calls the store; nothing here knows MQTT or HTTP.
 
 mod accounts;
+mod conversations;
 mod error;
 mod keys;
 mod messaging;
+mod receipts;
+mod sync;
 mod tokens;
 
 use std::sync::Arc;
 
 pub use accounts::{Registration, Session};
+pub use conversations::{ConversationDetails, NewConversation, MAX_GROUP_MEMBERS};
 pub use error::{DomainError, ErrorKind};
 pub use keys::load_or_create_signing_key;
-pub use messaging::{HistoryQuery, MAX_CLIENT_ID_LEN};
+pub use messaging::{message_outgoing, HistoryQuery, MAX_CLIENT_ID_LEN};
 pub use parley_store::UserRecord as StoreUser;
 pub use parley_store::{
-    ConversationCursor, ConversationSummary, MessagePage, Store, StoreError, Stored,
+    ConversationCursor, ConversationRecord, ConversationSummary, MemberRecord, MessagePage, Posted,
+    Store, StoreError, Stored,
 };
+pub use sync::MAX_SYNC_GAP;
 pub use tokens::{AccessClaims, TokenError, TokenSettings, Tokens};
 
 /// Limits the rules enforce, from configuration.

@@ -1,10 +1,12 @@
-//! Sending and reading messages: who may send what to whom, and how history pages.
+//! Sending and reading messages: who may send what where, what each member's
+//! devices are told, and how history pages.
 
 use parley_store::{
-    ConversationCursor, ConversationSummary, MessagePage, MessageRange, NewDirectMessage, Stored,
+    ConversationCursor, ConversationSummary, MessagePage, MessageRange, NewMessage, Posted,
+    StoreError, Stored, Target,
 };
-use parley_wire::payloads::{Message, SendMessage};
-use parley_wire::{ConversationId, UserId};
+use parley_wire::payloads::{Event, Outgoing, SendMessage};
+use parley_wire::{topics, ConversationId, UserId};
 
 use crate::{now_ms, Domain, DomainError};
 
@@ -23,56 +25,100 @@ pub struct HistoryQuery {
 }
 
 impl Domain {
-    /// Stores a 1:1 message from `sender` exactly once. A retry with the same
-    /// client id returns the message stored the first time, unchanged.
+    /// Stores a message from `sender` exactly once. A retry with the same client id
+    /// returns the message stored the first time, unchanged.
     #[tracing::instrument(skip_all, fields(user_id = %sender))]
-    pub async fn send_direct_message(
+    pub async fn send_message(
         &self,
         sender: UserId,
         msg: SendMessage,
-    ) -> Result<Stored<Message>, DomainError> {
+    ) -> Result<Stored<Posted>, DomainError> {
         check_client_id(&msg.id)?;
         // A retry is answered before anything else is re-checked: the first attempt passed.
         if let Some(existing) = self.store().message_by_client_id(sender, &msg.id).await? {
-            return Ok(Stored::Existing(existing));
+            return Ok(Stored::Existing(self.store().posted(existing).await?));
         }
-        if msg.to == sender {
-            return Err(DomainError::invalid(
-                "invalid_recipient",
-                "a message cannot be sent to oneself",
-            ));
+        let target = match (msg.to, msg.conversation_id) {
+            (Some(to), None) if to == sender => {
+                return Err(DomainError::invalid(
+                    "invalid_recipient",
+                    "a message cannot be sent to oneself",
+                ))
+            }
+            (Some(to), None) => {
+                if !self.store().user_exists(to).await? {
+                    return Err(DomainError::not_found(
+                        "unknown_recipient",
+                        "no such recipient",
+                    ));
+                }
+                Target::Direct(to)
+            }
+            (None, Some(conversation)) => Target::Conversation(conversation),
+            _ => {
+                return Err(DomainError::invalid(
+                    "invalid_recipient",
+                    "give exactly one of `to` (a user) and `conversation_id`",
+                ))
+            }
+        };
+        self.check_text(&msg.text)?;
+        let new = NewMessage {
+            sender,
+            target,
+            client_id: msg.id,
+            kind: "text",
+            body: msg.text,
+            now_ms: now_ms(),
+        };
+        self.post(new).await
+    }
+
+    /// Stores a message the server writes (membership changes and the like).
+    pub(crate) async fn post_system(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        body: &serde_json::Value,
+    ) -> Result<Posted, DomainError> {
+        let new = NewMessage {
+            sender: actor,
+            target: Target::Conversation(conversation),
+            client_id: format!("system-{}", uuid::Uuid::now_v7().simple()),
+            kind: "system",
+            body: body.to_string(),
+            now_ms: now_ms(),
+        };
+        Ok(self.post(new).await?.into_inner())
+    }
+
+    async fn post(&self, new: NewMessage) -> Result<Stored<Posted>, DomainError> {
+        match self.store().store_message(&new).await {
+            Ok(stored) => Ok(stored),
+            Err(StoreError::MissingReference) => Err(DomainError::not_found(
+                "unknown_recipient",
+                "no such recipient",
+            )),
+            Err(StoreError::NotMember) => Err(DomainError::not_found(
+                "conversation_not_found",
+                "no such conversation, or not a member",
+            )),
+            Err(e) => Err(e.into()),
         }
-        if msg.text.trim().is_empty() {
+    }
+
+    fn check_text(&self, text: &str) -> Result<(), DomainError> {
+        if text.trim().is_empty() {
             return Err(DomainError::invalid("empty_text", "text is empty"));
         }
         let max = self.limits().max_text_chars;
-        if msg.text.chars().count() > max {
+        if text.chars().count() > max {
             return Err(DomainError::invalid(
                 "text_too_long",
                 format!("text is longer than {max} characters"),
             ));
         }
-        if !self.store().user_exists(msg.to).await? {
-            return Err(DomainError::not_found(
-                "unknown_recipient",
-                "no such recipient",
-            ));
-        }
-        let new = NewDirectMessage {
-            sender,
-            recipient: msg.to,
-            client_id: msg.id,
-            body: msg.text,
-            now_ms: now_ms(),
-        };
-        match self.store().store_direct_message(&new).await {
-            Ok(stored) => Ok(stored),
-            Err(parley_store::StoreError::MissingReference) => Err(DomainError::not_found(
-                "unknown_recipient",
-                "no such recipient",
-            )),
-            Err(e) => Err(e.into()),
-        }
+        Ok(())
     }
 
     /// Who belongs to a conversation.
@@ -102,12 +148,7 @@ impl Domain {
         conversation: ConversationId,
         query: HistoryQuery,
     ) -> Result<MessagePage, DomainError> {
-        if !self.store().is_member(conversation, user).await? {
-            return Err(DomainError::not_found(
-                "conversation_not_found",
-                "no such conversation",
-            ));
-        }
+        self.require_member(conversation, user).await?;
         for bound in [query.before, query.after].into_iter().flatten() {
             if bound < 0 {
                 return Err(DomainError::invalid(
@@ -123,6 +164,41 @@ impl Domain {
         };
         Ok(self.store().messages_in(conversation, range).await?)
     }
+
+    /// Fails with `conversation_not_found` unless `user` is a member.
+    pub(crate) async fn require_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<parley_store::MemberRecord, DomainError> {
+        self.store()
+            .member(conversation, user)
+            .await?
+            .ok_or_else(|| DomainError::not_found("conversation_not_found", "no such conversation"))
+    }
+}
+
+/// What a stored message causes on the wire: the sender's acknowledgement (when
+/// `ack_to` is given) and the message event for every member's devices, each with
+/// that member's own event number.
+pub fn message_outgoing(posted: &Posted, ack_to: Option<UserId>) -> Vec<Outgoing> {
+    let mut out = Vec::with_capacity(posted.deliveries.len() + 1);
+    if let Some(sender) = ack_to {
+        let own = posted
+            .deliveries
+            .iter()
+            .find(|(u, _)| *u == sender)
+            .map_or(0, |(_, seq)| *seq);
+        out.push(Outgoing::new(sender, topics::ACK, &posted.message.ack(own)));
+    }
+    for (user, event_seq) in &posted.deliveries {
+        out.push(Outgoing::new(
+            *user,
+            topics::MSG,
+            &Event::new(*event_seq, "message", &posted.message),
+        ));
+    }
+    out
 }
 
 fn check_client_id(id: &str) -> Result<(), DomainError> {

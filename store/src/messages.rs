@@ -175,7 +175,7 @@ impl Store {
             if let Some(row) = existing {
                 let found = message_from_row!(row);
                 tx.rollback().await?;
-                return Ok(Stored::Existing(self.posted_again(found).await?));
+                return Ok(Stored::Existing(self.posted(found).await?));
             }
             let members: Vec<UserId> =
                 sqlx::query("SELECT user_id FROM conversation_members WHERE conversation_id = $1")
@@ -212,7 +212,7 @@ impl Store {
                         .message_by_client_id(msg.sender, &msg.client_id)
                         .await?
                         .ok_or(StoreError::Conflict("client_id"))?;
-                    return Ok(Stored::Existing(self.posted_again(found).await?));
+                    return Ok(Stored::Existing(self.posted(found).await?));
                 }
                 Err(e) => return Err(StoreError::Database(e)),
             }
@@ -245,7 +245,7 @@ impl Store {
     }
 
     /// A stored message with the event numbers it took when it was first stored.
-    async fn posted_again(&self, message: Message) -> Result<Posted, StoreError> {
+    pub async fn posted(&self, message: Message) -> Result<Posted, StoreError> {
         let deliveries = on_pool!(self, |pool| {
             let rows = sqlx::query(
                 "SELECT user_id, seq FROM user_events WHERE message_id = $1 AND kind = 'message'",

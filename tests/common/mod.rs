@@ -281,6 +281,20 @@ impl Device {
         .await
     }
 
+    /// The next message event on `to/{uid}/msg` sent by `sender` (a device also
+    /// receives its own user's messages, for multi-device sync).
+    pub async fn next_message_from(&mut self, uid: &str, sender: &str) -> Value {
+        let topic = format!("to/{uid}/msg");
+        self.next_matching(|p| match p {
+            Packet::Publish(p) if p.topic == topic => {
+                let v: Value = serde_json::from_slice(&p.payload).expect("json payload");
+                (v["sender_id"] == sender).then_some(v)
+            }
+            _ => None,
+        })
+        .await
+    }
+
     /// Whether anything arrives on `topic` within `wait`.
     pub async fn nothing_on(&mut self, topic: &str, wait: Duration) -> bool {
         if self

@@ -5,14 +5,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ConversationId, MessageId, UserId};
 
-/// `from/{uid}/msg`: a device sends a message. `id` is chosen by the device and makes
-/// retries harmless: the same `id` from the same user is stored once.
-/// Unknown fields are ignored, so newer apps keep working against this server.
+/// `from/{uid}/msg`: a device sends a message, either to a user (`to`, the 1:1
+/// conversation) or into a conversation it belongs to (`conversation_id`). `id` is
+/// chosen by the device and makes retries harmless: the same `id` from the same
+/// user is stored once. Unknown fields are ignored, so newer apps keep working.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendMessage {
     pub id: String,
-    pub to: UserId,
+    #[serde(default)]
+    pub to: Option<UserId>,
+    #[serde(default)]
+    pub conversation_id: Option<ConversationId>,
     pub text: String,
 }
 
@@ -27,6 +31,8 @@ pub struct Ack {
     /// Place of the message in its conversation, from 1, without gaps.
     pub seq: i64,
     pub sent_at: DateTime<Utc>,
+    /// Number of the message's event in the sender's own log (see sync).
+    pub event_seq: i64,
 }
 
 /// `to/{uid}/ack`: what the device sent was refused; nothing was stored.
@@ -64,13 +70,132 @@ pub struct Message {
 
 impl Message {
     /// The acknowledgement the sender gets for this message.
-    pub fn ack(&self) -> Ack {
+    pub fn ack(&self, event_seq: i64) -> Ack {
         Ack {
             id: self.client_id.clone(),
             message_id: self.id,
             conversation_id: self.conversation_id,
             seq: self.seq,
             sent_at: self.sent_at,
+            event_seq,
         }
+    }
+}
+
+/// One event of a user's log, as devices receive it live (on `to/{uid}/msg`,
+/// `to/{uid}/receipt`, …) and in sync answers: `event_seq` numbers the user's
+/// events from 1 without gaps, `type` says what it is, the rest is its data
+/// (for `message`, the [`Message`] fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Event {
+    /// An event whose data is `data` serialised (an object).
+    pub fn new(event_seq: i64, kind: &str, data: &impl Serialize) -> Event {
+        let data = match serde_json::to_value(data) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        Event {
+            event_seq,
+            kind: kind.to_string(),
+            data,
+        }
+    }
+}
+
+/// `from/{uid}/receipt`: the device reports messages of a conversation delivered
+/// to it and/or read, up to a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReceiptUpdate {
+    /// Echoed in errors, if given.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub conversation_id: ConversationId,
+    #[serde(default)]
+    pub delivered_seq: Option<i64>,
+    #[serde(default)]
+    pub read_seq: Option<i64>,
+}
+
+/// A member's receipt watermarks changed (event `receipt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Receipt {
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub delivered_seq: i64,
+    pub read_seq: i64,
+}
+
+/// `to/{uid}/unread`: the user's unread counts after a change of its own read state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Unread {
+    pub conversation_id: ConversationId,
+    pub unread: i64,
+    pub total: i64,
+}
+
+/// `from/{uid}/sync`: "send me my events after `after`".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// Echoed in the answer, so a device can tell its answer from another device's.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub after: i64,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// `to/{uid}/sync` (and `GET /v1/sync`): the events after `after`, in order.
+/// With `reset`, the gap cannot be replayed (too large, or pruned): the device
+/// resynchronises from `GET /v1/conversations` and the latest pages, then syncs
+/// from `last_seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncAnswer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub events: Vec<Event>,
+    /// The user's newest event number.
+    pub last_seq: i64,
+    /// More events follow the last one returned: ask again after it.
+    pub has_more: bool,
+    pub reset: bool,
+}
+
+/// A payload for one user's downlink channel (`to/{uid}/{channel}`), made by the
+/// domain and published by whichever part acted (bridge or HTTP API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub user: UserId,
+    pub channel: &'static str,
+    pub body: serde_json::Value,
+}
+
+impl Outgoing {
+    pub fn new(user: UserId, channel: &'static str, body: &impl Serialize) -> Outgoing {
+        Outgoing {
+            user,
+            channel,
+            body: serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// The topic it is published on.
+    pub fn topic(&self) -> String {
+        crate::topics::channel(self.user, self.channel)
+    }
+
+    /// The JSON bytes published.
+    pub fn payload(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.body).unwrap_or_default()
     }
 }

@@ -19,13 +19,26 @@ pub fn send_message(uid: UserId) -> String {
 
 /// Where a device receives acknowledgements and errors for what it sent.
 pub fn ack(uid: UserId) -> String {
-    format!("to/{uid}/ack")
+    channel(uid, ACK)
 }
 
 /// Where a device receives messages sent to it.
 pub fn message(uid: UserId) -> String {
-    format!("to/{uid}/msg")
+    channel(uid, MSG)
 }
+
+/// `to/{uid}/{channel}`.
+pub fn channel(uid: UserId, channel: &str) -> String {
+    format!("to/{uid}/{channel}")
+}
+
+/// Downlink channels (`to/{uid}/…`) and uplink kinds (`from/{uid}/…`).
+pub const MSG: &str = "msg";
+pub const ACK: &str = "ack";
+pub const RECEIPT: &str = "receipt";
+pub const SYNC: &str = "sync";
+pub const UNREAD: &str = "unread";
+pub const ERROR: &str = "error";
 
 /// The filter with which the bridges share all uplinks.
 pub const BRIDGE_UPLINK_FILTER: &str = "$share/parley-bridge/from/#";

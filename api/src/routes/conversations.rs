@@ -1,9 +1,12 @@
-//! Conversations and their history, for members only.
+//! Conversations: listing, creating, reading and renaming them.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use parley_domain::{ConversationCursor, ConversationSummary, HistoryQuery};
+use parley_domain::{
+    ConversationCursor, ConversationDetails, ConversationRecord, ConversationSummary, MemberRecord,
+    NewConversation,
+};
 use parley_wire::payloads::Message;
 use parley_wire::{ConversationId, UserId};
 use serde::{Deserialize, Serialize};
@@ -21,32 +24,97 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
+/// A member and its receipt watermarks: every message up to `last_delivered_seq`
+/// reached one of its devices, every one up to `last_read_seq` was read.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    pub user_id: UserId,
+    /// `owner`, `admin` or `member` (1:1 members are all `member`).
+    pub role: String,
+    pub joined_at: DateTime<Utc>,
+    pub last_delivered_seq: i64,
+    pub last_read_seq: i64,
+}
+
+impl From<MemberRecord> for MemberView {
+    fn from(m: MemberRecord) -> Self {
+        Self {
+            user_id: m.user_id,
+            role: m.role,
+            joined_at: m.joined_at,
+            last_delivered_seq: m.last_delivered_seq,
+            last_read_seq: m.last_read_seq,
+        }
+    }
+}
+
+/// What a conversation belongs to (a consultation, a service request…).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ContextView {
+    /// `consultation`, `service_request`, `support` or `general`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: Option<String>,
+}
+
 /// A conversation as one of its members sees it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConversationView {
     pub id: ConversationId,
-    /// `direct` (1:1).
+    /// `direct` (1:1) or `group`.
     pub kind: String,
-    pub members: Vec<UserId>,
+    pub title: Option<String>,
+    /// Who talks to whom: `user_user`, `user_provider`, `user_institution`,
+    /// `institution_institution`, `admin_provider` or `group`.
+    pub audience: String,
+    pub context: Option<ContextView>,
+    pub members: Vec<MemberView>,
     /// Sequence number of the newest message; 0 when there is none.
     pub last_seq: i64,
     pub last_activity_at: DateTime<Utc>,
     pub last_message: Option<Message>,
+    /// Messages from others the caller has not read (listing only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
 
-impl From<ConversationSummary> for ConversationView {
-    fn from(c: ConversationSummary) -> Self {
+impl ConversationView {
+    fn new(
+        c: ConversationRecord,
+        members: Vec<MemberRecord>,
+        last_message: Option<Message>,
+        unread: Option<i64>,
+    ) -> Self {
         Self {
             id: c.id,
             kind: c.kind,
-            members: c.members,
+            title: c.title,
+            audience: c.audience,
+            context: c.context_type.map(|kind| ContextView {
+                kind,
+                id: c.context_id,
+            }),
+            members: members.into_iter().map(Into::into).collect(),
             last_seq: c.last_seq,
             last_activity_at: DateTime::from_timestamp_millis(c.last_activity_ms)
                 .unwrap_or_default(),
-            last_message: c.last_message,
+            last_message,
+            unread,
             created_at: c.created_at,
         }
+    }
+}
+
+impl From<ConversationSummary> for ConversationView {
+    fn from(s: ConversationSummary) -> Self {
+        Self::new(s.conversation, s.members, s.last_message, Some(s.unread))
+    }
+}
+
+impl From<ConversationDetails> for ConversationView {
+    fn from(d: ConversationDetails) -> Self {
+        Self::new(d.conversation, d.members, None, None)
     }
 }
 
@@ -57,27 +125,29 @@ pub struct ConversationList {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+/// A conversation to create: a group (the caller becomes its owner) or the 1:1
+/// conversation with one other user (returned as it is if it exists).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct HistoryParams {
-    /// Only messages with a smaller sequence number (the page just before it).
-    pub before: Option<i64>,
-    /// Only messages with a larger sequence number (the page just after it).
-    pub after: Option<i64>,
-    /// 1–200, default 50.
-    pub limit: Option<u32>,
+pub struct CreateConversation {
+    /// `group` or `direct`.
+    pub kind: String,
+    pub title: Option<String>,
+    /// The other members; exactly one for `direct`.
+    pub members: Vec<UserId>,
+    pub audience: Option<String>,
+    pub context: Option<ContextView>,
 }
 
-/// Messages in ascending `seq`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MessageList {
-    pub messages: Vec<Message>,
-    /// More messages exist in the direction read: newer with `after`, older otherwise.
-    pub has_more: bool,
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameConversation {
+    /// Up to 100 characters; empty or null removes the title.
+    pub title: Option<String>,
 }
 
 fn encode_cursor(c: &ConversationSummary) -> String {
-    format!("{}_{}", c.last_activity_ms, c.id)
+    format!("{}_{}", c.conversation.last_activity_ms, c.conversation.id)
 }
 
 fn decode_cursor(text: &str) -> Result<ConversationCursor, ApiError> {
@@ -95,7 +165,7 @@ fn decode_cursor(text: &str) -> Result<ConversationCursor, ApiError> {
     })
 }
 
-/// The caller's conversations, newest activity first.
+/// The caller's conversations, newest activity first, with unread counts.
 #[utoipa::path(get, path = "/v1/conversations", tag = "conversations", params(ListParams), security(("bearer" = [])),
     responses((status = 200, body = ConversationList), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
 pub async fn list(
@@ -118,24 +188,57 @@ pub async fn list(
     }))
 }
 
-/// A page of a conversation's messages. Anyone but a member gets 404.
-#[utoipa::path(get, path = "/v1/conversations/{id}/messages", tag = "conversations",
-    params(("id" = ConversationId, Path, description = "conversation id"), HistoryParams), security(("bearer" = [])),
-    responses((status = 200, body = MessageList), (status = 404, description = "conversation_not_found", body = ErrorResponse)))]
-pub async fn messages(
+/// Create a group, or open the 1:1 conversation with someone.
+#[utoipa::path(post, path = "/v1/conversations", tag = "conversations", request_body = CreateConversation, security(("bearer" = [])),
+    responses((status = 201, body = ConversationView), (status = 404, description = "unknown_member", body = ErrorResponse),
+        (status = 422, body = ErrorResponse)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Json(req): Json<CreateConversation>,
+) -> Result<(StatusCode, Json<ConversationView>), ApiError> {
+    let (context_type, context_id) = match req.context {
+        Some(c) => (Some(c.kind), c.id),
+        None => (None, None),
+    };
+    let new = NewConversation {
+        kind: req.kind,
+        title: req.title,
+        members: req.members,
+        audience: req.audience,
+        context_type,
+        context_id,
+    };
+    let (details, outgoing) = state.domain.create_conversation(user, new).await?;
+    state.publish(outgoing).await;
+    Ok((StatusCode::CREATED, Json(details.into())))
+}
+
+/// A conversation with its members and their receipt watermarks. Members only.
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = ConversationId, Path)), security(("bearer" = [])),
+    responses((status = 200, body = ConversationView), (status = 404, description = "conversation_not_found", body = ErrorResponse)))]
+pub async fn get(
     State(state): State<AppState>,
     Caller(user): Caller,
     Path(id): Path<ConversationId>,
-    Query(params): Query<HistoryParams>,
-) -> Result<Json<MessageList>, ApiError> {
-    let query = HistoryQuery {
-        before: params.before,
-        after: params.after,
-        limit: params.limit,
-    };
-    let page = state.domain.history(user, id, query).await?;
-    Ok(Json(MessageList {
-        messages: page.messages,
-        has_more: page.has_more,
-    }))
+) -> Result<Json<ConversationView>, ApiError> {
+    Ok(Json(state.domain.conversation(user, id).await?.into()))
+}
+
+/// Rename a group (owner or admin).
+#[utoipa::path(patch, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = ConversationId, Path)),
+    request_body = RenameConversation, security(("bearer" = [])),
+    responses((status = 200, body = ConversationView), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn rename(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<ConversationId>,
+    Json(req): Json<RenameConversation>,
+) -> Result<Json<ConversationView>, ApiError> {
+    let outgoing = state
+        .domain
+        .rename_conversation(user, id, req.title)
+        .await?;
+    state.publish(outgoing).await;
+    Ok(Json(state.domain.conversation(user, id).await?.into()))
 }

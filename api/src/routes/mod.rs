@@ -2,4 +2,7 @@
 
 pub mod auth;
 pub mod conversations;
+pub mod members;
+pub mod messages;
 pub mod ops;
+pub mod sync;

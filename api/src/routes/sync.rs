@@ -1,0 +1,76 @@
+//! Gap-free sync over HTTP, and unread counts.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::extract::{Caller, Json, Query};
+use crate::{ApiError, AppState, ErrorResponse};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SyncParams {
+    /// The last event number the device has (0 for everything kept).
+    pub after: i64,
+    /// 1–1000, default 200.
+    pub limit: Option<u32>,
+}
+
+/// Events after `after`, in order (see docs/protocol.md for the event types).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncView {
+    /// Each: `event_seq`, `type`, and the event's fields.
+    pub events: Vec<serde_json::Value>,
+    pub last_seq: i64,
+    pub has_more: bool,
+    /// The gap cannot be replayed: reload conversations and pages, then sync from `last_seq`.
+    pub reset: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnreadView {
+    pub total: i64,
+    /// Conversation id → unread count, for conversations with unread messages.
+    pub conversations: BTreeMap<String, i64>,
+}
+
+/// What the caller missed since event `after`.
+#[utoipa::path(get, path = "/v1/sync", tag = "sync", params(SyncParams), security(("bearer" = [])),
+    responses((status = 200, body = SyncView), (status = 401, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+pub async fn sync(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Query(params): Query<SyncParams>,
+) -> Result<Json<SyncView>, ApiError> {
+    let answer = state.domain.sync(user, params.after, params.limit).await?;
+    let events = answer
+        .events
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap_or_default())
+        .collect();
+    Ok(Json(SyncView {
+        events,
+        last_seq: answer.last_seq,
+        has_more: answer.has_more,
+        reset: answer.reset,
+    }))
+}
+
+/// Unread counts, per conversation and in total.
+#[utoipa::path(get, path = "/v1/unread", tag = "sync", security(("bearer" = [])),
+    responses((status = 200, body = UnreadView), (status = 401, body = ErrorResponse)))]
+pub async fn unread(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+) -> Result<Json<UnreadView>, ApiError> {
+    let (counts, total) = state.domain.unread(user).await?;
+    Ok(Json(UnreadView {
+        total,
+        conversations: counts
+            .into_iter()
+            .map(|(c, n)| (c.to_string(), n))
+            .collect(),
+    }))
+}
