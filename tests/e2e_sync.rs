@@ -42,6 +42,62 @@ async fn events_until(
     }
 }
 
+/// What a device shows after applying its events in order.
+#[derive(Debug, PartialEq, Eq)]
+struct State {
+    /// Message id → (text, deleted, reactions).
+    messages: BTreeMap<String, (Value, Value, Value)>,
+    /// (conversation, user) → (delivered, read).
+    receipts: BTreeMap<(String, String), (Value, Value)>,
+}
+
+fn fold(events: &BTreeMap<i64, Value>) -> State {
+    let mut state = State {
+        messages: BTreeMap::new(),
+        receipts: BTreeMap::new(),
+    };
+    for e in events.values() {
+        let id = |k: &str| e[k].as_str().expect("id").to_string();
+        match e["type"].as_str().expect("type") {
+            "message" | "message_edited" => {
+                let reactions = state
+                    .messages
+                    .get(&id("id"))
+                    .map_or(json!({}), |m| m.2.clone());
+                let reactions = if e["deleted"] == true {
+                    json!({})
+                } else {
+                    reactions
+                };
+                state.messages.insert(
+                    id("id"),
+                    (e["text"].clone(), e["deleted"].clone(), reactions),
+                );
+            }
+            "message_deleted" | "message_hidden" => {
+                state
+                    .messages
+                    .insert(id("message_id"), (json!(""), json!(true), json!({})));
+            }
+            "reaction" => {
+                if let Some(m) = state.messages.get_mut(&id("message_id")) {
+                    if m.1 != true {
+                        m.2 = e["counts"].clone();
+                    }
+                }
+            }
+            "receipt" => {
+                state.receipts.insert(
+                    (id("conversation_id"), id("user_id")),
+                    (e["delivered_seq"].clone(), e["read_seq"].clone()),
+                );
+            }
+            other => panic!("unexpected event type {other}"),
+        }
+    }
+    state
+}
+
 /// Asks over MQTT for everything after `after`, page by page, until nothing is left.
 async fn sync_over_mqtt(device: &mut Device, user: &TestUser, mut after: i64) -> Vec<Value> {
     let mut out = Vec::new();
@@ -114,6 +170,7 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
 
     let mut phone_events = BTreeMap::new();
     let mut tablet_events = BTreeMap::new();
+    let mut sent: Vec<(usize, String)> = Vec::new();
     for round in 0..100 {
         for (t, target) in targets.iter().enumerate() {
             let from = target["from"].as_str().expect("from");
@@ -165,7 +222,88 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
         for _ in 0..acks {
             let ack = devices[k].next_on(&format!("to/{}/ack", s.id)).await;
             assert!(ack.get("error").is_none(), "{ack}");
+            sent.push((
+                k,
+                ack["message_id"].as_str().expect("message id").to_string(),
+            ));
         }
+    }
+
+    // While the tablet is away: senders edit and delete some of their messages,
+    // Bob reacts to some and deletes some for himself.
+    let mut expected_own = vec![0usize; senders.len()];
+    let mut expected_phone = 0usize;
+    for (n, (k, id)) in sent.iter().enumerate() {
+        let uid = &senders[*k].id;
+        if n % 11 == 0 {
+            devices[*k]
+                .publish_json(
+                    &format!("from/{uid}/delete"),
+                    &json!({"message_id": id, "for": "everyone"}),
+                )
+                .await;
+            expected_own[*k] += 1;
+        } else if n % 7 == 0 {
+            devices[*k]
+                .publish_json(
+                    &format!("from/{uid}/edit"),
+                    &json!({"message_id": id, "text": format!("edited {n}")}),
+                )
+                .await;
+            expected_own[*k] += 1;
+        }
+        // Not on messages being deleted: a reaction racing the deletion may be refused.
+        if n % 5 == 0 && n % 11 != 0 {
+            phone
+                .publish_json(
+                    &format!("from/{}/react", bob.id),
+                    &json!({"message_id": id, "emoji": "👍"}),
+                )
+                .await;
+            expected_phone += 1;
+        }
+        if n % 13 == 0 {
+            phone
+                .publish_json(
+                    &format!("from/{}/delete", bob.id),
+                    &json!({"message_id": id, "for": "me"}),
+                )
+                .await;
+            expected_phone += 1;
+        }
+    }
+    for (k, s) in senders.iter().enumerate() {
+        let topic = format!("to/{}/msg", s.id);
+        for _ in 0..expected_own[k] {
+            devices[k]
+                .next_matching(|p| match p {
+                    rumqttc::Packet::Publish(p) if p.topic == topic => {
+                        let v: Value = serde_json::from_slice(&p.payload).expect("json");
+                        (v["type"] == "message_edited" || v["type"] == "message_deleted")
+                            .then_some(())
+                    }
+                    _ => None,
+                })
+                .await;
+        }
+    }
+    let mut reacted_or_hidden = 0;
+    while reacted_or_hidden < expected_phone {
+        let topic = format!("to/{}/msg", bob.id);
+        let event = phone
+            .next_matching(|p| match p {
+                rumqttc::Packet::Publish(p) if p.topic == topic => {
+                    let v: Value = serde_json::from_slice(&p.payload).expect("json");
+                    let mine = (v["type"] == "reaction" && v["user_id"] == bob.id.as_str())
+                        || v["type"] == "message_hidden";
+                    mine.then_some(v)
+                }
+                _ => None,
+            })
+            .await;
+        let seq = event["event_seq"].as_i64().expect("seq");
+        phone_events.insert(seq, event);
+        reacted_or_hidden += 1;
     }
     let (_, sync) = app
         .get("/v1/sync?after=0&limit=1", Some(&bob.access_token))
@@ -192,14 +330,73 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
         (1..=last).collect::<Vec<_>>(),
         "nothing missing, nothing extra, in order"
     );
+    let state = fold(&phone_events);
     assert_eq!(
-        tablet_events, phone_events,
-        "the tablet ends with exactly what the phone saw"
+        fold(&tablet_events),
+        state,
+        "the tablet ends with exactly the phone's state"
+    );
+    // And that state is the server's: every conversation's history agrees with it.
+    let (_, list) = app
+        .get("/v1/conversations?limit=50", Some(&bob.access_token))
+        .await;
+    let mut from_history = BTreeMap::new();
+    for c in list["conversations"].as_array().expect("list") {
+        let (_, page) = app
+            .get(
+                &format!(
+                    "/v1/conversations/{}/messages?after=0&limit=200",
+                    c["id"].as_str().expect("id")
+                ),
+                Some(&bob.access_token),
+            )
+            .await;
+        assert_eq!(page["has_more"], false);
+        for m in page["messages"].as_array().expect("messages") {
+            let reactions = m.get("reactions").cloned().unwrap_or(json!({}));
+            from_history.insert(
+                m["id"].as_str().expect("id").to_string(),
+                (m["text"].clone(), m["deleted"].clone(), reactions),
+            );
+        }
+    }
+    assert_eq!(state.messages, from_history);
+    let edited = state
+        .messages
+        .values()
+        .filter(|(t, _, _)| t.as_str().is_some_and(|t| t.starts_with("edited")))
+        .count();
+    let deleted = state
+        .messages
+        .values()
+        .filter(|(_, d, _)| d == &json!(true))
+        .count();
+    let reacted = state
+        .messages
+        .values()
+        .filter(|(_, _, r)| r.get("👍").is_some())
+        .count();
+    assert!(
+        edited > 50 && deleted > 100 && reacted > 100,
+        "edited {edited}, deleted {deleted}, reacted {reacted}"
     );
     let messages = phone_events
         .values()
         .filter(|e| e["type"] == "message" && e["kind"] == "text")
         .count();
+    let changes = phone_events
+        .values()
+        .filter(|e| {
+            [
+                "message_edited",
+                "message_deleted",
+                "reaction",
+                "message_hidden",
+            ]
+            .contains(&e["type"].as_str().unwrap_or(""))
+        })
+        .count();
+    assert!(changes > 300, "{changes}");
     let receipts = phone_events
         .values()
         .filter(|e| e["type"] == "receipt")
@@ -227,7 +424,7 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
             break;
         }
     }
-    assert_eq!(replay, phone_events);
+    assert_eq!(fold(&replay), state);
     app.stop().await;
 }
 

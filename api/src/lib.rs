@@ -73,6 +73,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/conversations/{id}/messages", get(messages::history))
         .route("/v1/conversations/{id}/read", post(messages::mark_read))
+        .route(
+            "/v1/messages/{id}",
+            patch(messages::edit).delete(messages::delete),
+        )
+        .route("/v1/messages/{id}/edits", get(messages::edits))
+        .route("/v1/messages/{id}/reactions", get(messages::reactions))
+        .route(
+            "/v1/messages/{id}/reactions/{emoji}",
+            axum::routing::put(messages::react).delete(messages::unreact),
+        )
         .route("/v1/sync", get(sync::sync))
         .route("/v1/unread", get(sync::unread))
         .fallback(error::not_found)

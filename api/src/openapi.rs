@@ -13,6 +13,7 @@ use crate::routes::{auth, conversations, members, messages, ops, sync};
         conversations::list, conversations::create, conversations::get, conversations::rename,
         members::add, members::remove, members::set_role,
         messages::history, messages::mark_read,
+        messages::edit, messages::delete, messages::react, messages::unreact, messages::reactions, messages::edits,
         sync::sync, sync::unread,
         ops::healthz, ops::readyz,
     ),

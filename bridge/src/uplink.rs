@@ -3,11 +3,30 @@
 
 use parley_domain::{message_outgoing, Domain, DomainError, Stored};
 use parley_wire::payloads::{
-    AckError, ErrorBody, Outgoing, ReceiptUpdate, SendMessage, SyncRequest,
+    AckError, DeleteMessage, EditMessage, ErrorBody, Outgoing, React, ReceiptUpdate, SendMessage,
+    SyncRequest,
 };
 use parley_wire::{topics, UserId};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+
+/// The uplink's payload as `$t`, or an `invalid_payload` error to the sender.
+macro_rules! decode_or_refuse {
+    ($sender:expr, $payload:expr, $t:ty) => {
+        match decode::<$t>($payload) {
+            Ok(v) => v,
+            Err((id, message)) => {
+                return vec![error(
+                    $sender,
+                    topics::ERROR,
+                    id,
+                    "invalid_payload",
+                    message,
+                )]
+            }
+        }
+    };
+}
 
 /// Decodes the uplink on `topic`, applies the rules, and says what to publish.
 pub async fn handle_uplink(domain: &Domain, topic: &str, payload: &[u8]) -> Vec<Outgoing> {
@@ -18,27 +37,67 @@ pub async fn handle_uplink(domain: &Domain, topic: &str, payload: &[u8]) -> Vec<
     let sender = uplink.user;
     match uplink.kind {
         topics::MSG => send_message(domain, sender, payload).await,
-        topics::RECEIPT => match decode::<ReceiptUpdate>(payload) {
-            Ok(update) => match domain.record_receipt(sender, &update).await {
-                Ok(out) => out,
-                Err(e) => vec![refusal(sender, topics::ERROR, update.id, &e)],
-            },
-            Err((id, message)) => {
-                vec![error(sender, topics::ERROR, id, "invalid_payload", message)]
-            }
-        },
-        topics::SYNC => match decode::<SyncRequest>(payload) {
-            Ok(request) => match domain.sync(sender, request.after, request.limit).await {
-                Ok(mut answer) => {
-                    answer.id = request.id;
-                    vec![Outgoing::new(sender, topics::SYNC, &answer)]
+        topics::RECEIPT => {
+            let update = decode_or_refuse!(sender, payload, ReceiptUpdate);
+            answer(
+                sender,
+                update.id.clone(),
+                domain.record_receipt(sender, &update).await,
+            )
+        }
+        topics::SYNC => {
+            let request = decode_or_refuse!(sender, payload, SyncRequest);
+            let result =
+                domain
+                    .sync(sender, request.after, request.limit)
+                    .await
+                    .map(|mut answer| {
+                        answer.id = request.id.clone();
+                        vec![Outgoing::new(sender, topics::SYNC, &answer)]
+                    });
+            answer(sender, request.id, result)
+        }
+        topics::EDIT => {
+            let edit = decode_or_refuse!(sender, payload, EditMessage);
+            answer(
+                sender,
+                edit.id,
+                domain
+                    .edit_message(sender, edit.message_id, &edit.text)
+                    .await,
+            )
+        }
+        topics::DELETE => {
+            let delete = decode_or_refuse!(sender, payload, DeleteMessage);
+            let result = match delete.scope.as_str() {
+                "everyone" => domain.delete_message(sender, delete.message_id, true).await,
+                "me" => {
+                    domain
+                        .delete_message(sender, delete.message_id, false)
+                        .await
                 }
-                Err(e) => vec![refusal(sender, topics::ERROR, request.id, &e)],
-            },
-            Err((id, message)) => {
-                vec![error(sender, topics::ERROR, id, "invalid_payload", message)]
-            }
-        },
+                _ => Err(DomainError::invalid(
+                    "invalid_scope",
+                    "`for` is `everyone` or `me`",
+                )),
+            };
+            answer(sender, delete.id, result)
+        }
+        topics::REACT => {
+            let react = decode_or_refuse!(sender, payload, React);
+            let result = match react.op.as_str() {
+                "add" | "remove" => {
+                    domain
+                        .react(sender, react.message_id, &react.emoji, react.op == "add")
+                        .await
+                }
+                _ => Err(DomainError::invalid(
+                    "invalid_op",
+                    "`op` is `add` or `remove`",
+                )),
+            };
+            answer(sender, react.id, result)
+        }
         other => {
             tracing::info!(user_id = %sender, kind = other, "unknown uplink kind");
             let message = format!("nothing is published on from/{{uid}}/{other}");
@@ -65,6 +124,18 @@ async fn send_message(domain: &Domain, sender: UserId, payload: &[u8]) -> Vec<Ou
             message_outgoing(&posted, Some(sender))
         }
         Err(e) => vec![refusal(sender, topics::ACK, Some(client_id), &e)],
+    }
+}
+
+/// What a successful uplink causes, or its refusal on the sender's error channel.
+fn answer(
+    sender: UserId,
+    id: Option<String>,
+    result: Result<Vec<Outgoing>, DomainError>,
+) -> Vec<Outgoing> {
+    match result {
+        Ok(out) => out,
+        Err(e) => vec![refusal(sender, topics::ERROR, id, &e)],
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod conversations;
+mod edits;
 mod error;
 mod keys;
 mod messaging;
@@ -18,6 +19,7 @@ pub use conversations::{ConversationDetails, NewConversation, MAX_GROUP_MEMBERS}
 pub use error::{DomainError, ErrorKind};
 pub use keys::load_or_create_signing_key;
 pub use messaging::{message_outgoing, HistoryQuery, MAX_CLIENT_ID_LEN};
+pub use parley_store::EditRecord;
 pub use parley_store::UserRecord as StoreUser;
 pub use parley_store::{
     ConversationCursor, ConversationRecord, ConversationSummary, MemberRecord, MessagePage, Posted,

@@ -69,6 +69,7 @@ impl Domain {
             client_id: msg.id,
             kind: "text",
             body: msg.text,
+            reply_to: msg.reply_to,
             now_ms: now_ms(),
         };
         self.post(new).await
@@ -87,6 +88,7 @@ impl Domain {
             client_id: format!("system-{}", uuid::Uuid::now_v7().simple()),
             kind: "system",
             body: body.to_string(),
+            reply_to: None,
             now_ms: now_ms(),
         };
         Ok(self.post(new).await?.into_inner())
@@ -107,7 +109,7 @@ impl Domain {
         }
     }
 
-    fn check_text(&self, text: &str) -> Result<(), DomainError> {
+    pub(crate) fn check_text(&self, text: &str) -> Result<(), DomainError> {
         if text.trim().is_empty() {
             return Err(DomainError::invalid("empty_text", "text is empty"));
         }
@@ -162,7 +164,7 @@ impl Domain {
             after: query.after,
             limit: query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE),
         };
-        Ok(self.store().messages_in(conversation, range).await?)
+        Ok(self.store().messages_in(conversation, user, range).await?)
     }
 
     /// Fails with `conversation_not_found` unless `user` is a member.

@@ -64,10 +64,38 @@ CREATE TABLE messages (
     sender_id       UUID NOT NULL REFERENCES users(id),
     client_id       TEXT NOT NULL,
     kind            TEXT NOT NULL DEFAULT 'text' CHECK (kind IN ('text', 'system')),
+    -- Emptied when deleted for everyone: the row stays as a tombstone so seqs have no holes.
     body            TEXT NOT NULL,
+    reply_to        UUID REFERENCES messages(id) ON DELETE SET NULL,
+    edited_at       BIGINT,
+    deleted_at      BIGINT,
     created_at      BIGINT NOT NULL,
     UNIQUE (conversation_id, seq),
     UNIQUE (sender_id, client_id)
+);
+
+-- Earlier texts of edited messages, oldest first.
+CREATE TABLE message_edits (
+    message_id UUID NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    body       TEXT NOT NULL,
+    replaced_at BIGINT NOT NULL
+);
+CREATE INDEX message_edits_by_message ON message_edits(message_id);
+
+-- One of each emoji per user per message.
+CREATE TABLE message_reactions (
+    message_id UUID NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    user_id    UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    emoji      TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (message_id, user_id, emoji)
+);
+
+-- Messages a user deleted for itself only.
+CREATE TABLE message_hidden (
+    message_id UUID NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    user_id    UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    PRIMARY KEY (message_id, user_id)
 );
 
 -- Everything a user receives, numbered per user without gaps, so any device can

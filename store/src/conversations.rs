@@ -1,12 +1,13 @@
 //! Conversations: creating them, reading their details, listing a member's.
 
 use parley_wire::payloads::Message;
-use parley_wire::{ConversationId, MessageId, UserId};
+use parley_wire::{ConversationId, UserId};
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::backend::on_pool;
 use crate::members::MemberRecord;
+use crate::messages::{hide, message_columns, message_from_row};
 use crate::{time_from_ms, Store, StoreError};
 
 /// A conversation's own fields.
@@ -225,18 +226,18 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
         let sql = format!(
-            "SELECT {CONVERSATION_COLUMNS}, \
-                    m.id AS m_id, m.sender_id AS m_sender, m.client_id AS m_client, \
-                    m.kind AS m_kind, m.body AS m_body, m.created_at AS m_at, \
+            "SELECT {CONVERSATION_COLUMNS}, {}, h.user_id AS hidden_for, \
                     (SELECT COUNT(*) FROM messages u WHERE u.conversation_id = c.id \
                        AND u.seq > cm.last_read_seq AND u.sender_id <> cm.user_id) AS unread \
              FROM conversation_members cm \
              JOIN conversations c ON c.id = cm.conversation_id \
              LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq \
+             LEFT JOIN message_hidden h ON h.message_id = m.id AND h.user_id = cm.user_id \
              WHERE cm.user_id = $1 \
                AND (COALESCE(c.last_message_at, c.created_at) < $2 \
                     OR (COALESCE(c.last_message_at, c.created_at) = $2 AND c.id < $3)) \
-             ORDER BY activity DESC, c.id DESC LIMIT $4"
+             ORDER BY activity DESC, c.id DESC LIMIT $4",
+            message_columns!("m", "m_")
         );
         let (before_ms, before_id) = match cursor {
             Some(c) => (c.last_activity_ms, c.id.0),
@@ -254,16 +255,13 @@ impl Store {
             for row in rows {
                 let conversation = conversation_from_row!(row);
                 let last_message = match row.try_get::<Option<Uuid>, _>("m_id")? {
-                    Some(m_id) => Some(Message {
-                        id: MessageId(m_id),
-                        conversation_id: conversation.id,
-                        seq: conversation.last_seq,
-                        sender_id: UserId(row.try_get::<Uuid, _>("m_sender")?),
-                        client_id: row.try_get("m_client")?,
-                        kind: row.try_get("m_kind")?,
-                        text: row.try_get("m_body")?,
-                        sent_at: time_from_ms(row.try_get("m_at")?),
-                    }),
+                    Some(_) => {
+                        let mut m = message_from_row!(row, "m_");
+                        if row.try_get::<Option<Uuid>, _>("hidden_for")?.is_some() {
+                            hide(&mut m);
+                        }
+                        Some(m)
+                    }
                     None => None,
                 };
                 out.push(ConversationSummary {

@@ -9,6 +9,9 @@ pub enum StoreError {
     /// The user is not a member of the conversation (or it does not exist).
     #[error("not a member of that conversation")]
     NotMember,
+    /// `reply_to` names no message of the same conversation.
+    #[error("the message replied to is not in this conversation")]
+    InvalidReply,
     /// A referenced row does not exist.
     #[error("a referenced record does not exist")]
     MissingReference,

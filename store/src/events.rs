@@ -4,12 +4,13 @@
 //! so a replay shows the message as it is now.
 
 use parley_wire::payloads::Message;
-use parley_wire::{ConversationId, MessageId, UserId};
+use parley_wire::{ConversationId, UserId};
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::backend::on_pool;
-use crate::{time_from_ms, Store, StoreError};
+use crate::messages::{hide, message_columns, message_from_row};
+use crate::{Store, StoreError};
 
 /// One event of a user's log as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,25 @@ macro_rules! append_events {
 }
 pub(crate) use append_events;
 
+/// The member ids of conversation `$conversation` (a `Uuid`), read inside transaction `$tx`.
+macro_rules! members_in_tx {
+    ($tx:expr, $conversation:expr) => {{
+        let mut members: Vec<parley_wire::UserId> = Vec::new();
+        for row in
+            sqlx::query("SELECT user_id FROM conversation_members WHERE conversation_id = $1")
+                .bind($conversation)
+                .fetch_all(&mut *$tx)
+                .await?
+        {
+            members.push(parley_wire::UserId(sqlx::Row::try_get::<uuid::Uuid, _>(
+                &row, "user_id",
+            )?));
+        }
+        members
+    }};
+}
+pub(crate) use members_in_tx;
+
 impl Store {
     /// Appends one event with a JSON `body` to each user's log; returns the numbers taken.
     #[tracing::instrument(skip_all)]
@@ -112,15 +132,17 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<EventPage, StoreError> {
-        let sql = "SELECT e.seq, e.kind, e.conversation_id, e.body, \
-                          m.id AS m_id, m.conversation_id AS m_conversation, m.seq AS m_seq, m.sender_id AS m_sender, \
-                          m.client_id AS m_client, m.kind AS m_kind, m.body AS m_body, m.created_at AS m_at \
-                   FROM user_events e LEFT JOIN messages m ON m.id = e.message_id \
-                   WHERE e.user_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3";
+        let sql = concat!(
+            "SELECT e.seq, e.kind, e.conversation_id, e.body, h.user_id AS hidden_for, ",
+            message_columns!("m", "m_"),
+            " FROM user_events e LEFT JOIN messages m ON m.id = e.message_id \
+             LEFT JOIN message_hidden h ON h.message_id = e.message_id AND h.user_id = e.user_id \
+             WHERE e.user_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
+        );
         let bounds = "SELECT u.last_event_seq AS last_seq, \
                              COALESCE((SELECT MIN(seq) FROM user_events WHERE user_id = $1), 0) AS oldest_seq \
                       FROM users u WHERE u.id = $1";
-        on_pool!(self, |pool| {
+        let mut page = on_pool!(self, |pool| {
             let rows = sqlx::query(sql)
                 .bind(user.0)
                 .bind(after)
@@ -130,16 +152,13 @@ impl Store {
             let mut events = Vec::with_capacity(rows.len());
             for row in rows {
                 let message = match row.try_get::<Option<Uuid>, _>("m_id")? {
-                    Some(id) => Some(Message {
-                        id: MessageId(id),
-                        conversation_id: ConversationId(row.try_get::<Uuid, _>("m_conversation")?),
-                        seq: row.try_get("m_seq")?,
-                        sender_id: UserId(row.try_get::<Uuid, _>("m_sender")?),
-                        client_id: row.try_get("m_client")?,
-                        kind: row.try_get("m_kind")?,
-                        text: row.try_get("m_body")?,
-                        sent_at: time_from_ms(row.try_get("m_at")?),
-                    }),
+                    Some(_) => {
+                        let mut m = message_from_row!(row, "m_");
+                        if row.try_get::<Option<Uuid>, _>("hidden_for")?.is_some() {
+                            hide(&mut m);
+                        }
+                        Some(m)
+                    }
                     None => None,
                 };
                 events.push(EventRecord {
@@ -160,12 +179,27 @@ impl Store {
                 Some(b) => (b.try_get("last_seq")?, b.try_get("oldest_seq")?),
                 None => (0, 0),
             };
-            Ok(EventPage {
+            EventPage {
                 events,
                 last_seq,
                 oldest_seq,
-            })
-        })
+            }
+        });
+        let mut messages: Vec<Message> = page
+            .events
+            .iter()
+            .filter_map(|e| e.message.clone())
+            .collect();
+        self.count_reactions(&mut messages).await?;
+        for (event, counted) in page
+            .events
+            .iter_mut()
+            .filter(|e| e.message.is_some())
+            .zip(messages)
+        {
+            event.message = Some(counted);
+        }
+        Ok(page)
     }
 
     /// Forgets events created before `cutoff_ms`; returns how many.

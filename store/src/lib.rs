@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod members;
 mod messages;
+mod reactions;
 mod tokens;
 mod users;
 
@@ -21,7 +22,8 @@ pub use conversations::{ConversationCursor, ConversationRecord, ConversationSumm
 pub use error::StoreError;
 pub use events::{EventPage, EventRecord};
 pub use members::MemberRecord;
-pub use messages::{MessagePage, MessageRange, NewMessage, Posted, Stored, Target};
+pub use messages::{hide, MessagePage, MessageRange, NewMessage, Posted, Stored, Target};
+pub use reactions::{Change, EditRecord};
 pub use users::{NewUser, UserRecord};
 
 /// Milliseconds since the epoch → UTC time (out-of-range values clamp to the epoch).

@@ -29,6 +29,8 @@ pub struct NewMessage {
     /// `text` or `system`.
     pub kind: &'static str,
     pub body: String,
+    /// A message of the same conversation this one answers (checked in the transaction).
+    pub reply_to: Option<MessageId>,
     pub now_ms: i64,
 }
 
@@ -71,8 +73,96 @@ pub struct MessagePage {
     pub has_more: bool,
 }
 
-const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, seq, sender_id, client_id, kind, body, created_at";
+/// The columns of a message row of table (or alias) `$t`, each aliased `$p…`.
+macro_rules! message_columns {
+    ($t:literal, $p:literal) => {
+        concat!(
+            $t,
+            ".id AS ",
+            $p,
+            "id, ",
+            $t,
+            ".conversation_id AS ",
+            $p,
+            "conversation_id, ",
+            $t,
+            ".seq AS ",
+            $p,
+            "seq, ",
+            $t,
+            ".sender_id AS ",
+            $p,
+            "sender_id, ",
+            $t,
+            ".client_id AS ",
+            $p,
+            "client_id, ",
+            $t,
+            ".kind AS ",
+            $p,
+            "kind, ",
+            $t,
+            ".body AS ",
+            $p,
+            "body, ",
+            $t,
+            ".reply_to AS ",
+            $p,
+            "reply_to, ",
+            $t,
+            ".edited_at AS ",
+            $p,
+            "edited_at, ",
+            $t,
+            ".deleted_at AS ",
+            $p,
+            "deleted_at, ",
+            $t,
+            ".created_at AS ",
+            $p,
+            "created_at"
+        )
+    };
+}
+pub(crate) use message_columns;
+
+const MESSAGE_COLUMNS: &str = message_columns!("messages", "");
+
+/// A [`Message`] from columns selected with [`message_columns!`] under prefix `$p`.
+macro_rules! message_from_row {
+    ($row:expr) => {
+        $crate::messages::message_from_row!($row, "")
+    };
+    ($row:expr, $p:literal) => {
+        parley_wire::payloads::Message {
+            id: parley_wire::MessageId(sqlx::Row::try_get::<uuid::Uuid, _>(
+                &$row,
+                concat!($p, "id"),
+            )?),
+            conversation_id: parley_wire::ConversationId(sqlx::Row::try_get::<uuid::Uuid, _>(
+                &$row,
+                concat!($p, "conversation_id"),
+            )?),
+            seq: sqlx::Row::try_get(&$row, concat!($p, "seq"))?,
+            sender_id: parley_wire::UserId(sqlx::Row::try_get::<uuid::Uuid, _>(
+                &$row,
+                concat!($p, "sender_id"),
+            )?),
+            client_id: sqlx::Row::try_get(&$row, concat!($p, "client_id"))?,
+            kind: sqlx::Row::try_get(&$row, concat!($p, "kind"))?,
+            text: sqlx::Row::try_get(&$row, concat!($p, "body"))?,
+            sent_at: $crate::time_from_ms(sqlx::Row::try_get(&$row, concat!($p, "created_at"))?),
+            reply_to: sqlx::Row::try_get::<Option<uuid::Uuid>, _>(&$row, concat!($p, "reply_to"))?
+                .map(parley_wire::MessageId),
+            edited_at: sqlx::Row::try_get::<Option<i64>, _>(&$row, concat!($p, "edited_at"))?
+                .map($crate::time_from_ms),
+            deleted: sqlx::Row::try_get::<Option<i64>, _>(&$row, concat!($p, "deleted_at"))?
+                .is_some(),
+            reactions: std::collections::BTreeMap::new(),
+        }
+    };
+}
+pub(crate) use message_from_row;
 
 /// How the transaction finds the conversation it writes to.
 enum ConversationKey {
@@ -80,19 +170,11 @@ enum ConversationKey {
     Id(Uuid),
 }
 
-macro_rules! message_from_row {
-    ($row:expr) => {
-        Message {
-            id: MessageId($row.try_get::<Uuid, _>("id")?),
-            conversation_id: ConversationId($row.try_get::<Uuid, _>("conversation_id")?),
-            seq: $row.try_get("seq")?,
-            sender_id: UserId($row.try_get::<Uuid, _>("sender_id")?),
-            client_id: $row.try_get("client_id")?,
-            kind: $row.try_get("kind")?,
-            text: $row.try_get("body")?,
-            sent_at: time_from_ms($row.try_get("created_at")?),
-        }
-    };
+/// How a message looks to a user who deleted it for itself.
+pub fn hide(message: &mut Message) {
+    message.deleted = true;
+    message.text.clear();
+    message.reactions.clear();
 }
 
 impl Store {
@@ -188,9 +270,20 @@ impl Store {
             if !members.contains(&msg.sender) {
                 return Err(StoreError::NotMember);
             }
+            if let Some(reply_to) = msg.reply_to {
+                let same =
+                    sqlx::query("SELECT 1 FROM messages WHERE id = $1 AND conversation_id = $2")
+                        .bind(reply_to.0)
+                        .bind(conversation_id.0)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if same.is_none() {
+                    return Err(StoreError::InvalidReply);
+                }
+            }
             let inserted = sqlx::query(
-                "INSERT INTO messages (id, conversation_id, seq, sender_id, client_id, kind, body, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO messages (id, conversation_id, seq, sender_id, client_id, kind, body, reply_to, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(message_id.0)
             .bind(conversation_id.0)
@@ -199,6 +292,7 @@ impl Store {
             .bind(&msg.client_id)
             .bind(msg.kind)
             .bind(&msg.body)
+            .bind(msg.reply_to.map(|r| r.0))
             .bind(msg.now_ms)
             .execute(&mut *tx)
             .await;
@@ -235,6 +329,10 @@ impl Store {
                 kind: msg.kind.to_string(),
                 text: msg.body.clone(),
                 sent_at: time_from_ms(msg.now_ms),
+                reply_to: msg.reply_to,
+                edited_at: None,
+                deleted: false,
+                reactions: Default::default(),
             };
             Ok(Stored::New(Posted {
                 message,
@@ -291,19 +389,23 @@ impl Store {
         })
     }
 
-    /// A page of a conversation's messages in ascending `seq`. With `after`, the page
+    /// A page of a conversation's messages in ascending `seq`, as `reader` sees
+    /// them (its own deletions applied, reactions counted). With `after`, the page
     /// starts just after it; otherwise it ends just before `before` (or at the newest).
     #[tracing::instrument(skip_all)]
     pub async fn messages_in(
         &self,
         conversation: ConversationId,
+        reader: UserId,
         range: MessageRange,
     ) -> Result<MessagePage, StoreError> {
         let forward = range.after.is_some();
         let order = if forward { "ASC" } else { "DESC" };
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE conversation_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq {order} LIMIT $4"
+            "SELECT {MESSAGE_COLUMNS}, h.user_id AS hidden_for FROM messages \
+             LEFT JOIN message_hidden h ON h.message_id = messages.id AND h.user_id = $5 \
+             WHERE messages.conversation_id = $1 AND messages.seq > $2 AND messages.seq < $3 \
+             ORDER BY messages.seq {order} LIMIT $4"
         );
         let limit = i64::from(range.limit) + 1;
         let mut messages = on_pool!(self, |pool| {
@@ -312,11 +414,16 @@ impl Store {
                 .bind(range.after.unwrap_or(0))
                 .bind(range.before.unwrap_or(i64::MAX))
                 .bind(limit)
+                .bind(reader.0)
                 .fetch_all(pool)
                 .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
-                out.push(message_from_row!(row));
+                let mut m = message_from_row!(row);
+                if row.try_get::<Option<Uuid>, _>("hidden_for")?.is_some() {
+                    hide(&mut m);
+                }
+                out.push(m);
             }
             out
         });
@@ -325,7 +432,21 @@ impl Store {
         if !forward {
             messages.reverse();
         }
+        self.count_reactions(&mut messages).await?;
         Ok(MessagePage { messages, has_more })
+    }
+
+    /// One message, as stored.
+    #[tracing::instrument(skip_all)]
+    pub async fn message(&self, id: MessageId) -> Result<Option<Message>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1");
+        on_pool!(self, |pool| {
+            let row = sqlx::query(&sql).bind(id.0).fetch_optional(pool).await?;
+            Ok(match row {
+                Some(row) => Some(message_from_row!(row)),
+                None => None,
+            })
+        })
     }
 
     /// How many messages are stored in all (operations and tests).

@@ -32,6 +32,7 @@ both_backends!(
     every_member_gets_a_gapless_event_per_message,
     groups_have_roles_and_only_members_post,
     receipts_only_move_forward_and_drive_unread_counts,
+    edits_deletions_and_reactions_change_messages_and_tell_members,
 );
 
 async fn store(backend: Backend) -> Option<(Store, TestDatabase)> {
@@ -60,6 +61,7 @@ fn msg(from: UserId, to: UserId, client_id: &str, now_ms: i64) -> NewMessage {
         client_id: client_id.into(),
         kind: "text",
         body: format!("text {client_id}"),
+        reply_to: None,
         now_ms,
     }
 }
@@ -222,6 +224,7 @@ async fn message_pages_read_forward_and_backward(backend: Backend) {
     let latest = store
         .messages_in(
             conversation,
+            a,
             MessageRange {
                 after: None,
                 before: None,
@@ -234,6 +237,7 @@ async fn message_pages_read_forward_and_backward(backend: Backend) {
     let older = store
         .messages_in(
             conversation,
+            a,
             MessageRange {
                 after: None,
                 before: Some(5),
@@ -246,6 +250,7 @@ async fn message_pages_read_forward_and_backward(backend: Backend) {
     let oldest = store
         .messages_in(
             conversation,
+            a,
             MessageRange {
                 after: None,
                 before: Some(2),
@@ -258,6 +263,7 @@ async fn message_pages_read_forward_and_backward(backend: Backend) {
     let forward = store
         .messages_in(
             conversation,
+            a,
             MessageRange {
                 after: Some(4),
                 before: None,
@@ -270,6 +276,7 @@ async fn message_pages_read_forward_and_backward(backend: Backend) {
     let between = store
         .messages_in(
             conversation,
+            a,
             MessageRange {
                 after: Some(2),
                 before: Some(5),
@@ -647,4 +654,194 @@ async fn receipts_only_move_forward_and_drive_unread_counts(backend: Backend) {
         .await
         .expect("receipt")
         .is_none());
+}
+
+async fn edits_deletions_and_reactions_change_messages_and_tell_members(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let a = store.insert_user(&user("a")).await.expect("a").id;
+    let b = store.insert_user(&user("b")).await.expect("b").id;
+    let first = store
+        .store_message(&msg(a, b, "1", 10))
+        .await
+        .expect("first")
+        .into_inner()
+        .message;
+    let mut reply = msg(b, a, "2", 20);
+    reply.reply_to = Some(first.id);
+    let second = store
+        .store_message(&reply)
+        .await
+        .expect("reply")
+        .into_inner()
+        .message;
+    assert_eq!(second.reply_to, Some(first.id));
+    let mut stray = msg(b, a, "3", 21);
+    stray.reply_to = Some(parley_wire::MessageId::new());
+    assert!(matches!(
+        store.store_message(&stray).await,
+        Err(StoreError::InvalidReply)
+    ));
+
+    assert!(
+        store
+            .edit_message(first.id, b, "not mine", 30)
+            .await
+            .expect("edit")
+            .is_none(),
+        "only the sender edits"
+    );
+    let (edited, _) = store
+        .edit_message(first.id, a, "better", 30)
+        .await
+        .expect("edit")
+        .expect("edited");
+    assert_eq!(
+        (edited.message.text.as_str(), edited.deliveries.len()),
+        ("better", 2)
+    );
+    assert_eq!(
+        store
+            .edits_of(first.id)
+            .await
+            .expect("edits")
+            .iter()
+            .map(|e| e.text.clone())
+            .collect::<Vec<_>>(),
+        vec!["text 1"]
+    );
+
+    let counts = |c: &std::collections::BTreeMap<String, i64>| format!("{c:?}");
+    let liked = store
+        .react(&second, a, "👍", true, 40, counts)
+        .await
+        .expect("react")
+        .expect("changed");
+    assert_eq!(liked.counts.get("👍"), Some(&1));
+    assert!(
+        store
+            .react(&second, a, "👍", true, 41, counts)
+            .await
+            .expect("again")
+            .is_none(),
+        "one of each emoji per user"
+    );
+    store
+        .react(&second, b, "👍", true, 42, counts)
+        .await
+        .expect("react")
+        .expect("changed");
+    let conversation = first.conversation_id;
+    let page = store
+        .messages_in(
+            conversation,
+            a,
+            MessageRange {
+                after: Some(0),
+                before: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(page.messages[1].reactions.get("👍"), Some(&2));
+    assert!(page.messages[0].edited_at.is_some());
+
+    store
+        .hide_message(&second, a, "{}", 50)
+        .await
+        .expect("hide");
+    let for_a = store
+        .messages_in(
+            conversation,
+            a,
+            MessageRange {
+                after: Some(0),
+                before: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("a's view");
+    let for_b = store
+        .messages_in(
+            conversation,
+            b,
+            MessageRange {
+                after: Some(0),
+                before: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("b's view");
+    assert!(
+        for_a.messages[1].deleted && for_a.messages[1].text.is_empty(),
+        "hidden for a"
+    );
+    assert!(
+        !for_b.messages[1].deleted && for_b.messages[1].text == "text 2",
+        "still there for b"
+    );
+
+    let deleted = store
+        .delete_message(first.id, a, "{}", 60)
+        .await
+        .expect("delete")
+        .expect("deleted");
+    assert!(deleted.message.deleted && deleted.message.text.is_empty());
+    assert!(store
+        .delete_message(first.id, a, "{}", 61)
+        .await
+        .expect("again")
+        .is_none());
+    assert!(
+        store
+            .edit_message(first.id, a, "zombie", 62)
+            .await
+            .expect("edit")
+            .is_none(),
+        "a tombstone cannot be edited"
+    );
+    assert!(
+        store.edits_of(first.id).await.expect("edits").is_empty(),
+        "old texts go with the message"
+    );
+    let after = store
+        .messages_in(
+            conversation,
+            b,
+            MessageRange {
+                after: Some(0),
+                before: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(
+        after.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2],
+        "the tombstone keeps its seq"
+    );
+    let kinds: Vec<String> = store
+        .events_after(b, 0, 50)
+        .await
+        .expect("events")
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "message",
+            "message",
+            "message_edited",
+            "reaction",
+            "reaction",
+            "message_deleted"
+        ]
+    );
 }

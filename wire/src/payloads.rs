@@ -18,6 +18,9 @@ pub struct SendMessage {
     #[serde(default)]
     pub conversation_id: Option<ConversationId>,
     pub text: String,
+    /// A message of the same conversation this one answers.
+    #[serde(default)]
+    pub reply_to: Option<MessageId>,
 }
 
 /// `to/{uid}/ack`: the message is stored ("sent", one tick).
@@ -64,8 +67,22 @@ pub struct Message {
     pub client_id: String,
     /// `text`, or `system` for events the server writes into the conversation.
     pub kind: String,
+    /// Empty once the message is deleted.
     pub text: String,
     pub sent_at: DateTime<Utc>,
+    /// The message this one answers, in the same conversation.
+    #[serde(default)]
+    pub reply_to: Option<MessageId>,
+    /// When the text was last changed by its sender.
+    #[serde(default)]
+    pub edited_at: Option<DateTime<Utc>>,
+    /// Deleted for everyone by its sender, or for the reader alone: a tombstone
+    /// that keeps its place (`seq`) in the conversation.
+    #[serde(default)]
+    pub deleted: bool,
+    /// Emoji → how many members reacted with it (history and sync; absent when none).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reactions: std::collections::BTreeMap<String, i64>,
 }
 
 impl Message {
@@ -198,4 +215,40 @@ impl Outgoing {
     pub fn payload(&self) -> Vec<u8> {
         serde_json::to_vec(&self.body).unwrap_or_default()
     }
+}
+
+/// `from/{uid}/edit`: the sender changes a message's text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditMessage {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub message_id: MessageId,
+    pub text: String,
+}
+
+/// `from/{uid}/delete`: delete a message for everyone (its sender only) or for oneself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteMessage {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub message_id: MessageId,
+    /// `everyone` or `me`.
+    #[serde(rename = "for")]
+    pub scope: String,
+}
+
+/// `from/{uid}/react`: add or remove one emoji reaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct React {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub message_id: MessageId,
+    pub emoji: String,
+    /// `add` (default) or `remove`.
+    #[serde(default = "default_op")]
+    pub op: String,
+}
+
+fn default_op() -> String {
+    "add".into()
 }

@@ -39,6 +39,9 @@ pub const RECEIPT: &str = "receipt";
 pub const SYNC: &str = "sync";
 pub const UNREAD: &str = "unread";
 pub const ERROR: &str = "error";
+pub const EDIT: &str = "edit";
+pub const DELETE: &str = "delete";
+pub const REACT: &str = "react";
 
 /// The filter with which the bridges share all uplinks.
 pub const BRIDGE_UPLINK_FILTER: &str = "$share/parley-bridge/from/#";

@@ -1,9 +1,10 @@
 //! A conversation's history and the caller's read state in it.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use parley_domain::HistoryQuery;
 use parley_wire::payloads::{Message, ReceiptUpdate, Unread};
-use parley_wire::ConversationId;
+use parley_wire::{ConversationId, MessageId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -78,4 +79,136 @@ pub async fn mark_read(
     let outgoing = state.domain.record_receipt(user, &update).await?;
     state.publish(outgoing).await;
     Ok(Json(state.domain.unread_in(user, id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditText {
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    /// `everyone` (the sender only; leaves a tombstone) or `me` (default).
+    #[serde(rename = "for")]
+    pub scope: Option<String>,
+}
+
+/// An earlier text of an edited message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EditView {
+    pub text: String,
+    pub replaced_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReactionView {
+    pub user_id: parley_wire::UserId,
+    pub emoji: String,
+}
+
+/// Change the text of one of your messages; members see `message_edited`.
+#[utoipa::path(patch, path = "/v1/messages/{id}", tag = "messages", params(("id" = MessageId, Path)), request_body = EditText,
+    security(("bearer" = [])),
+    responses((status = 204), (status = 403, description = "not_sender", body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, description = "message_deleted", body = ErrorResponse)))]
+pub async fn edit(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<MessageId>,
+    Json(req): Json<EditText>,
+) -> Result<StatusCode, ApiError> {
+    let outgoing = state.domain.edit_message(user, id, &req.text).await?;
+    state.publish(outgoing).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete a message for everyone (your own) or for yourself.
+#[utoipa::path(delete, path = "/v1/messages/{id}", tag = "messages", params(("id" = MessageId, Path), DeleteParams),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<MessageId>,
+    Query(params): Query<DeleteParams>,
+) -> Result<StatusCode, ApiError> {
+    let everyone = match params.scope.as_deref() {
+        None | Some("me") => false,
+        Some("everyone") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "`for` is `everyone` or `me`",
+            ))
+        }
+    };
+    let outgoing = state.domain.delete_message(user, id, everyone).await?;
+    state.publish(outgoing).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Add your reaction (one of each emoji per user).
+#[utoipa::path(put, path = "/v1/messages/{id}/reactions/{emoji}", tag = "messages",
+    params(("id" = MessageId, Path), ("emoji" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+pub async fn react(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path((id, emoji)): Path<(MessageId, String)>,
+) -> Result<StatusCode, ApiError> {
+    let outgoing = state.domain.react(user, id, &emoji, true).await?;
+    state.publish(outgoing).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Remove your reaction.
+#[utoipa::path(delete, path = "/v1/messages/{id}/reactions/{emoji}", tag = "messages",
+    params(("id" = MessageId, Path), ("emoji" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorResponse)))]
+pub async fn unreact(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path((id, emoji)): Path<(MessageId, String)>,
+) -> Result<StatusCode, ApiError> {
+    let outgoing = state.domain.react(user, id, &emoji, false).await?;
+    state.publish(outgoing).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Who reacted with what.
+#[utoipa::path(get, path = "/v1/messages/{id}/reactions", tag = "messages", params(("id" = MessageId, Path)),
+    security(("bearer" = [])), responses((status = 200, body = Vec<ReactionView>), (status = 404, body = ErrorResponse)))]
+pub async fn reactions(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<MessageId>,
+) -> Result<Json<Vec<ReactionView>>, ApiError> {
+    let list = state.domain.message_reactions(user, id).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|(user_id, emoji)| ReactionView { user_id, emoji })
+            .collect(),
+    ))
+}
+
+/// The earlier texts of an edited message, oldest first.
+#[utoipa::path(get, path = "/v1/messages/{id}/edits", tag = "messages", params(("id" = MessageId, Path)),
+    security(("bearer" = [])), responses((status = 200, body = Vec<EditView>), (status = 404, body = ErrorResponse)))]
+pub async fn edits(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<MessageId>,
+) -> Result<Json<Vec<EditView>>, ApiError> {
+    let list = state.domain.message_edits(user, id).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|e| EditView {
+                text: e.text,
+                replaced_at: e.replaced_at,
+            })
+            .collect(),
+    ))
 }
