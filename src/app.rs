@@ -11,7 +11,6 @@ use parley_broker::bus::{self, BusProbe};
 use parley_broker::gate::{self, GateHandle, GateSettings};
 use parley_config::Settings;
 use parley_domain::{Domain, Limits, Store, TokenSettings, Tokens};
-use rumqttc::QoS;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -31,17 +30,9 @@ pub struct Running {
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
-    let store = Store::connect(
-        settings.database_url().expose_secret(),
-        settings.database.max_connections,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "cannot open the database {}",
-            settings.database_url_for_logs()
-        )
-    })?;
+    let store = Store::connect(settings.database_url().expose_secret(), settings.database.max_connections)
+        .await
+        .with_context(|| format!("cannot open the database {}", settings.database_url_for_logs()))?;
     store.migrate().await.context("database migration failed")?;
     Ok(store)
 }
@@ -77,13 +68,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             refresh_ttl: Duration::from_secs(settings.auth.refresh_token_ttl_secs),
         },
     );
-    let domain = Domain::new(
-        store.clone(),
-        tokens.clone(),
-        Limits {
-            max_text_chars: settings.messages.max_text_chars,
-        },
-    );
+    let domain =
+        Domain::new(store.clone(), tokens.clone(), Limits { max_text_chars: settings.messages.max_text_chars });
 
     let mqtt = bind(&settings.mqtt.listen, "mqtt.listen", "PARLEY_MQTT__LISTEN").await?;
     let http = bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?;
@@ -94,20 +80,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let mut parts = JoinSet::new();
     let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
     {
-        let (settings, tokens, bus, shutdown) = (
-            GateSettings::from_config(&settings.mqtt),
-            tokens,
-            bus.clone(),
-            shutdown.clone(),
-        );
+        let (settings, tokens, bus, shutdown) =
+            (GateSettings::from_config(&settings.mqtt), tokens, bus.clone(), shutdown.clone());
         parts.spawn(async move {
             let ready = move |h| {
                 let _ = gate_tx.send(h);
             };
-            (
-                "gate",
-                gate::serve(mqtt, settings, tokens, &bus, shutdown, ready).await,
-            )
+            ("gate", gate::serve(mqtt, settings, tokens, &bus, shutdown, ready).await)
         });
     }
     {
@@ -130,47 +109,24 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         let client = bus_client.clone();
         Box::pin(async move {
             for o in outgoing {
-                if let Err(e) = client
-                    .publish(o.topic(), QoS::AtLeastOnce, false, o.payload())
-                    .await
-                {
+                if let Err(e) = client.publish(o.topic(), o.mqtt_qos(), false, o.payload()).await {
                     tracing::error!(error = %e, "could not hand a downlink to the bus");
                 }
             }
         })
     });
-    let state = AppState {
-        domain: domain.clone(),
-        readiness: Arc::new(readiness),
-        publisher,
-    };
+    let state = AppState { domain: domain.clone(), readiness: Arc::new(readiness), publisher };
     {
         let shutdown = shutdown.clone();
-        parts.spawn(async move {
-            (
-                "api",
-                parley_api::serve(http, state, shutdown)
-                    .await
-                    .map_err(Into::into),
-            )
-        });
+        parts.spawn(async move { ("api", parley_api::serve(http, state, shutdown).await.map_err(Into::into)) });
     }
     {
         let (domain, shutdown) = (domain.clone(), shutdown.clone());
         parts.spawn(async move { ("scheduler", crate::scheduler::run(domain, shutdown).await) });
     }
-    let gate = gate_rx
-        .await
-        .map_err(|_| anyhow!("the gate stopped before it started"))?;
+    let gate = gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?;
     tracing::info!(%mqtt_addr, %http_addr, "parley is up");
-    Ok(Running {
-        mqtt_addr,
-        http_addr,
-        store,
-        gate,
-        shutdown,
-        parts,
-    })
+    Ok(Running { mqtt_addr, http_addr, store, gate, shutdown, parts })
 }
 
 impl Running {

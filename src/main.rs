@@ -9,11 +9,7 @@ use parley_config::Settings;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "parley",
-    version,
-    about = "Messaging backend: MQTT for devices, HTTP for apps and admins"
-)]
+#[command(name = "parley", version, about = "Messaging backend: MQTT for devices, HTTP for apps and admins")]
 struct Cli {
     /// TOML settings file; `PARLEY_…` environment variables override it.
     #[arg(long, short, global = true, env = "PARLEY_CONFIG")]
@@ -52,9 +48,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(settings = %settings, "starting parley");
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            let running = parley::app::start(settings, shutdown)
-                .await
-                .context("parley could not start")?;
+            let running = parley::app::start(settings, shutdown).await.context("parley could not start")?;
             running.wait().await.context("parley stopped")?;
             tracing::info!("parley stopped cleanly");
             Ok(())

@@ -23,9 +23,6 @@ pub async fn run(domain: Domain, shutdown: CancellationToken) -> anyhow::Result<
     scheduler.add(purge).await.context("adding a job")?;
     scheduler.start().await.context("starting the scheduler")?;
     shutdown.cancelled().await;
-    scheduler
-        .shutdown()
-        .await
-        .context("stopping the scheduler")?;
+    scheduler.shutdown().await.context("stopping the scheduler")?;
     Ok(())
 }

@@ -8,9 +8,5 @@ pub fn init(level: &str, format: &str) {
         .or_else(|_| EnvFilter::try_new(format!("{level},rumqttd=warn,rumqttc=warn")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

@@ -16,9 +16,7 @@ both_backends!(
 );
 
 fn code(body: &Value) -> &str {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error code in {body}"))
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
 }
 
 async fn registration_validates_and_refuses_taken_identifiers(backend: Backend) {
@@ -26,36 +24,12 @@ async fn registration_validates_and_refuses_taken_identifiers(backend: Backend) 
         return;
     };
     let cases = [
-        (
-            json!({"password": "long enough pw"}),
-            422,
-            "identifier_required",
-        ),
-        (
-            json!({"username": "ab", "password": "long enough pw"}),
-            422,
-            "invalid_username",
-        ),
-        (
-            json!({"email": "not-an-email", "password": "long enough pw"}),
-            422,
-            "invalid_email",
-        ),
-        (
-            json!({"phone": "5551234", "password": "long enough pw"}),
-            422,
-            "invalid_phone",
-        ),
-        (
-            json!({"username": "ada", "password": "short"}),
-            422,
-            "weak_password",
-        ),
-        (
-            json!({"username": "ada", "password": "long enough pw", "role": "admin"}),
-            422,
-            "invalid_json",
-        ),
+        (json!({"password": "long enough pw"}), 422, "identifier_required"),
+        (json!({"username": "ab", "password": "long enough pw"}), 422, "invalid_username"),
+        (json!({"email": "not-an-email", "password": "long enough pw"}), 422, "invalid_email"),
+        (json!({"phone": "5551234", "password": "long enough pw"}), 422, "invalid_phone"),
+        (json!({"username": "ada", "password": "short"}), 422, "weak_password"),
+        (json!({"username": "ada", "password": "long enough pw", "role": "admin"}), 422, "invalid_json"),
     ];
     for (body, status, expected) in &cases {
         let (got, resp) = app.post("/v1/auth/register", body.clone()).await;
@@ -95,23 +69,12 @@ async fn login_works_with_any_identifier_and_hides_which_part_was_wrong(backend:
         ids.push(me["id"].as_str().expect("id").to_string());
     }
     assert!(ids.iter().all(|id| id == &ids[0]));
-    let (s1, wrong_password) = app
-        .post(
-            "/v1/auth/login",
-            json!({"login": "lin", "password": "not the password"}),
-        )
-        .await;
-    let (s2, unknown_user) = app
-        .post(
-            "/v1/auth/login",
-            json!({"login": "nobody", "password": "not the password"}),
-        )
-        .await;
+    let (s1, wrong_password) =
+        app.post("/v1/auth/login", json!({"login": "lin", "password": "not the password"})).await;
+    let (s2, unknown_user) =
+        app.post("/v1/auth/login", json!({"login": "nobody", "password": "not the password"})).await;
     assert_eq!((s1, s2), (401, 401));
-    assert_eq!(
-        wrong_password, unknown_user,
-        "the answer must not tell which part was wrong"
-    );
+    assert_eq!(wrong_password, unknown_user, "the answer must not tell which part was wrong");
     assert_eq!(code(&wrong_password), "invalid_credentials");
     app.stop().await;
 }
@@ -121,26 +84,14 @@ async fn refresh_tokens_rotate_and_are_single_use(backend: Backend) {
         return;
     };
     let ada = app.user("ada").await;
-    let (status, fresh) = app
-        .post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": ada.refresh_token}),
-        )
-        .await;
+    let (status, fresh) = app.post("/v1/auth/refresh", json!({"refresh_token": ada.refresh_token})).await;
     assert_eq!(status, 200, "{fresh}");
     assert_ne!(fresh["refresh_token"], json!(ada.refresh_token));
     let (status, me) = app.get("/v1/me", fresh["access_token"].as_str()).await;
     assert_eq!((status, me["id"].as_str()), (200, Some(ada.id.as_str())));
-    let (status, reused) = app
-        .post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": ada.refresh_token}),
-        )
-        .await;
+    let (status, reused) = app.post("/v1/auth/refresh", json!({"refresh_token": ada.refresh_token})).await;
     assert_eq!((status, code(&reused)), (401, "invalid_refresh_token"));
-    let (status, bogus) = app
-        .post("/v1/auth/refresh", json!({"refresh_token": "made-up"}))
-        .await;
+    let (status, bogus) = app.post("/v1/auth/refresh", json!({"refresh_token": "made-up"})).await;
     assert_eq!((status, code(&bogus)), (401, "invalid_refresh_token"));
     app.stop().await;
 }
@@ -167,41 +118,19 @@ async fn only_members_read_a_conversation(backend: Backend) {
     let conversation = conversation.as_str().expect("conversation id").to_string();
     let path = format!("/v1/conversations/{conversation}/messages");
 
-    let (status, page) = app
-        .get(&format!("{path}?limit=2"), Some(&bob.access_token))
-        .await;
+    let (status, page) = app.get(&format!("{path}?limit=2"), Some(&bob.access_token)).await;
     assert_eq!(status, 200);
-    let texts: Vec<_> = page["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["text"].clone())
-        .collect();
-    assert_eq!(
-        (texts, page["has_more"].clone()),
-        (vec![json!("n3"), json!("n4")], json!(true))
-    );
-    let (_, older) = app
-        .get(
-            &format!("{path}?before=4&limit=10"),
-            Some(&bob.access_token),
-        )
-        .await;
+    let texts: Vec<_> = page["messages"].as_array().expect("messages").iter().map(|m| m["text"].clone()).collect();
+    assert_eq!((texts, page["has_more"].clone()), (vec![json!("n3"), json!("n4")], json!(true)));
+    let (_, older) = app.get(&format!("{path}?before=4&limit=10"), Some(&bob.access_token)).await;
     assert_eq!(older["messages"].as_array().expect("messages").len(), 3);
     assert_eq!(older["has_more"], false);
 
     let (status, denied) = app.get(&path, Some(&eve.access_token)).await;
-    let (status2, missing) = app
-        .get(
-            &format!("/v1/conversations/{}/messages", uuid::Uuid::now_v7()),
-            Some(&eve.access_token),
-        )
-        .await;
+    let (status2, missing) =
+        app.get(&format!("/v1/conversations/{}/messages", uuid::Uuid::now_v7()), Some(&eve.access_token)).await;
     assert_eq!((status, status2), (404, 404));
-    assert_eq!(
-        denied, missing,
-        "a non-member cannot tell the conversation exists"
-    );
+    assert_eq!(denied, missing, "a non-member cannot tell the conversation exists");
     let (_, eves) = app.get("/v1/conversations", Some(&eve.access_token)).await;
     assert_eq!(eves["conversations"], json!([]));
     let (status, anonymous) = app.get(&path, None).await;
@@ -219,26 +148,10 @@ async fn bad_requests_get_json_errors(backend: Backend) {
     let token = Some(ada.access_token.as_str());
     let id = uuid::Uuid::now_v7();
     for (path, status, expected) in [
-        (
-            format!("/v1/conversations/{id}/messages?limit=many"),
-            400,
-            "invalid_query",
-        ),
-        (
-            format!("/v1/conversations/{id}/messages?before=-1"),
-            404,
-            "conversation_not_found",
-        ),
-        (
-            "/v1/conversations/not-a-uuid/messages".to_string(),
-            400,
-            "invalid_path",
-        ),
-        (
-            "/v1/conversations?cursor=garbage".to_string(),
-            400,
-            "invalid_cursor",
-        ),
+        (format!("/v1/conversations/{id}/messages?limit=many"), 400, "invalid_query"),
+        (format!("/v1/conversations/{id}/messages?before=-1"), 404, "conversation_not_found"),
+        ("/v1/conversations/not-a-uuid/messages".to_string(), 400, "invalid_path"),
+        ("/v1/conversations?cursor=garbage".to_string(), 400, "invalid_cursor"),
         ("/v1/nothing-here".to_string(), 404, "route_not_found"),
     ] {
         let (got, body) = app.get(&path, token).await;
@@ -253,21 +166,10 @@ async fn bad_requests_get_json_errors(backend: Backend) {
         .await
         .expect("http");
     assert_eq!(resp.status().as_u16(), 400);
-    assert_eq!(
-        code(&resp.json::<Value>().await.expect("json")),
-        "invalid_json"
-    );
-    let resp = app
-        .client
-        .delete(format!("{}/v1/auth/login", app.http))
-        .send()
-        .await
-        .expect("http");
+    assert_eq!(code(&resp.json::<Value>().await.expect("json")), "invalid_json");
+    let resp = app.client.delete(format!("{}/v1/auth/login", app.http)).send().await.expect("http");
     assert_eq!(resp.status().as_u16(), 405);
-    assert_eq!(
-        code(&resp.json::<Value>().await.expect("json")),
-        "method_not_allowed"
-    );
+    assert_eq!(code(&resp.json::<Value>().await.expect("json")), "method_not_allowed");
     app.stop().await;
 }
 
@@ -275,16 +177,10 @@ async fn operations_endpoints_report_health_readiness_and_the_api(backend: Backe
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    assert_eq!(
-        app.get("/healthz", None).await,
-        (200, json!({"status": "ok"}))
-    );
+    assert_eq!(app.get("/healthz", None).await, (200, json!({"status": "ok"})));
     let (status, ready) = app.get("/readyz", None).await;
     assert_eq!(status, 200, "{ready}");
-    assert_eq!(
-        ready["checks"],
-        json!({"database": "ok", "bus": "ok", "gate": "ok"})
-    );
+    assert_eq!(ready["checks"], json!({"database": "ok", "bus": "ok", "gate": "ok"}));
     let (status, doc) = app.get("/openapi.json", None).await;
     assert_eq!(status, 200);
     for path in [
@@ -295,10 +191,7 @@ async fn operations_endpoints_report_health_readiness_and_the_api(backend: Backe
         "/v1/conversations/{id}/messages",
         "/readyz",
     ] {
-        assert!(
-            doc["paths"].get(path).is_some(),
-            "{path} missing from the OpenAPI document"
-        );
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
     assert!(doc["components"]["schemas"].get("Message").is_some());
     app.running().store.close().await;

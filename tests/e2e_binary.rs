@@ -38,10 +38,7 @@ async fn wait_until_up(child: &mut Child) -> String {
                 continue;
             };
             if entry["fields"]["message"] == "parley is up" {
-                return entry["fields"]["http_addr"]
-                    .as_str()
-                    .expect("http_addr")
-                    .to_string();
+                return entry["fields"]["http_addr"].as_str().expect("http_addr").to_string();
             }
         }
         panic!("parley exited before it was up");
@@ -54,37 +51,21 @@ async fn wait_until_up(child: &mut Child) -> String {
 
 async fn terminate(child: &mut Child) {
     let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("stops in time")
-        .expect("wait");
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("stops in time").expect("wait");
     assert!(exit.success(), "parley exited with {exit}");
 }
 
 #[tokio::test]
 async fn the_binary_runs_on_embedded_defaults_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut child = parley(dir.path(), &["serve"])
-        .spawn()
-        .expect("spawn parley");
+    let mut child = parley(dir.path(), &["serve"]).spawn().expect("spawn parley");
     let http = wait_until_up(&mut child).await;
-    let ready: Value = reqwest::get(format!("http://{http}/readyz"))
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
+    let ready: Value = reqwest::get(format!("http://{http}/readyz")).await.expect("readyz").json().await.expect("json");
     assert_eq!(ready["status"], "ready", "{ready}");
     let data = dir.path().join("parley-data");
-    assert!(
-        data.join("parley.db").is_file(),
-        "SQLite file under ./parley-data"
-    );
+    assert!(data.join("parley.db").is_file(), "SQLite file under ./parley-data");
     let key = std::fs::read(data.join("signing.key")).expect("signing key generated");
     terminate(&mut child).await;
 
@@ -100,19 +81,12 @@ async fn a_port_in_use_names_the_setting_to_change() {
     let dir = tempfile::tempdir().expect("dir");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let output = parley(dir.path(), &["serve"])
-        .env("PARLEY_HTTP__LISTEN", &addr)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .expect("exits in time")
-        .expect("run");
+    let output = parley(dir.path(), &["serve"]).env("PARLEY_HTTP__LISTEN", &addr).output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output).await.expect("exits in time").expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("http.listen")
-            && stderr.contains("PARLEY_HTTP__LISTEN")
-            && stderr.contains(&addr),
+        stderr.contains("http.listen") && stderr.contains("PARLEY_HTTP__LISTEN") && stderr.contains(&addr),
         "{stderr}"
     );
 }
@@ -120,33 +94,16 @@ async fn a_port_in_use_names_the_setting_to_change() {
 #[tokio::test]
 async fn migrate_creates_the_schema_and_config_hides_secrets() {
     let dir = tempfile::tempdir().expect("dir");
-    let out = parley(dir.path(), &["migrate"])
-        .output()
-        .await
-        .expect("migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let url = format!(
-        "sqlite://{}",
-        dir.path().join("parley-data/parley.db").display()
-    );
+    let out = parley(dir.path(), &["migrate"]).output().await.expect("migrate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = format!("sqlite://{}", dir.path().join("parley-data/parley.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
-    let tables: Vec<(String,)> =
-        sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-            .fetch_all(&pool)
-            .await
-            .expect("tables");
+    let tables: Vec<(String,)> = sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .fetch_all(&pool)
+        .await
+        .expect("tables");
     let names: Vec<_> = tables.into_iter().map(|t| t.0).collect();
-    for t in [
-        "conversation_members",
-        "conversations",
-        "messages",
-        "refresh_tokens",
-        "users",
-    ] {
+    for t in ["conversation_members", "conversations", "messages", "refresh_tokens", "users"] {
         assert!(names.iter().any(|n| n == t), "{t} missing from {names:?}");
     }
     let out = parley(dir.path(), &["config"])
@@ -155,8 +112,5 @@ async fn migrate_creates_the_schema_and_config_hides_secrets() {
         .await
         .expect("config");
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        shown.contains("postgres://app:[redacted]@db/parley") && !shown.contains("hunter2"),
-        "{shown}"
-    );
+    assert!(shown.contains("postgres://app:[redacted]@db/parley") && !shown.contains("hunter2"), "{shown}");
 }

@@ -24,11 +24,7 @@ both_backends!(
 );
 
 async fn refused(app: &TestApp, username: &str, password: &str) -> ConnectReturnCode {
-    let options = app.options(
-        &format!("c-{}", uuid::Uuid::new_v4().simple()),
-        username,
-        password,
-    );
+    let options = app.options(&format!("c-{}", uuid::Uuid::new_v4().simple()), username, password);
     match Device::connect(options).await {
         Err(ConnectionError::ConnectionRefused(code)) => code,
         Err(other) => panic!("expected a CONNACK refusal, got {other:?}"),
@@ -56,86 +52,38 @@ async fn bad_tokens_are_refused_with_the_connack_code_and_change_nothing(backend
         .issue_access(alice.id.parse().expect("uuid"), now_secs());
     let expired = app.token_issued_at(&alice.id, now_secs() - 3600);
     let cases = [
-        (
-            "no password",
-            alice.id.clone(),
-            String::new(),
-            ConnectReturnCode::BadUserNamePassword,
-        ),
-        (
-            "garbage",
-            alice.id.clone(),
-            "not-a-jwt".to_string(),
-            ConnectReturnCode::BadUserNamePassword,
-        ),
-        (
-            "expired",
-            alice.id.clone(),
-            expired,
-            ConnectReturnCode::BadUserNamePassword,
-        ),
-        (
-            "wrong key",
-            alice.id.clone(),
-            foreign,
-            ConnectReturnCode::BadUserNamePassword,
-        ),
-        (
-            "alg none",
-            alice.id.clone(),
-            unsigned_token(&alice.id),
-            ConnectReturnCode::BadUserNamePassword,
-        ),
+        ("no password", alice.id.clone(), String::new(), ConnectReturnCode::BadUserNamePassword),
+        ("garbage", alice.id.clone(), "not-a-jwt".to_string(), ConnectReturnCode::BadUserNamePassword),
+        ("expired", alice.id.clone(), expired, ConnectReturnCode::BadUserNamePassword),
+        ("wrong key", alice.id.clone(), foreign, ConnectReturnCode::BadUserNamePassword),
+        ("alg none", alice.id.clone(), unsigned_token(&alice.id), ConnectReturnCode::BadUserNamePassword),
         (
             "refresh token as password",
             alice.id.clone(),
             alice.refresh_token.clone(),
             ConnectReturnCode::BadUserNamePassword,
         ),
-        (
-            "someone else's token",
-            alice.id.clone(),
-            bob.access_token.clone(),
-            ConnectReturnCode::NotAuthorized,
-        ),
-        (
-            "username not a user id",
-            "alice".to_string(),
-            alice.access_token.clone(),
-            ConnectReturnCode::NotAuthorized,
-        ),
+        ("someone else's token", alice.id.clone(), bob.access_token.clone(), ConnectReturnCode::NotAuthorized),
+        ("username not a user id", "alice".to_string(), alice.access_token.clone(), ConnectReturnCode::NotAuthorized),
     ];
     for (what, username, password, expected) in &cases {
         assert_eq!(refused(&app, username, password).await, *expected, "{what}");
     }
     let stats = app.running().gate.stats();
-    assert_eq!(
-        stats.connections_refused.load(Ordering::Relaxed),
-        cases.len() as u64
-    );
-    assert_eq!(
-        app.running().gate.session_counts(),
-        (1, 1),
-        "only bob's session exists"
-    );
+    assert_eq!(stats.connections_refused.load(Ordering::Relaxed), cases.len() as u64);
+    assert_eq!(app.running().gate.session_counts(), (1, 1), "only bob's session exists");
     assert_eq!(app.message_rows().await, 0);
 
     // Bob's device never noticed, and Alice with her real token gets in.
     let a = app.device(&alice, "alice-phone").await;
-    a.publish_json(
-        &format!("from/{}/msg", alice.id),
-        &json!({"id": "m1", "to": bob.id, "text": "hi"}),
-    )
-    .await;
+    a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "m1", "to": bob.id, "text": "hi"})).await;
     let got = watcher.next_on(&format!("to/{}/msg", bob.id)).await;
     assert_eq!(got["text"], "hi");
     app.stop().await;
 }
 
 async fn v5_devices_get_v5_reason_codes_for_bad_tokens_and_foreign_subscriptions(backend: Backend) {
-    use rumqttc::v5::mqttbytes::v5::{
-        ConnectReturnCode as C5, Packet as P5, SubscribeReasonCode as S5,
-    };
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as C5, Packet as P5, SubscribeReasonCode as S5};
     use rumqttc::v5::{AsyncClient, ConnectionError as E5, Event as Ev5, MqttOptions};
     let Some(app) = TestApp::spawn(backend).await else {
         return;
@@ -151,14 +99,11 @@ async fn v5_devices_get_v5_reason_codes_for_bad_tokens_and_foreign_subscriptions
         o.set_credentials(alice.id.clone(), password);
         AsyncClient::new(o, 16)
     };
-    for (password, expected) in [
-        ("garbage".to_string(), C5::BadUserNamePassword),
-        (bob.access_token.clone(), C5::NotAuthorized),
-    ] {
+    for (password, expected) in
+        [("garbage".to_string(), C5::BadUserNamePassword), (bob.access_token.clone(), C5::NotAuthorized)]
+    {
         let (_client, mut events) = connect(password);
-        let outcome = tokio::time::timeout(Duration::from_secs(10), events.poll())
-            .await
-            .expect("answer in time");
+        let outcome = tokio::time::timeout(Duration::from_secs(10), events.poll()).await.expect("answer in time");
         match outcome {
             Err(E5::ConnectionRefused(code)) => assert_eq!(code, expected),
             other => panic!("expected refusal {expected:?}, got {other:?}"),
@@ -174,15 +119,10 @@ async fn v5_devices_get_v5_reason_codes_for_bad_tokens_and_foreign_subscriptions
                 Ev5::Incoming(P5::ConnAck(_)) if !sent => {
                     sent = true;
                     for f in [own.as_str(), "#", theirs.as_str()] {
-                        client
-                            .subscribe(f, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
-                            .await
-                            .expect("subscribe");
+                        client.subscribe(f, rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await.expect("subscribe");
                     }
                 }
-                Ev5::Incoming(P5::SubAck(a)) if a.return_codes.len() == 1 && a.pkid == 3 => {
-                    return a.return_codes
-                }
+                Ev5::Incoming(P5::SubAck(a)) if a.return_codes.len() == 1 && a.pkid == 3 => return a.return_codes,
                 Ev5::Incoming(P5::SubAck(a)) => assert!(a.pkid < 3, "{a:?}"),
                 _ => {}
             }
@@ -211,39 +151,21 @@ async fn foreign_and_wildcard_subscriptions_are_refused(backend: Backend) {
         "$SYS/#".to_string(),
         format!("$share/g/to/{}/#", bob.id),
     ] {
-        assert_eq!(
-            a.subscribe(&filter).await,
-            vec![SubscribeReasonCode::Failure],
-            "{filter}"
-        );
+        assert_eq!(a.subscribe(&filter).await, vec![SubscribeReasonCode::Failure], "{filter}");
     }
     assert_eq!(
         a.subscribe(&format!("to/{}/msg", alice.id)).await,
         vec![SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]
     );
-    assert_eq!(
-        app.running()
-            .gate
-            .stats()
-            .subscriptions_refused
-            .load(Ordering::Relaxed),
-        8
-    );
+    assert_eq!(app.running().gate.stats().subscriptions_refused.load(Ordering::Relaxed), 8);
 
     // None of those filters lets Alice see Bob's traffic.
     let carol = app.user("carol").await;
     let c = app.device(&carol, "carol-phone").await;
-    c.publish_json(
-        &format!("from/{}/msg", carol.id),
-        &json!({"id": "c1", "to": bob.id, "text": "for bob only"}),
-    )
-    .await;
+    c.publish_json(&format!("from/{}/msg", carol.id), &json!({"id": "c1", "to": bob.id, "text": "for bob only"})).await;
     let mut b = app.device(&bob, "bob-phone").await;
     let _ = b.next_on(&format!("to/{}/msg", bob.id)).await;
-    assert!(
-        a.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300))
-            .await
-    );
+    assert!(a.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300)).await);
     app.stop().await;
 }
 
@@ -256,29 +178,15 @@ async fn publishing_as_another_user_is_refused_and_reported(backend: Backend) {
     let mut a = app.device(&alice, "alice-phone").await;
     let mut b = app.device(&bob, "bob-phone").await;
     let forged = json!({"id": "f1", "to": alice.id, "text": "I am bob"});
-    a.publish_json(&format!("from/{}/msg", bob.id), &forged)
-        .await;
+    a.publish_json(&format!("from/{}/msg", bob.id), &forged).await;
     a.publish_json(&format!("to/{}/msg", bob.id), &forged).await;
     for _ in 0..2 {
         let err = a.next_on(&format!("to/{}/error", alice.id)).await;
         assert_eq!(err["error"]["code"], "not_authorized");
     }
-    assert!(
-        b.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300))
-            .await
-    );
-    assert!(
-        b.nothing_on(&format!("to/{}/ack", bob.id), Duration::from_millis(100))
-            .await
-    );
-    assert_eq!(
-        app.running()
-            .gate
-            .stats()
-            .publishes_refused
-            .load(Ordering::Relaxed),
-        2
-    );
+    assert!(b.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300)).await);
+    assert!(b.nothing_on(&format!("to/{}/ack", bob.id), Duration::from_millis(100)).await);
+    assert_eq!(app.running().gate.stats().publishes_refused.load(Ordering::Relaxed), 2);
     assert_eq!(app.message_rows().await, 0);
     app.stop().await;
 }
@@ -329,15 +237,9 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over(back
         .expect("old connection closed")
         .expect("watch");
     let a = app.device(&alice, "alice-phone").await;
-    a.publish_json(
-        &format!("from/{}/msg", alice.id),
-        &json!({"id": "t1", "to": bob.id, "text": "to the new one"}),
-    )
-    .await;
-    assert_eq!(
-        new.next_on(&format!("to/{}/msg", bob.id)).await["text"],
-        "to the new one"
-    );
+    a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "t1", "to": bob.id, "text": "to the new one"}))
+        .await;
+    assert_eq!(new.next_on(&format!("to/{}/msg", bob.id)).await["text"], "to the new one");
     assert_eq!(app.running().gate.session_counts(), (2, 2));
     app.stop().await;
 }
@@ -351,19 +253,9 @@ async fn another_users_client_id_is_another_session(backend: Backend) {
     let mut a = app.device(&alice, "same-id").await;
     let b = app.device(&bob, "same-id").await;
     assert!(a.closed.borrow().is_none());
-    b.publish_json(
-        &format!("from/{}/msg", bob.id),
-        &json!({"id": "x", "to": alice.id, "text": "still here?"}),
-    )
-    .await;
-    assert_eq!(
-        a.next_on(&format!("to/{}/msg", alice.id)).await["text"],
-        "still here?"
-    );
-    assert!(
-        a.closed.borrow().is_none(),
-        "alice's connection was not taken over"
-    );
+    b.publish_json(&format!("from/{}/msg", bob.id), &json!({"id": "x", "to": alice.id, "text": "still here?"})).await;
+    assert_eq!(a.next_on(&format!("to/{}/msg", alice.id)).await["text"], "still here?");
+    assert!(a.closed.borrow().is_none(), "alice's connection was not taken over");
     assert_eq!(app.running().gate.session_counts(), (2, 2));
     app.stop().await;
 }
@@ -371,10 +263,7 @@ async fn another_users_client_id_is_another_session(backend: Backend) {
 async fn wait_until(mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + common::DEADLINE;
     while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in time"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

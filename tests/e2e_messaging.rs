@@ -18,7 +18,8 @@ async fn send_with_retries(from: &Device, from_id: &str, to_id: &str, prefix: &s
         let body = json!({"id": format!("{prefix}-{i}"), "to": to_id, "text": format!("{prefix} says {i}")});
         from.publish_json(&topic, &body).await;
         if i % 4 == 3 {
-            let again = json!({"id": format!("{prefix}-{}", i - 1), "to": to_id, "text": format!("{prefix} says {}", i - 1)});
+            let again =
+                json!({"id": format!("{prefix}-{}", i - 1), "to": to_id, "text": format!("{prefix} says {}", i - 1)});
             from.publish_json(&topic, &again).await;
         }
     }
@@ -36,12 +37,7 @@ struct Collected {
     event_seqs: BTreeMap<String, i64>,
 }
 
-async fn collect(
-    device: &mut Device,
-    uid: &str,
-    expect_acks: usize,
-    expect_received: usize,
-) -> Collected {
+async fn collect(device: &mut Device, uid: &str, expect_acks: usize, expect_received: usize) -> Collected {
     let (ack_topic, msg_topic) = (format!("to/{uid}/ack"), format!("to/{uid}/msg"));
     let mut acks: HashMap<String, Vec<Value>> = HashMap::new();
     let mut received = BTreeMap::new();
@@ -53,19 +49,14 @@ async fn collect(
         let (topic, body) = device
             .next_matching(|p| match p {
                 rumqttc::Packet::Publish(p) if p.topic == ack_topic || p.topic == msg_topic => {
-                    Some((
-                        p.topic.clone(),
-                        serde_json::from_slice::<Value>(&p.payload).expect("json"),
-                    ))
+                    Some((p.topic.clone(), serde_json::from_slice::<Value>(&p.payload).expect("json")))
                 }
                 _ => None,
             })
             .await;
         if topic == ack_topic {
             assert!(body.get("error").is_none(), "unexpected error ack: {body}");
-            acks.entry(body["id"].as_str().expect("id").to_string())
-                .or_default()
-                .push(body);
+            acks.entry(body["id"].as_str().expect("id").to_string()).or_default().push(body);
         } else {
             assert_eq!(body["type"], "message", "{body}");
             let id = body["id"].as_str().expect("message id").to_string();
@@ -77,11 +68,7 @@ async fn collect(
             }
         }
     }
-    Collected {
-        acks,
-        received,
-        event_seqs,
-    }
+    Collected { acks, received, event_seqs }
 }
 
 /// Each client id has one stored identity however often it was acknowledged, and
@@ -91,22 +78,14 @@ fn check_acks(acks: &HashMap<String, Vec<Value>>, prefix: &str, count: usize) ->
     for i in 0..count {
         let id = format!("{prefix}-{i}");
         let copies = acks.get(&id).unwrap_or_else(|| panic!("no ack for {id}"));
-        assert!(
-            copies.iter().all(|c| c == &copies[0]),
-            "acks for {id} differ: {copies:?}"
-        );
+        assert!(copies.iter().all(|c| c == &copies[0]), "acks for {id} differ: {copies:?}");
         seqs.push(copies[0]["seq"].as_i64().expect("seq"));
     }
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "{prefix}'s seqs not increasing: {seqs:?}"
-    );
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{prefix}'s seqs not increasing: {seqs:?}");
     seqs
 }
 
-async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_once(
-    backend: Backend,
-) {
+async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_once(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
@@ -119,10 +98,7 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
         send_with_retries(&a, &alice.id, &bob.id, "a", 100),
         send_with_retries(&b, &bob.id, &alice.id, "b", 100),
     );
-    let (a_all, b_all) = tokio::join!(
-        collect(&mut a, &alice.id, 100, 100),
-        collect(&mut b, &bob.id, 100, 100)
-    );
+    let (a_all, b_all) = tokio::join!(collect(&mut a, &alice.id, 100, 100), collect(&mut b, &bob.id, 100, 100));
     let (a_acks, a_got) = (&a_all.acks, &a_all.received);
     let (b_acks, b_got) = (&b_all.acks, &b_all.received);
     // Each user's log numbers its 200 message events 1..=200: retries add none.
@@ -134,10 +110,7 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
     for (acks, all) in [(a_acks, &a_all), (b_acks, &b_all)] {
         for copies in acks.values() {
             let id = copies[0]["message_id"].as_str().expect("id");
-            assert_eq!(
-                Some(&copies[0]["event_seq"].as_i64().expect("ack event_seq")),
-                all.event_seqs.get(id)
-            );
+            assert_eq!(Some(&copies[0]["event_seq"].as_i64().expect("ack event_seq")), all.event_seqs.get(id));
         }
     }
 
@@ -145,36 +118,21 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
     let b_seqs = check_acks(b_acks, "b", 100);
     let mut all: Vec<i64> = a_seqs.iter().chain(&b_seqs).copied().collect();
     all.sort_unstable();
-    assert_eq!(
-        all,
-        (1..=200).collect::<Vec<_>>(),
-        "one conversation, seqs 1..=200 without gaps or repeats"
-    );
+    assert_eq!(all, (1..=200).collect::<Vec<_>>(), "one conversation, seqs 1..=200 without gaps or repeats");
 
     // Every message reached the other side live, with what the sender was told.
-    let a_ids: HashSet<_> = a_acks
-        .values()
-        .map(|v| v[0]["message_id"].as_str().expect("id").to_string())
-        .collect();
-    let b_ids: HashSet<_> = b_acks
-        .values()
-        .map(|v| v[0]["message_id"].as_str().expect("id").to_string())
-        .collect();
+    let a_ids: HashSet<_> = a_acks.values().map(|v| v[0]["message_id"].as_str().expect("id").to_string()).collect();
+    let b_ids: HashSet<_> = b_acks.values().map(|v| v[0]["message_id"].as_str().expect("id").to_string()).collect();
     assert_eq!(b_got.keys().cloned().collect::<HashSet<_>>(), a_ids);
     assert_eq!(a_got.keys().cloned().collect::<HashSet<_>>(), b_ids);
     for m in b_got.values() {
         assert_eq!(m["sender_id"], json!(alice.id));
-        let n: usize = m["client_id"].as_str().expect("client id")[2..]
-            .parse()
-            .expect("n");
+        let n: usize = m["client_id"].as_str().expect("client id")[2..].parse().expect("n");
         assert_eq!(m["text"], json!(format!("a says {n}")));
     }
 
     // History has exactly the 200, in order, for both members, across pages.
-    let conversation = a_acks["a-0"][0]["conversation_id"]
-        .as_str()
-        .expect("conversation")
-        .to_string();
+    let conversation = a_acks["a-0"][0]["conversation_id"].as_str().expect("conversation").to_string();
     for user in [&alice, &bob] {
         let mut seen = Vec::new();
         let mut after = 0;
@@ -187,36 +145,22 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
                 .await;
             assert_eq!(status, 200, "{page}");
             let messages = page["messages"].as_array().expect("messages").clone();
-            after = messages
-                .last()
-                .map_or(after, |m| m["seq"].as_i64().expect("seq"));
+            after = messages.last().map_or(after, |m| m["seq"].as_i64().expect("seq"));
             seen.extend(messages);
             if !page["has_more"].as_bool().expect("has_more") {
                 break;
             }
         }
-        let seqs: Vec<i64> = seen
-            .iter()
-            .map(|m| m["seq"].as_i64().expect("seq"))
-            .collect();
+        let seqs: Vec<i64> = seen.iter().map(|m| m["seq"].as_i64().expect("seq")).collect();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
-        let ids: HashSet<String> = seen
-            .iter()
-            .map(|m| m["id"].as_str().expect("id").to_string())
-            .collect();
+        let ids: HashSet<String> = seen.iter().map(|m| m["id"].as_str().expect("id").to_string()).collect();
         assert_eq!(ids, a_ids.union(&b_ids).cloned().collect());
     }
-    let (status, list) = app
-        .get("/v1/conversations", Some(&alice.access_token))
-        .await;
+    let (status, list) = app.get("/v1/conversations", Some(&alice.access_token)).await;
     assert_eq!(status, 200);
     assert_eq!(list["conversations"].as_array().expect("list").len(), 1);
     assert_eq!(list["conversations"][0]["last_seq"], json!(200));
-    assert_eq!(
-        app.message_rows().await,
-        200,
-        "the database holds exactly 200 rows"
-    );
+    assert_eq!(app.message_rows().await, 200, "the database holds exactly 200 rows");
     drop((a, b));
     app.stop().await;
 }

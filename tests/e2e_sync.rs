@@ -13,17 +13,11 @@ both_backends!(
     gaps_that_cannot_be_replayed_ask_for_a_reset
 );
 
-/// Collects `to/{uid}/msg` and `to/{uid}/receipt` events by number until `until` arrived.
-async fn events_until(
-    device: &mut Device,
-    uid: &str,
-    events: &mut BTreeMap<i64, Value>,
-    until: i64,
-) {
+/// Collects `to/{uid}/msg` and `to/{uid}/receipt` events by number until every
+/// one from 1 to `until` arrived (the device was connected from the start).
+async fn events_until(device: &mut Device, uid: &str, events: &mut BTreeMap<i64, Value>, until: i64) {
     let (msg, receipt) = (format!("to/{uid}/msg"), format!("to/{uid}/receipt"));
-    while events.last_key_value().map_or(0, |(k, _)| *k) < until
-        || (events.len() as i64) < until - events.first_key_value().map_or(1, |(k, _)| *k) + 1
-    {
+    while events.range(1..=until).count() < until as usize {
         let event = device
             .next_matching(|p| match p {
                 rumqttc::Packet::Publish(p) if p.topic == msg || p.topic == receipt => {
@@ -34,10 +28,7 @@ async fn events_until(
             .await;
         let seq = event["event_seq"].as_i64().expect("event_seq");
         if let Some(previous) = events.insert(seq, event.clone()) {
-            assert_eq!(
-                previous, event,
-                "a repeated event number must carry the same event"
-            );
+            assert_eq!(previous, event, "a repeated event number must carry the same event");
         }
     }
 }
@@ -52,32 +43,17 @@ struct State {
 }
 
 fn fold(events: &BTreeMap<i64, Value>) -> State {
-    let mut state = State {
-        messages: BTreeMap::new(),
-        receipts: BTreeMap::new(),
-    };
+    let mut state = State { messages: BTreeMap::new(), receipts: BTreeMap::new() };
     for e in events.values() {
         let id = |k: &str| e[k].as_str().expect("id").to_string();
         match e["type"].as_str().expect("type") {
             "message" | "message_edited" => {
-                let reactions = state
-                    .messages
-                    .get(&id("id"))
-                    .map_or(json!({}), |m| m.2.clone());
-                let reactions = if e["deleted"] == true {
-                    json!({})
-                } else {
-                    reactions
-                };
-                state.messages.insert(
-                    id("id"),
-                    (e["text"].clone(), e["deleted"].clone(), reactions),
-                );
+                let reactions = state.messages.get(&id("id")).map_or(json!({}), |m| m.2.clone());
+                let reactions = if e["deleted"] == true { json!({}) } else { reactions };
+                state.messages.insert(id("id"), (e["text"].clone(), e["deleted"].clone(), reactions));
             }
             "message_deleted" | "message_hidden" => {
-                state
-                    .messages
-                    .insert(id("message_id"), (json!(""), json!(true), json!({})));
+                state.messages.insert(id("message_id"), (json!(""), json!(true), json!({})));
             }
             "reaction" => {
                 if let Some(m) = state.messages.get_mut(&id("message_id")) {
@@ -104,12 +80,7 @@ async fn sync_over_mqtt(device: &mut Device, user: &TestUser, mut after: i64) ->
     let topic = format!("to/{}/sync", user.id);
     for page in 0.. {
         let id = format!("tablet-{page}");
-        device
-            .publish_json(
-                &format!("from/{}/sync", user.id),
-                &json!({"id": id, "after": after, "limit": 150}),
-            )
-            .await;
+        device.publish_json(&format!("from/{}/sync", user.id), &json!({"id": id, "after": after, "limit": 150})).await;
         let answer = device
             .next_matching(|p| match p {
                 rumqttc::Packet::Publish(p) if p.topic == topic => {
@@ -121,9 +92,7 @@ async fn sync_over_mqtt(device: &mut Device, user: &TestUser, mut after: i64) ->
             .await;
         assert_eq!(answer["reset"], false, "{answer}");
         let events = answer["events"].as_array().expect("events").clone();
-        after = events
-            .last()
-            .map_or(after, |e| e["event_seq"].as_i64().expect("seq"));
+        after = events.last().map_or(after, |e| e["event_seq"].as_i64().expect("seq"));
         out.extend(events);
         if !answer["has_more"].as_bool().expect("has_more") {
             break;
@@ -145,10 +114,7 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
     let mut tablet_before = Some(app.device(&bob, "bob-tablet").await);
 
     // Ten conversations: one 1:1 with each sender, and five groups.
-    let mut targets: Vec<Value> = senders
-        .iter()
-        .map(|s| json!({"to": bob.id, "from": s.id}))
-        .collect();
+    let mut targets: Vec<Value> = senders.iter().map(|s| json!({"to": bob.id, "from": s.id})).collect();
     for i in 0..5 {
         let members = [bob.id.clone(), senders[(i + 1) % 5].id.clone()];
         let body = json!({"kind": "group", "title": format!("g{i}"), "members": members});
@@ -175,57 +141,35 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
         for (t, target) in targets.iter().enumerate() {
             let from = target["from"].as_str().expect("from");
             let k = senders.iter().position(|s| s.id == from).expect("sender");
-            let mut body =
-                json!({"id": format!("r{round}-t{t}"), "text": format!("round {round} in {t}")});
+            let mut body = json!({"id": format!("r{round}-t{t}"), "text": format!("round {round} in {t}")});
             match target.get("conversation_id") {
                 Some(c) => body["conversation_id"] = c.clone(),
                 None => body["to"] = json!(bob.id),
             }
-            devices[k]
-                .publish_json(&format!("from/{from}/msg"), &body)
-                .await;
+            devices[k].publish_json(&format!("from/{from}/msg"), &body).await;
         }
         if round == 10 {
             // The tablet has seen the first rounds, then goes away.
-            let (_, sync) = app
-                .get("/v1/sync?after=0&limit=1", Some(&bob.access_token))
-                .await;
+            let (_, sync) = app.get("/v1/sync?after=0&limit=1", Some(&bob.access_token)).await;
             let mut tablet = tablet_before.take().expect("tablet");
-            events_until(
-                &mut tablet,
-                &bob.id,
-                &mut tablet_events,
-                sync["last_seq"].as_i64().expect("last"),
-            )
-            .await;
+            events_until(&mut tablet, &bob.id, &mut tablet_events, sync["last_seq"].as_i64().expect("last")).await;
             drop(tablet);
         }
         if round % 20 == 19 {
             // Bob reads on his phone as he goes: receipts travel through sync too.
-            let (_, list) = app
-                .get("/v1/conversations?limit=10", Some(&bob.access_token))
-                .await;
+            let (_, list) = app.get("/v1/conversations?limit=10", Some(&bob.access_token)).await;
             for c in list["conversations"].as_array().expect("list") {
                 let body = json!({"conversation_id": c["id"], "read_seq": c["last_seq"]});
-                phone
-                    .publish_json(&format!("from/{}/receipt", bob.id), &body)
-                    .await;
+                phone.publish_json(&format!("from/{}/receipt", bob.id), &body).await;
             }
         }
     }
     for (k, s) in senders.iter().enumerate() {
-        let acks = targets
-            .iter()
-            .filter(|t| t["from"] == s.id.as_str())
-            .count()
-            * 100;
+        let acks = targets.iter().filter(|t| t["from"] == s.id.as_str()).count() * 100;
         for _ in 0..acks {
             let ack = devices[k].next_on(&format!("to/{}/ack", s.id)).await;
             assert!(ack.get("error").is_none(), "{ack}");
-            sent.push((
-                k,
-                ack["message_id"].as_str().expect("message id").to_string(),
-            ));
+            sent.push((k, ack["message_id"].as_str().expect("message id").to_string()));
         }
     }
 
@@ -237,38 +181,22 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
         let uid = &senders[*k].id;
         if n % 11 == 0 {
             devices[*k]
-                .publish_json(
-                    &format!("from/{uid}/delete"),
-                    &json!({"message_id": id, "for": "everyone"}),
-                )
+                .publish_json(&format!("from/{uid}/delete"), &json!({"message_id": id, "for": "everyone"}))
                 .await;
             expected_own[*k] += 1;
         } else if n % 7 == 0 {
             devices[*k]
-                .publish_json(
-                    &format!("from/{uid}/edit"),
-                    &json!({"message_id": id, "text": format!("edited {n}")}),
-                )
+                .publish_json(&format!("from/{uid}/edit"), &json!({"message_id": id, "text": format!("edited {n}")}))
                 .await;
             expected_own[*k] += 1;
         }
         // Not on messages being deleted: a reaction racing the deletion may be refused.
         if n % 5 == 0 && n % 11 != 0 {
-            phone
-                .publish_json(
-                    &format!("from/{}/react", bob.id),
-                    &json!({"message_id": id, "emoji": "👍"}),
-                )
-                .await;
+            phone.publish_json(&format!("from/{}/react", bob.id), &json!({"message_id": id, "emoji": "👍"})).await;
             expected_phone += 1;
         }
         if n % 13 == 0 {
-            phone
-                .publish_json(
-                    &format!("from/{}/delete", bob.id),
-                    &json!({"message_id": id, "for": "me"}),
-                )
-                .await;
+            phone.publish_json(&format!("from/{}/delete", bob.id), &json!({"message_id": id, "for": "me"})).await;
             expected_phone += 1;
         }
     }
@@ -279,8 +207,7 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
                 .next_matching(|p| match p {
                     rumqttc::Packet::Publish(p) if p.topic == topic => {
                         let v: Value = serde_json::from_slice(&p.payload).expect("json");
-                        (v["type"] == "message_edited" || v["type"] == "message_deleted")
-                            .then_some(())
+                        (v["type"] == "message_edited" || v["type"] == "message_deleted").then_some(())
                     }
                     _ => None,
                 })
@@ -294,8 +221,8 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
             .next_matching(|p| match p {
                 rumqttc::Packet::Publish(p) if p.topic == topic => {
                     let v: Value = serde_json::from_slice(&p.payload).expect("json");
-                    let mine = (v["type"] == "reaction" && v["user_id"] == bob.id.as_str())
-                        || v["type"] == "message_hidden";
+                    let mine =
+                        (v["type"] == "reaction" && v["user_id"] == bob.id.as_str()) || v["type"] == "message_hidden";
                     mine.then_some(v)
                 }
                 _ => None,
@@ -305,14 +232,9 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
         phone_events.insert(seq, event);
         reacted_or_hidden += 1;
     }
-    let (_, sync) = app
-        .get("/v1/sync?after=0&limit=1", Some(&bob.access_token))
-        .await;
+    let (_, sync) = app.get("/v1/sync?after=0&limit=1", Some(&bob.access_token)).await;
     let last = sync["last_seq"].as_i64().expect("last_seq");
-    assert!(
-        last >= 1000,
-        "1000 messages, plus notices and receipts: {last}"
-    );
+    assert!(last >= 1000, "1000 messages, plus notices and receipts: {last}");
     events_until(&mut phone, &bob.id, &mut phone_events, last).await;
 
     // The tablet comes back and asks for what it missed since its last event.
@@ -320,10 +242,7 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
     let seen = *tablet_events.last_key_value().expect("tablet saw events").0;
     for event in sync_over_mqtt(&mut tablet, &bob, seen).await {
         let seq = event["event_seq"].as_i64().expect("seq");
-        assert!(
-            tablet_events.insert(seq, event).is_none(),
-            "event {seq} delivered twice"
-        );
+        assert!(tablet_events.insert(seq, event).is_none(), "event {seq} delivered twice");
     }
     assert_eq!(
         tablet_events.keys().copied().collect::<Vec<_>>(),
@@ -331,23 +250,15 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
         "nothing missing, nothing extra, in order"
     );
     let state = fold(&phone_events);
-    assert_eq!(
-        fold(&tablet_events),
-        state,
-        "the tablet ends with exactly the phone's state"
-    );
+    assert_eq!(phone_events.keys().copied().collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>());
+    assert_eq!(fold(&tablet_events), state, "the tablet ends with exactly the phone's state");
     // And that state is the server's: every conversation's history agrees with it.
-    let (_, list) = app
-        .get("/v1/conversations?limit=50", Some(&bob.access_token))
-        .await;
+    let (_, list) = app.get("/v1/conversations?limit=50", Some(&bob.access_token)).await;
     let mut from_history = BTreeMap::new();
     for c in list["conversations"].as_array().expect("list") {
         let (_, page) = app
             .get(
-                &format!(
-                    "/v1/conversations/{}/messages?after=0&limit=200",
-                    c["id"].as_str().expect("id")
-                ),
+                &format!("/v1/conversations/{}/messages?after=0&limit=200", c["id"].as_str().expect("id")),
                 Some(&bob.access_token),
             )
             .await;
@@ -361,46 +272,21 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
         }
     }
     assert_eq!(state.messages, from_history);
-    let edited = state
-        .messages
-        .values()
-        .filter(|(t, _, _)| t.as_str().is_some_and(|t| t.starts_with("edited")))
-        .count();
-    let deleted = state
-        .messages
-        .values()
-        .filter(|(_, d, _)| d == &json!(true))
-        .count();
-    let reacted = state
-        .messages
-        .values()
-        .filter(|(_, _, r)| r.get("👍").is_some())
-        .count();
-    assert!(
-        edited > 50 && deleted > 100 && reacted > 100,
-        "edited {edited}, deleted {deleted}, reacted {reacted}"
-    );
-    let messages = phone_events
-        .values()
-        .filter(|e| e["type"] == "message" && e["kind"] == "text")
-        .count();
+    let edited =
+        state.messages.values().filter(|(t, _, _)| t.as_str().is_some_and(|t| t.starts_with("edited"))).count();
+    let deleted = state.messages.values().filter(|(_, d, _)| d == &json!(true)).count();
+    let reacted = state.messages.values().filter(|(_, _, r)| r.get("👍").is_some()).count();
+    assert!(edited > 50 && deleted > 100 && reacted > 100, "edited {edited}, deleted {deleted}, reacted {reacted}");
+    let messages = phone_events.values().filter(|e| e["type"] == "message" && e["kind"] == "text").count();
     let changes = phone_events
         .values()
         .filter(|e| {
-            [
-                "message_edited",
-                "message_deleted",
-                "reaction",
-                "message_hidden",
-            ]
-            .contains(&e["type"].as_str().unwrap_or(""))
+            ["message_edited", "message_deleted", "reaction", "message_hidden"]
+                .contains(&e["type"].as_str().unwrap_or(""))
         })
         .count();
     assert!(changes > 300, "{changes}");
-    let receipts = phone_events
-        .values()
-        .filter(|e| e["type"] == "receipt")
-        .count();
+    let receipts = phone_events.values().filter(|e| e["type"] == "receipt").count();
     assert_eq!(messages, 1000);
     // At least the first read of each group (whose creation notice is seq 1) moved.
     assert!(receipts >= 5, "{receipts}");
@@ -409,12 +295,7 @@ async fn a_device_that_was_away_syncs_to_the_same_state_as_one_that_stayed(backe
     let mut replay = BTreeMap::new();
     let mut after = 0;
     loop {
-        let (status, page) = app
-            .get(
-                &format!("/v1/sync?after={after}&limit=1000"),
-                Some(&bob.access_token),
-            )
-            .await;
+        let (status, page) = app.get(&format!("/v1/sync?after={after}&limit=1000"), Some(&bob.access_token)).await;
         assert_eq!(status, 200);
         for e in page["events"].as_array().expect("events") {
             after = e["event_seq"].as_i64().expect("seq");
@@ -436,20 +317,13 @@ async fn gaps_that_cannot_be_replayed_ask_for_a_reset(backend: Backend) {
     let a = app.device(&ann, "ann-phone").await;
     let mut b = app.device(&ben, "ben-phone").await;
     for i in 0..3 {
-        a.publish_json(
-            &format!("from/{}/msg", ann.id),
-            &json!({"id": format!("m{i}"), "to": ben.id, "text": "x"}),
-        )
-        .await;
+        a.publish_json(&format!("from/{}/msg", ann.id), &json!({"id": format!("m{i}"), "to": ben.id, "text": "x"}))
+            .await;
         b.next_message_from(&ben.id, &ann.id).await;
     }
     let (_, ok) = app.get("/v1/sync?after=1", Some(&ben.access_token)).await;
     assert_eq!(
-        (
-            ok["reset"].as_bool(),
-            ok["events"].as_array().map(Vec::len),
-            ok["last_seq"].as_i64()
-        ),
+        (ok["reset"].as_bool(), ok["events"].as_array().map(Vec::len), ok["last_seq"].as_i64()),
         (Some(false), Some(2), Some(3))
     );
     let (_, ahead) = app.get("/v1/sync?after=7", Some(&ben.access_token)).await;
@@ -459,37 +333,17 @@ async fn gaps_that_cannot_be_replayed_ask_for_a_reset(backend: Backend) {
         "a number never given out"
     );
     let (status, bad) = app.get("/v1/sync?after=-1", Some(&ben.access_token)).await;
-    assert_eq!(
-        (status, bad["error"]["code"].as_str()),
-        (422, Some("invalid_cursor"))
-    );
-    b.publish_json(
-        &format!("from/{}/sync", ben.id),
-        &json!({"id": "s", "after": "soon"}),
-    )
-    .await;
-    assert_eq!(
-        b.next_on(&format!("to/{}/error", ben.id)).await["error"]["code"],
-        "invalid_payload"
-    );
+    assert_eq!((status, bad["error"]["code"].as_str()), (422, Some("invalid_cursor")));
+    b.publish_json(&format!("from/{}/sync", ben.id), &json!({"id": "s", "after": "soon"})).await;
+    assert_eq!(b.next_on(&format!("to/{}/error", ben.id)).await["error"]["code"], "invalid_payload");
 
     // Events past retention are gone: the device must reload from a snapshot.
-    app.running()
-        .store
-        .delete_events_before(i64::MAX)
-        .await
-        .expect("prune");
+    app.running().store.delete_events_before(i64::MAX).await.expect("prune");
     let (_, pruned) = app.get("/v1/sync?after=0", Some(&ben.access_token)).await;
-    assert_eq!(
-        (pruned["reset"].as_bool(), pruned["last_seq"].as_i64()),
-        (Some(true), Some(3))
-    );
+    assert_eq!((pruned["reset"].as_bool(), pruned["last_seq"].as_i64()), (Some(true), Some(3)));
     let (_, current) = app.get("/v1/sync?after=3", Some(&ben.access_token)).await;
     assert_eq!(
-        (
-            current["reset"].as_bool(),
-            current["events"].as_array().map(Vec::len)
-        ),
+        (current["reset"].as_bool(), current["events"].as_array().map(Vec::len)),
         (Some(false), Some(0)),
         "an up-to-date device is fine"
     );

@@ -26,47 +26,22 @@ async fn bad_messages_get_an_error_ack_and_change_nothing(backend: Backend) {
 
     let cases: Vec<(&[u8], Value, &str)> = vec![
         (b"{not json", Value::Null, "invalid_payload"),
-        (
-            br#"{"id": "m1", "to": "someone"}"#,
-            json!("m1"),
-            "invalid_payload",
-        ),
+        (br#"{"id": "m1", "to": "someone"}"#, json!("m1"), "invalid_payload"),
         (br#"[1, 2, 3]"#, Value::Null, "invalid_payload"),
         (b"\xff\xfe binary", Value::Null, "invalid_payload"),
     ];
     for (payload, id, code) in &cases {
         a.publish_raw(&send, payload).await;
         let err = a.next_on(&ack).await;
-        assert_eq!(
-            (&err["id"], err["error"]["code"].as_str()),
-            (id, Some(*code)),
-            "{err}"
-        );
-        assert!(err["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()));
+        assert_eq!((&err["id"], err["error"]["code"].as_str()), (id, Some(*code)), "{err}");
+        assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     let json_cases = [
-        (
-            json!({"id": "m2", "to": uuid::Uuid::now_v7(), "text": "hi"}),
-            "unknown_recipient",
-        ),
-        (
-            json!({"id": "m3", "to": alice.id, "text": "hi"}),
-            "invalid_recipient",
-        ),
-        (
-            json!({"id": "m4", "to": bob.id, "text": "   "}),
-            "empty_text",
-        ),
-        (
-            json!({"id": "m5", "to": bob.id, "text": "far too long for ten"}),
-            "text_too_long",
-        ),
-        (
-            json!({"id": "x".repeat(65), "to": bob.id, "text": "hi"}),
-            "invalid_id",
-        ),
+        (json!({"id": "m2", "to": uuid::Uuid::now_v7(), "text": "hi"}), "unknown_recipient"),
+        (json!({"id": "m3", "to": alice.id, "text": "hi"}), "invalid_recipient"),
+        (json!({"id": "m4", "to": bob.id, "text": "   "}), "empty_text"),
+        (json!({"id": "m5", "to": bob.id, "text": "far too long for ten"}), "text_too_long"),
+        (json!({"id": "x".repeat(65), "to": bob.id, "text": "hi"}), "invalid_id"),
         (json!({"id": "", "to": bob.id, "text": "hi"}), "invalid_id"),
     ];
     for (body, code) in &json_cases {
@@ -75,37 +50,19 @@ async fn bad_messages_get_an_error_ack_and_change_nothing(backend: Backend) {
         assert_eq!(err["error"]["code"], json!(code), "{body} → {err}");
         assert_eq!(err["id"], body["id"]);
     }
-    a.publish_json(&format!("from/{}/nonsense", alice.id), &json!({}))
-        .await;
+    a.publish_json(&format!("from/{}/nonsense", alice.id), &json!({})).await;
     assert_eq!(a.next_on(&ack).await["error"]["code"], "unknown_topic");
 
-    assert!(
-        b.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300))
-            .await,
-        "bob got nothing"
-    );
+    assert!(b.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300)).await, "bob got nothing");
     assert_eq!(app.message_rows().await, 0, "nothing stored");
-    let (_, list) = app
-        .get("/v1/conversations", Some(&alice.access_token))
-        .await;
-    assert_eq!(
-        list["conversations"],
-        json!([]),
-        "no conversation was created"
-    );
+    let (_, list) = app.get("/v1/conversations", Some(&alice.access_token)).await;
+    assert_eq!(list["conversations"], json!([]), "no conversation was created");
 
     // The same device can go on: the next good message is the conversation's first.
-    a.publish_json(
-        &send,
-        &json!({"id": "ok", "to": bob.id, "text": "fine now"}),
-    )
-    .await;
+    a.publish_json(&send, &json!({"id": "ok", "to": bob.id, "text": "fine now"})).await;
     let good = a.next_on(&ack).await;
     assert_eq!(good["seq"], 1, "{good}");
-    assert_eq!(
-        b.next_on(&format!("to/{}/msg", bob.id)).await["text"],
-        "fine now"
-    );
+    assert_eq!(b.next_on(&format!("to/{}/msg", bob.id)).await["text"], "fine now");
     app.stop().await;
 }
 
@@ -117,31 +74,16 @@ async fn a_client_id_used_by_another_user_is_a_different_message(backend: Backen
     let bob = app.user("bob").await;
     let mut a = app.device(&alice, "alice-phone").await;
     let mut b = app.device(&bob, "bob-phone").await;
-    a.publish_json(
-        &format!("from/{}/msg", alice.id),
-        &json!({"id": "shared-1", "to": bob.id, "text": "from alice"}),
-    )
-    .await;
+    a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "shared-1", "to": bob.id, "text": "from alice"}))
+        .await;
     let a_ack = a.next_on(&format!("to/{}/ack", alice.id)).await;
-    b.publish_json(
-        &format!("from/{}/msg", bob.id),
-        &json!({"id": "shared-1", "to": alice.id, "text": "from bob"}),
-    )
-    .await;
+    b.publish_json(&format!("from/{}/msg", bob.id), &json!({"id": "shared-1", "to": alice.id, "text": "from bob"}))
+        .await;
     let b_ack = b.next_on(&format!("to/{}/ack", bob.id)).await;
-    assert_ne!(
-        a_ack["message_id"], b_ack["message_id"],
-        "bob must not get alice's message back"
-    );
-    assert_eq!(
-        (a_ack["seq"].as_i64(), b_ack["seq"].as_i64()),
-        (Some(1), Some(2))
-    );
+    assert_ne!(a_ack["message_id"], b_ack["message_id"], "bob must not get alice's message back");
+    assert_eq!((a_ack["seq"].as_i64(), b_ack["seq"].as_i64()), (Some(1), Some(2)));
     let got = a.next_message_from(&alice.id, &bob.id).await;
-    assert_eq!(
-        (got["text"].as_str(), got["sender_id"].as_str()),
-        (Some("from bob"), Some(bob.id.as_str()))
-    );
+    assert_eq!((got["text"].as_str(), got["sender_id"].as_str()), (Some("from bob"), Some(bob.id.as_str())));
     assert_eq!(app.message_rows().await, 2);
     app.stop().await;
 }

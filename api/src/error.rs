@@ -36,12 +36,7 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            error_id: None,
-        }
+        Self { status, code, message: message.into(), error_id: None }
     }
 
     /// 401 for a missing or unusable access token.
@@ -102,18 +97,11 @@ impl From<PathRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorResponse {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-                error_id: self.error_id,
-            },
+            error: ErrorDetail { code: self.code.to_string(), message: self.message, error_id: self.error_id },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -126,9 +114,5 @@ pub async fn not_found() -> ApiError {
 
 /// Known routes with the wrong method, likewise.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take this method",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take this method")
 }

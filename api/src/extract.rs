@@ -35,31 +35,22 @@ pub struct Caller(pub UserId);
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthenticated("an Authorization: Bearer access token is required")
-        })?;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthenticated("an Authorization: Bearer access token is required"))?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| {
-                ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'")
-            })?;
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'"))?;
         let claims = state
             .domain
             .tokens()
             .verify_access(token.trim())
             .map_err(|e| ApiError::unauthenticated(format!("access token refused: {e}")))?;
-        let user = claims
-            .user()
-            .map_err(|_| ApiError::unauthenticated("access token names no user"))?;
+        let user = claims.user().map_err(|_| ApiError::unauthenticated("access token names no user"))?;
         Ok(Caller(user))
     }
 }

@@ -21,12 +21,10 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, ErrorResponse};
 
 /// A named readiness check beyond the database (the bus round trip, …).
-pub type ReadinessCheck =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// Hands what an HTTP action causes to the bus, for the users' devices.
-pub type Publisher =
-    Arc<dyn Fn(Vec<Outgoing>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+pub type Publisher = Arc<dyn Fn(Vec<Outgoing>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -58,33 +56,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/refresh", post(auth::refresh))
         .route("/v1/me", get(auth::me))
-        .route(
-            "/v1/conversations",
-            get(conversations::list).post(conversations::create),
-        )
-        .route(
-            "/v1/conversations/{id}",
-            get(conversations::get).patch(conversations::rename),
-        )
+        .route("/v1/conversations", get(conversations::list).post(conversations::create))
+        .route("/v1/conversations/{id}", get(conversations::get).patch(conversations::rename))
         .route("/v1/conversations/{id}/members", post(members::add))
-        .route(
-            "/v1/conversations/{id}/members/{user_id}",
-            patch(members::set_role).delete(members::remove),
-        )
+        .route("/v1/conversations/{id}/members/{user_id}", patch(members::set_role).delete(members::remove))
         .route("/v1/conversations/{id}/messages", get(messages::history))
         .route("/v1/conversations/{id}/read", post(messages::mark_read))
-        .route(
-            "/v1/messages/{id}",
-            patch(messages::edit).delete(messages::delete),
-        )
+        .route("/v1/messages/{id}", patch(messages::edit).delete(messages::delete))
         .route("/v1/messages/{id}/edits", get(messages::edits))
         .route("/v1/messages/{id}/reactions", get(messages::reactions))
-        .route(
-            "/v1/messages/{id}/reactions/{emoji}",
-            axum::routing::put(messages::react).delete(messages::unreact),
-        )
+        .route("/v1/messages/{id}/reactions/{emoji}", axum::routing::put(messages::react).delete(messages::unreact))
         .route("/v1/sync", get(sync::sync))
         .route("/v1/unread", get(sync::unread))
+        .route("/v1/presence", get(sync::presence))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(TraceLayer::new_for_http())
@@ -92,13 +76,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown`, letting requests in progress finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

@@ -14,7 +14,7 @@ use crate::routes::{auth, conversations, members, messages, ops, sync};
         members::add, members::remove, members::set_role,
         messages::history, messages::mark_read,
         messages::edit, messages::delete, messages::react, messages::unreact, messages::reactions, messages::edits,
-        sync::sync, sync::unread,
+        sync::sync, sync::unread, sync::presence,
         ops::healthz, ops::readyz,
     ),
     components(schemas(crate::ErrorResponse, crate::error::ErrorDetail)),
@@ -29,12 +29,7 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
     }
 }

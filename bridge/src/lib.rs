@@ -17,11 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub use uplink::handle_uplink;
 
 /// Runs the bridge until `shutdown`.
-pub async fn run(
-    domain: Domain,
-    bus: &BusEndpoint,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(domain: Domain, bus: &BusEndpoint, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut options = bus.options("bridge");
     options.set_manual_acks(true);
     let (client, mut events) = AsyncClient::new(options, 1024);
@@ -36,8 +32,9 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("bridge connected to the bus");
                 // rumqttc does not resubscribe after a reconnect; do it on every ConnAck.
-                if let Err(e) = client.try_subscribe(topics::BRIDGE_UPLINK_FILTER, QoS::AtLeastOnce)
-                {
+                let filters = [topics::BRIDGE_UPLINK_FILTER, topics::BRIDGE_PRESENCE_FILTER];
+                let filters = filters.map(|f| rumqttc::SubscribeFilter::new(f.to_string(), QoS::AtLeastOnce));
+                if let Err(e) = client.try_subscribe_many(filters) {
                     tracing::error!(error = %e, "bridge could not subscribe to uplinks");
                 }
             }
@@ -67,10 +64,7 @@ pub async fn run(
 async fn work(domain: Domain, client: AsyncClient, mut rx: mpsc::Receiver<rumqttc::Publish>) {
     while let Some(publish) = rx.recv().await {
         for d in handle_uplink(&domain, &publish.topic, &publish.payload).await {
-            if let Err(e) = client
-                .publish(d.topic(), QoS::AtLeastOnce, false, d.payload())
-                .await
-            {
+            if let Err(e) = client.publish(d.topic(), d.mqtt_qos(), false, d.payload()).await {
                 tracing::error!(error = %e, "bridge could not publish a downlink");
             }
         }

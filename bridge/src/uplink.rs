@@ -3,8 +3,8 @@
 
 use parley_domain::{message_outgoing, Domain, DomainError, Stored};
 use parley_wire::payloads::{
-    AckError, DeleteMessage, EditMessage, ErrorBody, Outgoing, React, ReceiptUpdate, SendMessage,
-    SyncRequest,
+    AckError, DeleteMessage, EditMessage, ErrorBody, GatePresence, Outgoing, PresenceUpdate, React, ReceiptUpdate,
+    SendMessage, SyncRequest, TypingUpdate,
 };
 use parley_wire::{topics, UserId};
 use serde::de::DeserializeOwned;
@@ -15,21 +15,25 @@ macro_rules! decode_or_refuse {
     ($sender:expr, $payload:expr, $t:ty) => {
         match decode::<$t>($payload) {
             Ok(v) => v,
-            Err((id, message)) => {
-                return vec![error(
-                    $sender,
-                    topics::ERROR,
-                    id,
-                    "invalid_payload",
-                    message,
-                )]
-            }
+            Err((id, message)) => return vec![error($sender, topics::ERROR, id, "invalid_payload", message)],
         }
     };
 }
 
 /// Decodes the uplink on `topic`, applies the rules, and says what to publish.
 pub async fn handle_uplink(domain: &Domain, topic: &str, payload: &[u8]) -> Vec<Outgoing> {
+    if let Some(gate) = topic.strip_prefix("sys/presence/") {
+        return match serde_json::from_slice::<GatePresence>(payload) {
+            Ok(report) => domain.gate_presence(gate, &report).await.unwrap_or_else(|e| {
+                tracing::error!(gate, error = %e, "presence report failed");
+                Vec::new()
+            }),
+            Err(e) => {
+                tracing::warn!(gate, error = %e, "malformed presence report");
+                Vec::new()
+            }
+        };
+    }
     let Some(uplink) = topics::parse_uplink(topic) else {
         tracing::warn!(topic, "uplink on a topic the bridge does not know; dropped");
         return Vec::new();
@@ -39,62 +43,42 @@ pub async fn handle_uplink(domain: &Domain, topic: &str, payload: &[u8]) -> Vec<
         topics::MSG => send_message(domain, sender, payload).await,
         topics::RECEIPT => {
             let update = decode_or_refuse!(sender, payload, ReceiptUpdate);
-            answer(
-                sender,
-                update.id.clone(),
-                domain.record_receipt(sender, &update).await,
-            )
+            answer(sender, update.id.clone(), domain.record_receipt(sender, &update).await)
         }
         topics::SYNC => {
             let request = decode_or_refuse!(sender, payload, SyncRequest);
-            let result =
-                domain
-                    .sync(sender, request.after, request.limit)
-                    .await
-                    .map(|mut answer| {
-                        answer.id = request.id.clone();
-                        vec![Outgoing::new(sender, topics::SYNC, &answer)]
-                    });
+            let result = domain.sync(sender, request.after, request.limit).await.map(|mut answer| {
+                answer.id = request.id.clone();
+                vec![Outgoing::new(sender, topics::SYNC, &answer)]
+            });
             answer(sender, request.id, result)
+        }
+        topics::TYPING => {
+            let update = decode_or_refuse!(sender, payload, TypingUpdate);
+            answer(sender, None, domain.typing(sender, &update).await)
+        }
+        topics::PRESENCE => {
+            let update = decode_or_refuse!(sender, payload, PresenceUpdate);
+            answer(sender, None, domain.set_status(sender, &update.status).await)
         }
         topics::EDIT => {
             let edit = decode_or_refuse!(sender, payload, EditMessage);
-            answer(
-                sender,
-                edit.id,
-                domain
-                    .edit_message(sender, edit.message_id, &edit.text)
-                    .await,
-            )
+            answer(sender, edit.id, domain.edit_message(sender, edit.message_id, &edit.text).await)
         }
         topics::DELETE => {
             let delete = decode_or_refuse!(sender, payload, DeleteMessage);
             let result = match delete.scope.as_str() {
                 "everyone" => domain.delete_message(sender, delete.message_id, true).await,
-                "me" => {
-                    domain
-                        .delete_message(sender, delete.message_id, false)
-                        .await
-                }
-                _ => Err(DomainError::invalid(
-                    "invalid_scope",
-                    "`for` is `everyone` or `me`",
-                )),
+                "me" => domain.delete_message(sender, delete.message_id, false).await,
+                _ => Err(DomainError::invalid("invalid_scope", "`for` is `everyone` or `me`")),
             };
             answer(sender, delete.id, result)
         }
         topics::REACT => {
             let react = decode_or_refuse!(sender, payload, React);
             let result = match react.op.as_str() {
-                "add" | "remove" => {
-                    domain
-                        .react(sender, react.message_id, &react.emoji, react.op == "add")
-                        .await
-                }
-                _ => Err(DomainError::invalid(
-                    "invalid_op",
-                    "`op` is `add` or `remove`",
-                )),
+                "add" | "remove" => domain.react(sender, react.message_id, &react.emoji, react.op == "add").await,
+                _ => Err(DomainError::invalid("invalid_op", "`op` is `add` or `remove`")),
             };
             answer(sender, react.id, result)
         }
@@ -109,9 +93,7 @@ pub async fn handle_uplink(domain: &Domain, topic: &str, payload: &[u8]) -> Vec<
 async fn send_message(domain: &Domain, sender: UserId, payload: &[u8]) -> Vec<Outgoing> {
     let msg: SendMessage = match decode(payload) {
         Ok(m) => m,
-        Err((id, message)) => {
-            return vec![error(sender, topics::ACK, id, "invalid_payload", message)]
-        }
+        Err((id, message)) => return vec![error(sender, topics::ACK, id, "invalid_payload", message)],
     };
     let client_id = msg.id.clone();
     match domain.send_message(sender, msg).await {
@@ -128,11 +110,7 @@ async fn send_message(domain: &Domain, sender: UserId, payload: &[u8]) -> Vec<Ou
 }
 
 /// What a successful uplink causes, or its refusal on the sender's error channel.
-fn answer(
-    sender: UserId,
-    id: Option<String>,
-    result: Result<Vec<Outgoing>, DomainError>,
-) -> Vec<Outgoing> {
+fn answer(sender: UserId, id: Option<String>, result: Result<Vec<Outgoing>, DomainError>) -> Vec<Outgoing> {
     match result {
         Ok(out) => out,
         Err(e) => vec![refusal(sender, topics::ERROR, id, &e)],
@@ -156,26 +134,10 @@ fn refusal(sender: UserId, channel: &'static str, id: Option<String>, e: &Domain
     error(sender, channel, id, e.code(), e.public_message())
 }
 
-fn error(
-    sender: UserId,
-    channel: &'static str,
-    id: Option<String>,
-    code: &str,
-    message: String,
-) -> Outgoing {
+fn error(sender: UserId, channel: &'static str, id: Option<String>, code: &str, message: String) -> Outgoing {
     if channel == topics::ACK {
-        let body = AckError {
-            id,
-            error: ErrorBody {
-                code: code.to_string(),
-                message,
-            },
-        };
+        let body = AckError { id, error: ErrorBody { code: code.to_string(), message } };
         return Outgoing::new(sender, channel, &body);
     }
-    Outgoing::new(
-        sender,
-        channel,
-        &json!({ "id": id, "error": { "code": code, "message": message } }),
-    )
+    Outgoing::new(sender, channel, &json!({ "id": id, "error": { "code": code, "message": message } }))
 }

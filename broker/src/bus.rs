@@ -20,25 +20,18 @@ const BUS_USER: &str = "parley";
 /// Starts rumqttd on its own threads, listening on the loopback address `listen`
 /// (port 0 picks a free port), and returns how to reach it once it accepts.
 pub fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
-    let mut addr: SocketAddr = listen
-        .parse()
-        .with_context(|| format!("bus.listen {listen:?} is not an address"))?;
+    let mut addr: SocketAddr = listen.parse().with_context(|| format!("bus.listen {listen:?} is not an address"))?;
     if !addr.ip().is_loopback() {
         bail!("bus.listen must be a loopback address (the bus is internal), not {addr}");
     }
     if addr.port() == 0 {
         // rumqttd binds by address only, so find a free port first.
-        let probe =
-            std::net::TcpListener::bind(addr).context("no free loopback port for the bus")?;
+        let probe = std::net::TcpListener::bind(addr).context("no free loopback port for the bus")?;
         addr = probe.local_addr()?;
     } else if std::net::TcpListener::bind(addr).is_err() {
         bail!("bus port {addr} is in use: set bus.listen (PARLEY_BUS__LISTEN) to a free loopback port, or 127.0.0.1:0");
     }
-    let password = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_BUS_PACKET,
@@ -47,13 +40,8 @@ pub fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings {
-        name: "parley-bus".into(),
-        listen: addr,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
+    let server =
+        ServerSettings { name: "parley-bus".into(), listen: addr, tls: None, next_connection_delay_ms: 0, connections };
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -78,12 +66,7 @@ pub fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
         .context("could not start the bus thread")?;
     wait_until_listening(addr)?;
     tracing::info!(%addr, "embedded bus listening on loopback");
-    Ok(BusEndpoint {
-        host: ip_text(addr.ip()),
-        port: addr.port(),
-        username: BUS_USER.into(),
-        password,
-    })
+    Ok(BusEndpoint { host: ip_text(addr.ip()), port: addr.port(), username: BUS_USER.into(), password })
 }
 
 fn ip_text(ip: IpAddr) -> String {
@@ -134,10 +117,7 @@ impl BusProbe {
                         sub_tx.send_replace(true);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Some(n) = std::str::from_utf8(&p.payload)
-                            .ok()
-                            .and_then(|s| s.parse().ok())
-                        {
+                        if let Some(n) = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()) {
                             tx.send_replace(n);
                         }
                     }
@@ -149,13 +129,7 @@ impl BusProbe {
                 }
             }
         });
-        BusProbe {
-            client,
-            topic,
-            subscribed,
-            seen,
-            sent: AtomicU64::new(0),
-        }
+        BusProbe { client, topic, subscribed, seen, sent: AtomicU64::new(0) }
     }
 
     /// One round trip through the bus within `limit`, or why not.
@@ -165,17 +139,12 @@ impl BusProbe {
         let mut seen = self.seen.clone();
         let mut subscribed = self.subscribed.clone();
         let round_trip = async {
-            subscribed
-                .wait_for(|s| *s)
-                .await
-                .map_err(|_| "bus probe stopped".to_string())?;
+            subscribed.wait_for(|s| *s).await.map_err(|_| "bus probe stopped".to_string())?;
             self.client
                 .publish(self.topic.clone(), QoS::AtMostOnce, false, n.to_string())
                 .await
                 .map_err(|e| format!("bus publish failed: {e}"))?;
-            seen.wait_for(|v| *v >= n)
-                .await
-                .map_err(|_| "bus probe stopped".to_string())?;
+            seen.wait_for(|v| *v >= n).await.map_err(|_| "bus probe stopped".to_string())?;
             Ok::<_, String>(())
         };
         match tokio::time::timeout(limit, round_trip).await {

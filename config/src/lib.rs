@@ -62,6 +62,8 @@ pub struct MqttSettings {
     pub max_inflight: u16,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
+    /// This gate's name in presence reports; each gate sharing a database needs its own.
+    pub node_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,18 +117,13 @@ impl Default for Settings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self {
-            url: None,
-            max_connections: 10,
-        }
+        Self { url: None, max_connections: 10 }
     }
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self {
-            listen: "0.0.0.0:8080".into(),
-        }
+        Self { listen: "0.0.0.0:8080".into() }
     }
 }
 
@@ -140,15 +137,14 @@ impl Default for MqttSettings {
             max_queued_messages: 1000,
             max_inflight: 100,
             max_subscriptions: 64,
+            node_id: "gate-1".into(),
         }
     }
 }
 
 impl Default for BusSettings {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:0".into(),
-        }
+        Self { listen: "127.0.0.1:0".into() }
     }
 }
 
@@ -166,18 +162,13 @@ impl Default for AuthSettings {
 
 impl Default for MessageSettings {
     fn default() -> Self {
-        Self {
-            max_text_chars: 4000,
-        }
+        Self { max_text_chars: 4000 }
     }
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: "text".into(),
-        }
+        Self { level: "info".into(), format: "text".into() }
     }
 }
 
@@ -198,10 +189,7 @@ impl Settings {
             .ignore(&["config"])
             .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
             .split("__");
-        figment
-            .merge(env)
-            .extract()
-            .map_err(|e| ConfigError(Box::new(e)))
+        figment.merge(env).extract().map_err(|e| ConfigError(Box::new(e)))
     }
 
     /// The database URL in effect: the configured one, or the SQLite file in the data directory.

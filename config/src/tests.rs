@@ -8,21 +8,14 @@ fn defaults_match_the_documented_embedded_setup() {
     assert_eq!(s.http.listen, "0.0.0.0:8080");
     assert!(s.bus.listen.starts_with("127.0.0.1:"));
     assert!(s.database.url.is_none());
-    assert!(s
-        .database_url()
-        .expose_secret()
-        .starts_with("sqlite://parley-data/parley.db"));
+    assert!(s.database_url().expose_secret().starts_with("sqlite://parley-data/parley.db"));
 }
 
 #[test]
 #[allow(clippy::result_large_err)] // figment::Jail's own signature
 fn file_then_environment_override_defaults() {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    writeln!(
-        file,
-        "[http]\nlisten = \"127.0.0.1:9999\"\n[mqtt]\nmax_inflight = 7"
-    )
-    .expect("write");
+    writeln!(file, "[http]\nlisten = \"127.0.0.1:9999\"\n[mqtt]\nmax_inflight = 7").expect("write");
     figment::Jail::expect_with(|jail| {
         jail.set_env("PARLEY_MQTT__MAX_INFLIGHT", "9");
         jail.set_env("PARLEY_TEST_POSTGRES_URL", "ignored");
@@ -49,12 +42,6 @@ fn printed_settings_hide_secrets() {
     let shown = format!("{s} {s:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(!shown.contains("topsecretkey"), "{shown}");
-    assert!(
-        shown.contains("postgres://app:[redacted]@db:5432/parley"),
-        "{shown}"
-    );
-    assert_eq!(
-        s.database_url_for_logs(),
-        "postgres://app:[redacted]@db:5432/parley"
-    );
+    assert!(shown.contains("postgres://app:[redacted]@db:5432/parley"), "{shown}");
+    assert_eq!(s.database_url_for_logs(), "postgres://app:[redacted]@db:5432/parley");
 }

@@ -12,14 +12,8 @@ use crate::{now_ms, Domain, DomainError};
 
 /// Most members a group may have.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
-const AUDIENCES: &[&str] = &[
-    "user_user",
-    "user_provider",
-    "user_institution",
-    "institution_institution",
-    "admin_provider",
-    "group",
-];
+const AUDIENCES: &[&str] =
+    &["user_user", "user_provider", "user_institution", "institution_institution", "admin_provider", "group"];
 const CONTEXTS: &[&str] = &["consultation", "service_request", "support", "general"];
 
 /// A conversation to create.
@@ -66,30 +60,18 @@ impl Domain {
         members.retain(|m| *m != caller);
         if let Some(a) = &new.audience {
             if !AUDIENCES.contains(&a.as_str()) {
-                return Err(DomainError::invalid(
-                    "invalid_audience",
-                    format!("audience is one of {AUDIENCES:?}"),
-                ));
+                return Err(DomainError::invalid("invalid_audience", format!("audience is one of {AUDIENCES:?}")));
             }
         }
         match (&new.context_type, &new.context_id) {
             (Some(t), _) if !CONTEXTS.contains(&t.as_str()) => {
-                return Err(DomainError::invalid(
-                    "invalid_context",
-                    format!("context type is one of {CONTEXTS:?}"),
-                ))
+                return Err(DomainError::invalid("invalid_context", format!("context type is one of {CONTEXTS:?}")))
             }
             (None, Some(_)) => {
-                return Err(DomainError::invalid(
-                    "invalid_context",
-                    "a context id needs a context type",
-                ))
+                return Err(DomainError::invalid("invalid_context", "a context id needs a context type"))
             }
             (_, Some(id)) if id.is_empty() || id.len() > 128 => {
-                return Err(DomainError::invalid(
-                    "invalid_context",
-                    "context id is 1 to 128 bytes",
-                ))
+                return Err(DomainError::invalid("invalid_context", "context id is 1 to 128 bytes"))
             }
             _ => {}
         }
@@ -126,47 +108,27 @@ impl Domain {
                 match self.store().create_group(&group).await {
                     Ok(()) => {}
                     Err(parley_store::StoreError::MissingReference) => {
-                        return Err(DomainError::not_found(
-                            "unknown_member",
-                            "a member does not exist",
-                        ))
+                        return Err(DomainError::not_found("unknown_member", "a member does not exist"))
                     }
                     Err(e) => return Err(e.into()),
                 }
-                let posted = self
-                    .post_system(
-                        caller,
-                        group.id,
-                        &json!({"action": "created", "by": caller}),
-                    )
-                    .await?;
-                Ok((
-                    self.conversation(caller, group.id).await?,
-                    message_outgoing(&posted, None),
-                ))
+                let posted = self.post_system(caller, group.id, &json!({"action": "created", "by": caller})).await?;
+                Ok((self.conversation(caller, group.id).await?, message_outgoing(&posted, None)))
             }
-            _ => Err(DomainError::invalid(
-                "invalid_kind",
-                "kind is `group` or `direct`",
-            )),
+            _ => Err(DomainError::invalid("invalid_kind", "kind is `group` or `direct`")),
         }
     }
 
     /// A conversation and its members, for a member.
-    pub async fn conversation(
-        &self,
-        caller: UserId,
-        id: ConversationId,
-    ) -> Result<ConversationDetails, DomainError> {
+    pub async fn conversation(&self, caller: UserId, id: ConversationId) -> Result<ConversationDetails, DomainError> {
         self.require_member(id, caller).await?;
-        let conversation = self.store().get_conversation(id).await?.ok_or_else(|| {
-            DomainError::not_found("conversation_not_found", "no such conversation")
-        })?;
+        let conversation = self
+            .store()
+            .get_conversation(id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("conversation_not_found", "no such conversation"))?;
         let members = self.store().members(id).await?;
-        Ok(ConversationDetails {
-            conversation,
-            members,
-        })
+        Ok(ConversationDetails { conversation, members })
     }
 
     /// Renames a group (owner or admin).
@@ -178,16 +140,8 @@ impl Domain {
     ) -> Result<Vec<Outgoing>, DomainError> {
         self.require_group_role(id, caller, 2).await?;
         let title = clean_title(title.as_deref())?;
-        self.store()
-            .rename_conversation(id, title.as_deref())
-            .await?;
-        let posted = self
-            .post_system(
-                caller,
-                id,
-                &json!({"action": "renamed", "by": caller, "title": title}),
-            )
-            .await?;
+        self.store().rename_conversation(id, title.as_deref()).await?;
+        let posted = self.post_system(caller, id, &json!({"action": "renamed", "by": caller, "title": title})).await?;
         Ok(message_outgoing(&posted, None))
     }
 
@@ -210,17 +164,10 @@ impl Domain {
             ));
         }
         if !self.store().add_member(id, user, &role, now_ms()).await? {
-            return Err(DomainError::conflict(
-                "already_member",
-                "that user is already a member",
-            ));
+            return Err(DomainError::conflict("already_member", "that user is already a member"));
         }
         let posted = self
-            .post_system(
-                caller,
-                id,
-                &json!({"action": "member_added", "by": caller, "user_id": user, "role": role}),
-            )
+            .post_system(caller, id, &json!({"action": "member_added", "by": caller, "user_id": user, "role": role}))
             .await?;
         Ok(message_outgoing(&posted, None))
     }
@@ -240,28 +187,17 @@ impl Domain {
         } else {
             self.require_group_role(id, caller, 2).await?
         };
-        let target = self.store().member(id, user).await?.ok_or_else(|| {
-            DomainError::not_found("member_not_found", "that user is not a member")
-        })?;
+        let target = self
+            .store()
+            .member(id, user)
+            .await?
+            .ok_or_else(|| DomainError::not_found("member_not_found", "that user is not a member"))?;
         if !leaving && rank(&target.role) >= rank(&caller_role) {
-            return Err(DomainError::forbidden(
-                "insufficient_role",
-                "only a higher role can remove this member",
-            ));
+            return Err(DomainError::forbidden("insufficient_role", "only a higher role can remove this member"));
         }
-        let action = if leaving {
-            "member_left"
-        } else {
-            "member_removed"
-        };
+        let action = if leaving { "member_left" } else { "member_removed" };
         // Written while the user is still a member, so its devices learn of it too.
-        let posted = self
-            .post_system(
-                caller,
-                id,
-                &json!({"action": action, "by": caller, "user_id": user}),
-            )
-            .await?;
+        let posted = self.post_system(caller, id, &json!({"action": action, "by": caller, "user_id": user})).await?;
         self.store().remove_member(id, user).await?;
         let mut out = message_outgoing(&posted, None);
         if leaving && target.role == "owner" {
@@ -272,11 +208,13 @@ impl Domain {
                 .into_iter()
                 .max_by_key(|m| (rank(&m.role), std::cmp::Reverse(m.joined_at)));
             if let Some(heir) = heir {
-                self.store()
-                    .set_member_role(id, heir.user_id, "owner")
-                    .await?;
+                self.store().set_member_role(id, heir.user_id, "owner").await?;
                 let posted = self
-                    .post_system(heir.user_id, id, &json!({"action": "role_changed", "by": caller, "user_id": heir.user_id, "role": "owner"}))
+                    .post_system(
+                        heir.user_id,
+                        id,
+                        &json!({"action": "role_changed", "by": caller, "user_id": heir.user_id, "role": "owner"}),
+                    )
                     .await?;
                 out.extend(message_outgoing(&posted, None));
             }
@@ -294,32 +232,19 @@ impl Domain {
     ) -> Result<Vec<Outgoing>, DomainError> {
         self.require_group_role(id, caller, 3).await?;
         if !["owner", "admin", "member"].contains(&role.as_str()) {
-            return Err(DomainError::invalid(
-                "invalid_role",
-                "role is owner, admin or member",
-            ));
+            return Err(DomainError::invalid("invalid_role", "role is owner, admin or member"));
         }
         if user == caller {
-            return Err(DomainError::invalid(
-                "invalid_role",
-                "hand ownership to another member instead",
-            ));
+            return Err(DomainError::invalid("invalid_role", "hand ownership to another member instead"));
         }
         if !self.store().set_member_role(id, user, &role).await? {
-            return Err(DomainError::not_found(
-                "member_not_found",
-                "that user is not a member",
-            ));
+            return Err(DomainError::not_found("member_not_found", "that user is not a member"));
         }
         if role == "owner" {
             self.store().set_member_role(id, caller, "admin").await?;
         }
         let posted = self
-            .post_system(
-                caller,
-                id,
-                &json!({"action": "role_changed", "by": caller, "user_id": user, "role": role}),
-            )
+            .post_system(caller, id, &json!({"action": "role_changed", "by": caller, "user_id": user, "role": role}))
             .await?;
         Ok(message_outgoing(&posted, None))
     }
@@ -332,9 +257,11 @@ impl Domain {
         min_rank: u8,
     ) -> Result<String, DomainError> {
         let member = self.require_member(id, caller).await?;
-        let conversation = self.store().get_conversation(id).await?.ok_or_else(|| {
-            DomainError::not_found("conversation_not_found", "no such conversation")
-        })?;
+        let conversation = self
+            .store()
+            .get_conversation(id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("conversation_not_found", "no such conversation"))?;
         if conversation.kind != "group" {
             return Err(DomainError::invalid(
                 "not_a_group",
@@ -342,10 +269,7 @@ impl Domain {
             ));
         }
         if rank(&member.role) < min_rank {
-            return Err(DomainError::forbidden(
-                "insufficient_role",
-                "your role in this group does not allow that",
-            ));
+            return Err(DomainError::forbidden("insufficient_role", "your role in this group does not allow that"));
         }
         Ok(member.role)
     }
@@ -363,14 +287,8 @@ fn check_assignable(role: &str, caller_role: &str) -> Result<(), DomainError> {
     match role {
         "member" => Ok(()),
         "admin" if caller_role == "owner" => Ok(()),
-        "admin" => Err(DomainError::forbidden(
-            "insufficient_role",
-            "only the owner adds admins",
-        )),
-        _ => Err(DomainError::invalid(
-            "invalid_role",
-            "a new member is an admin or a member",
-        )),
+        "admin" => Err(DomainError::forbidden("insufficient_role", "only the owner adds admins")),
+        _ => Err(DomainError::invalid("invalid_role", "a new member is an admin or a member")),
     }
 }
 
@@ -378,10 +296,7 @@ fn clean_title(title: Option<&str>) -> Result<Option<String>, DomainError> {
     match title.map(str::trim) {
         None | Some("") => Ok(None),
         Some(t) if t.chars().count() > 100 || t.chars().any(char::is_control) => {
-            Err(DomainError::invalid(
-                "invalid_title",
-                "title is at most 100 characters, without control characters",
-            ))
+            Err(DomainError::invalid("invalid_title", "title is at most 100 characters, without control characters"))
         }
         Some(t) => Ok(Some(t.to_string())),
     }

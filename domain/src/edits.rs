@@ -16,18 +16,10 @@ const MAX_EMOJI_BYTES: usize = 32;
 
 impl Domain {
     /// A message the caller may see (it belongs to the conversation).
-    pub async fn visible_message(
-        &self,
-        caller: UserId,
-        id: MessageId,
-    ) -> Result<Message, DomainError> {
+    pub async fn visible_message(&self, caller: UserId, id: MessageId) -> Result<Message, DomainError> {
         let not_found = || DomainError::not_found("message_not_found", "no such message");
         let message = self.store().message(id).await?.ok_or_else(not_found)?;
-        if !self
-            .store()
-            .is_member(message.conversation_id, caller)
-            .await?
-        {
+        if !self.store().is_member(message.conversation_id, caller).await? {
             return Err(not_found());
         }
         Ok(message)
@@ -35,12 +27,7 @@ impl Domain {
 
     /// Replaces the text of one of the caller's own messages; the old text is kept.
     #[tracing::instrument(skip_all, fields(user_id = %caller, message_id = %id))]
-    pub async fn edit_message(
-        &self,
-        caller: UserId,
-        id: MessageId,
-        text: &str,
-    ) -> Result<Vec<Outgoing>, DomainError> {
+    pub async fn edit_message(&self, caller: UserId, id: MessageId, text: &str) -> Result<Vec<Outgoing>, DomainError> {
         let message = self.visible_message(caller, id).await?;
         check_own_live(&message, caller)?;
         self.check_text(text)?;
@@ -56,16 +43,8 @@ impl Domain {
             .deliveries
             .iter()
             .map(|(user, seq)| {
-                let shown = if hidden_for.contains(user) {
-                    &hidden
-                } else {
-                    &posted.message
-                };
-                Outgoing::new(
-                    *user,
-                    topics::MSG,
-                    &Event::new(*seq, "message_edited", shown),
-                )
+                let shown = if hidden_for.contains(user) { &hidden } else { &posted.message };
+                Outgoing::new(*user, topics::MSG, &Event::new(*seq, "message_edited", shown))
             })
             .collect())
     }
@@ -82,10 +61,7 @@ impl Domain {
         let message = self.visible_message(caller, id).await?;
         let body = json!({"conversation_id": message.conversation_id, "message_id": id, "seq": message.seq});
         if !for_everyone {
-            let taken = self
-                .store()
-                .hide_message(&message, caller, &body.to_string(), now_ms())
-                .await?;
+            let taken = self.store().hide_message(&message, caller, &body.to_string(), now_ms()).await?;
             return Ok(per_member(&taken, "message_hidden", &body));
         }
         check_own_live(&message, caller)?;
@@ -93,9 +69,7 @@ impl Domain {
             .store()
             .delete_message(id, caller, &body.to_string(), now_ms())
             .await?
-            .ok_or_else(|| {
-                DomainError::conflict("message_deleted", "the message was already deleted")
-            })?;
+            .ok_or_else(|| DomainError::conflict("message_deleted", "the message was already deleted"))?;
         Ok(per_member(&posted.deliveries, "message_deleted", &body))
     }
 
@@ -119,10 +93,7 @@ impl Domain {
         }
         let message = self.visible_message(caller, id).await?;
         if message.deleted {
-            return Err(DomainError::conflict(
-                "message_deleted",
-                "the message was deleted",
-            ));
+            return Err(DomainError::conflict("message_deleted", "the message was deleted"));
         }
         let body = |counts: &BTreeMap<String, i64>| {
             json!({
@@ -131,34 +102,21 @@ impl Domain {
             })
             .to_string()
         };
-        let Some(change) = self
-            .store()
-            .react(&message, caller, emoji, add, now_ms(), body)
-            .await?
-        else {
+        let Some(change) = self.store().react(&message, caller, emoji, add, now_ms(), body).await? else {
             return Ok(Vec::new());
         };
-        let data: serde_json::Value =
-            serde_json::from_str(&body(&change.counts)).unwrap_or_default();
+        let data: serde_json::Value = serde_json::from_str(&body(&change.counts)).unwrap_or_default();
         Ok(per_member(&change.deliveries, "reaction", &data))
     }
 
     /// Earlier texts of a message, for members.
-    pub async fn message_edits(
-        &self,
-        caller: UserId,
-        id: MessageId,
-    ) -> Result<Vec<EditRecord>, DomainError> {
+    pub async fn message_edits(&self, caller: UserId, id: MessageId) -> Result<Vec<EditRecord>, DomainError> {
         self.visible_message(caller, id).await?;
         Ok(self.store().edits_of(id).await?)
     }
 
     /// Who reacted with what, for members.
-    pub async fn message_reactions(
-        &self,
-        caller: UserId,
-        id: MessageId,
-    ) -> Result<Vec<(UserId, String)>, DomainError> {
+    pub async fn message_reactions(&self, caller: UserId, id: MessageId) -> Result<Vec<(UserId, String)>, DomainError> {
         self.visible_message(caller, id).await?;
         Ok(self.store().reactions_of(id).await?)
     }
@@ -166,28 +124,15 @@ impl Domain {
 
 fn check_own_live(message: &Message, caller: UserId) -> Result<(), DomainError> {
     if message.sender_id != caller || message.kind != "text" {
-        return Err(DomainError::forbidden(
-            "not_sender",
-            "only the sender can change this message",
-        ));
+        return Err(DomainError::forbidden("not_sender", "only the sender can change this message"));
     }
     if message.deleted {
-        return Err(DomainError::conflict(
-            "message_deleted",
-            "the message was deleted",
-        ));
+        return Err(DomainError::conflict("message_deleted", "the message was deleted"));
     }
     Ok(())
 }
 
 /// The same event for each member, under that member's own event number.
-fn per_member(
-    deliveries: &[(UserId, i64)],
-    kind: &str,
-    data: &impl serde::Serialize,
-) -> Vec<Outgoing> {
-    deliveries
-        .iter()
-        .map(|(user, seq)| Outgoing::new(*user, topics::MSG, &Event::new(*seq, kind, data)))
-        .collect()
+fn per_member(deliveries: &[(UserId, i64)], kind: &str, data: &impl serde::Serialize) -> Vec<Outgoing> {
+    deliveries.iter().map(|(user, seq)| Outgoing::new(*user, topics::MSG, &Event::new(*seq, kind, data))).collect()
 }

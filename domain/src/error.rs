@@ -24,11 +24,7 @@ pub enum ErrorKind {
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
     #[error("{message}")]
-    Rule {
-        kind: ErrorKind,
-        code: &'static str,
-        message: String,
-    },
+    Rule { kind: ErrorKind, code: &'static str, message: String },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
     #[error("internal failure: {0}")]
@@ -37,43 +33,23 @@ pub enum DomainError {
 
 impl DomainError {
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Rule {
-            kind: ErrorKind::Invalid,
-            code,
-            message: message.into(),
-        }
+        Self::Rule { kind: ErrorKind::Invalid, code, message: message.into() }
     }
 
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Rule {
-            kind: ErrorKind::Unauthorized,
-            code,
-            message: message.into(),
-        }
+        Self::Rule { kind: ErrorKind::Unauthorized, code, message: message.into() }
     }
 
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Rule {
-            kind: ErrorKind::Forbidden,
-            code,
-            message: message.into(),
-        }
+        Self::Rule { kind: ErrorKind::Forbidden, code, message: message.into() }
     }
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Rule {
-            kind: ErrorKind::NotFound,
-            code,
-            message: message.into(),
-        }
+        Self::Rule { kind: ErrorKind::NotFound, code, message: message.into() }
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Rule {
-            kind: ErrorKind::Conflict,
-            code,
-            message: message.into(),
-        }
+        Self::Rule { kind: ErrorKind::Conflict, code, message: message.into() }
     }
 
     pub fn kind(&self) -> ErrorKind {

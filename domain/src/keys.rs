@@ -10,12 +10,9 @@ use rand::RngCore;
 /// Reads the base64 key in `path`, or creates it with 64 random bytes (mode 0600).
 pub fn load_or_create_signing_key(path: &Path) -> std::io::Result<Vec<u8>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => STANDARD.decode(text.trim()).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        }),
+        Ok(text) => STANDARD
+            .decode(text.trim())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = vec![0u8; 64];
             rand::rngs::OsRng.fill_bytes(&mut key);

@@ -8,9 +8,11 @@ mod edits;
 mod error;
 mod keys;
 mod messaging;
+mod presence;
 mod receipts;
 mod sync;
 mod tokens;
+mod typing;
 
 use std::sync::Arc;
 
@@ -22,8 +24,8 @@ pub use messaging::{message_outgoing, HistoryQuery, MAX_CLIENT_ID_LEN};
 pub use parley_store::EditRecord;
 pub use parley_store::UserRecord as StoreUser;
 pub use parley_store::{
-    ConversationCursor, ConversationRecord, ConversationSummary, MemberRecord, MessagePage, Posted,
-    Store, StoreError, Stored,
+    ConversationCursor, ConversationRecord, ConversationSummary, MemberRecord, MessagePage, Posted, Store, StoreError,
+    Stored,
 };
 pub use sync::MAX_SYNC_GAP;
 pub use tokens::{AccessClaims, TokenError, TokenSettings, Tokens};
@@ -36,9 +38,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_text_chars: 4000,
-        }
+        Self { max_text_chars: 4000 }
     }
 }
 
@@ -52,17 +52,12 @@ struct Inner {
     store: Store,
     tokens: Tokens,
     limits: Limits,
+    typing: typing::TypingThrottle,
 }
 
 impl Domain {
     pub fn new(store: Store, tokens: Tokens, limits: Limits) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                store,
-                tokens,
-                limits,
-            }),
-        }
+        Self { inner: Arc::new(Inner { store, tokens, limits, typing: Default::default() }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -75,6 +70,10 @@ impl Domain {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    pub(crate) fn typing_throttle(&self) -> &typing::TypingThrottle {
+        &self.inner.typing
     }
 }
 

@@ -2,8 +2,7 @@
 //! devices are told, and how history pages.
 
 use parley_store::{
-    ConversationCursor, ConversationSummary, MessagePage, MessageRange, NewMessage, Posted,
-    StoreError, Stored, Target,
+    ConversationCursor, ConversationSummary, MessagePage, MessageRange, NewMessage, Posted, StoreError, Stored, Target,
 };
 use parley_wire::payloads::{Event, Outgoing, SendMessage};
 use parley_wire::{topics, ConversationId, UserId};
@@ -28,11 +27,7 @@ impl Domain {
     /// Stores a message from `sender` exactly once. A retry with the same client id
     /// returns the message stored the first time, unchanged.
     #[tracing::instrument(skip_all, fields(user_id = %sender))]
-    pub async fn send_message(
-        &self,
-        sender: UserId,
-        msg: SendMessage,
-    ) -> Result<Stored<Posted>, DomainError> {
+    pub async fn send_message(&self, sender: UserId, msg: SendMessage) -> Result<Stored<Posted>, DomainError> {
         check_client_id(&msg.id)?;
         // A retry is answered before anything else is re-checked: the first attempt passed.
         if let Some(existing) = self.store().message_by_client_id(sender, &msg.id).await? {
@@ -40,17 +35,11 @@ impl Domain {
         }
         let target = match (msg.to, msg.conversation_id) {
             (Some(to), None) if to == sender => {
-                return Err(DomainError::invalid(
-                    "invalid_recipient",
-                    "a message cannot be sent to oneself",
-                ))
+                return Err(DomainError::invalid("invalid_recipient", "a message cannot be sent to oneself"))
             }
             (Some(to), None) => {
                 if !self.store().user_exists(to).await? {
-                    return Err(DomainError::not_found(
-                        "unknown_recipient",
-                        "no such recipient",
-                    ));
+                    return Err(DomainError::not_found("unknown_recipient", "no such recipient"));
                 }
                 Target::Direct(to)
             }
@@ -97,14 +86,13 @@ impl Domain {
     async fn post(&self, new: NewMessage) -> Result<Stored<Posted>, DomainError> {
         match self.store().store_message(&new).await {
             Ok(stored) => Ok(stored),
-            Err(StoreError::MissingReference) => Err(DomainError::not_found(
-                "unknown_recipient",
-                "no such recipient",
-            )),
-            Err(StoreError::NotMember) => Err(DomainError::not_found(
-                "conversation_not_found",
-                "no such conversation, or not a member",
-            )),
+            Err(StoreError::MissingReference) => Err(DomainError::not_found("unknown_recipient", "no such recipient")),
+            Err(StoreError::NotMember) => {
+                Err(DomainError::not_found("conversation_not_found", "no such conversation, or not a member"))
+            }
+            Err(StoreError::InvalidReply) => {
+                Err(DomainError::invalid("invalid_reply", "reply_to is not a message of this conversation"))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -115,19 +103,13 @@ impl Domain {
         }
         let max = self.limits().max_text_chars;
         if text.chars().count() > max {
-            return Err(DomainError::invalid(
-                "text_too_long",
-                format!("text is longer than {max} characters"),
-            ));
+            return Err(DomainError::invalid("text_too_long", format!("text is longer than {max} characters")));
         }
         Ok(())
     }
 
     /// Who belongs to a conversation.
-    pub async fn conversation_members(
-        &self,
-        conversation: ConversationId,
-    ) -> Result<Vec<UserId>, DomainError> {
+    pub async fn conversation_members(&self, conversation: ConversationId) -> Result<Vec<UserId>, DomainError> {
         Ok(self.store().members_of(conversation).await?)
     }
 
@@ -153,10 +135,7 @@ impl Domain {
         self.require_member(conversation, user).await?;
         for bound in [query.before, query.after].into_iter().flatten() {
             if bound < 0 {
-                return Err(DomainError::invalid(
-                    "invalid_cursor",
-                    "before and after are sequence numbers ≥ 0",
-                ));
+                return Err(DomainError::invalid("invalid_cursor", "before and after are sequence numbers ≥ 0"));
             }
         }
         let range = MessageRange {
@@ -186,19 +165,11 @@ impl Domain {
 pub fn message_outgoing(posted: &Posted, ack_to: Option<UserId>) -> Vec<Outgoing> {
     let mut out = Vec::with_capacity(posted.deliveries.len() + 1);
     if let Some(sender) = ack_to {
-        let own = posted
-            .deliveries
-            .iter()
-            .find(|(u, _)| *u == sender)
-            .map_or(0, |(_, seq)| *seq);
+        let own = posted.deliveries.iter().find(|(u, _)| *u == sender).map_or(0, |(_, seq)| *seq);
         out.push(Outgoing::new(sender, topics::ACK, &posted.message.ack(own)));
     }
     for (user, event_seq) in &posted.deliveries {
-        out.push(Outgoing::new(
-            *user,
-            topics::MSG,
-            &Event::new(*event_seq, "message", &posted.message),
-        ));
+        out.push(Outgoing::new(*user, topics::MSG, &Event::new(*event_seq, "message", &posted.message)));
     }
     out
 }

@@ -17,17 +17,9 @@ impl Domain {
     /// older than what is kept, more than [`MAX_SYNC_GAP`] behind, or a number the
     /// user never had.
     #[tracing::instrument(skip_all, fields(user_id = %user))]
-    pub async fn sync(
-        &self,
-        user: UserId,
-        after: i64,
-        limit: Option<u32>,
-    ) -> Result<SyncAnswer, DomainError> {
+    pub async fn sync(&self, user: UserId, after: i64, limit: Option<u32>) -> Result<SyncAnswer, DomainError> {
         if after < 0 {
-            return Err(DomainError::invalid(
-                "invalid_cursor",
-                "after is an event number ≥ 0",
-            ));
+            return Err(DomainError::invalid("invalid_cursor", "after is an event number ≥ 0"));
         }
         let limit = limit.unwrap_or(DEFAULT_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE);
         let page = self.store().events_after(user, after, limit).await?;
@@ -47,11 +39,7 @@ impl Domain {
                 (Some(message), _) => Event::new(e.seq, &e.kind, message),
                 (None, "message") => {
                     // The message itself was purged; the number stays so there is no gap.
-                    Event::new(
-                        e.seq,
-                        "message_purged",
-                        &serde_json::json!({ "conversation_id": e.conversation_id }),
-                    )
+                    Event::new(e.seq, "message_purged", &serde_json::json!({ "conversation_id": e.conversation_id }))
                 }
                 (None, _) => {
                     let data: serde_json::Value = serde_json::from_str(&e.body).unwrap_or_default();
@@ -61,12 +49,6 @@ impl Domain {
             events.push(event);
         }
         let has_more = events.last().is_some_and(|e| e.event_seq < page.last_seq);
-        Ok(SyncAnswer {
-            id: None,
-            events,
-            last_seq: page.last_seq,
-            has_more,
-            reset: false,
-        })
+        Ok(SyncAnswer { id: None, events, last_seq: page.last_seq, has_more, reset: false })
     }
 }

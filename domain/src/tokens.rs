@@ -67,12 +67,7 @@ impl Tokens {
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Self {
-            encoding: EncodingKey::from_secret(key),
-            decoding: DecodingKey::from_secret(key),
-            validation,
-            settings,
-        }
+        Self { encoding: EncodingKey::from_secret(key), decoding: DecodingKey::from_secret(key), validation, settings }
     }
 
     pub fn settings(&self) -> &TokenSettings {
@@ -141,9 +136,7 @@ mod tests {
     fn a_fresh_token_names_its_user() {
         let tokens = Tokens::new(b"key-one-key-one-key-one-key-one!", settings());
         let user = UserId::new();
-        let claims = tokens
-            .verify_access(&tokens.issue_access(user, now()))
-            .expect("valid");
+        let claims = tokens.verify_access(&tokens.issue_access(user, now())).expect("valid");
         assert_eq!(claims.user(), Ok(user));
         assert_eq!(claims.exp - claims.iat, 900);
     }
@@ -167,24 +160,9 @@ mod tests {
     fn tokens_for_another_audience_or_issuer_are_refused() {
         let key = b"key-one-key-one-key-one-key-one!";
         let ours = Tokens::new(key, settings());
-        let other_aud = Tokens::new(
-            key,
-            TokenSettings {
-                audience: "other".into(),
-                ..settings()
-            },
-        );
-        let other_iss = Tokens::new(
-            key,
-            TokenSettings {
-                issuer: "other".into(),
-                ..settings()
-            },
-        );
-        for token in [
-            other_aud.issue_access(UserId::new(), now()),
-            other_iss.issue_access(UserId::new(), now()),
-        ] {
+        let other_aud = Tokens::new(key, TokenSettings { audience: "other".into(), ..settings() });
+        let other_iss = Tokens::new(key, TokenSettings { issuer: "other".into(), ..settings() });
+        for token in [other_aud.issue_access(UserId::new(), now()), other_iss.issue_access(UserId::new(), now())] {
             assert_eq!(ours.verify_access(&token), Err(TokenError::Invalid));
         }
     }
@@ -194,11 +172,8 @@ mod tests {
         let tokens = Tokens::new(b"key-one-key-one-key-one-key-one!", settings());
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(
-            format!(
-                r#"{{"sub":"{}","iss":"parley","aud":"parley","iat":0,"exp":9999999999}}"#,
-                UserId::new()
-            )
-            .as_bytes(),
+            format!(r#"{{"sub":"{}","iss":"parley","aud":"parley","iat":0,"exp":9999999999}}"#, UserId::new())
+                .as_bytes(),
         );
         let unsigned = format!("{header}.{body}.");
         assert!(tokens.verify_access(&unsigned).is_err());

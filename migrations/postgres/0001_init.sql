@@ -11,6 +11,10 @@ CREATE TABLE users (
     password_hash  TEXT NOT NULL,
     -- Sequence number of the newest event in this user's log.
     last_event_seq BIGINT NOT NULL DEFAULT 0,
+    -- When the user's last device went away (presence).
+    last_seen_at   BIGINT,
+    -- The app said "away" while connected.
+    away           BOOLEAN NOT NULL DEFAULT FALSE,
     created_at     BIGINT NOT NULL,
     CHECK (username IS NOT NULL OR email IS NOT NULL OR phone IS NOT NULL)
 );
@@ -111,3 +115,13 @@ CREATE TABLE user_events (
     PRIMARY KEY (user_id, seq)
 );
 CREATE INDEX user_events_by_message ON user_events(message_id) WHERE message_id IS NOT NULL;
+
+-- Connected devices per user and gate; a user is online while any count is > 0.
+-- Each gate resets its own rows when it starts, so a crashed gate leaves nobody online.
+CREATE TABLE user_presence (
+    user_id    UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    gate_id    TEXT NOT NULL,
+    devices    BIGINT NOT NULL CHECK (devices >= 0),
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (user_id, gate_id)
+);

@@ -59,8 +59,7 @@ pub struct NewGroup {
     pub now_ms: i64,
 }
 
-const CONVERSATION_COLUMNS: &str =
-    "c.id, c.kind, c.title, c.audience, c.context_type, c.context_id, c.created_by, \
+const CONVERSATION_COLUMNS: &str = "c.id, c.kind, c.title, c.audience, c.context_type, c.context_id, c.created_by, \
      c.last_seq, COALESCE(c.last_message_at, c.created_at) AS activity, c.created_at";
 
 macro_rules! conversation_from_row {
@@ -107,29 +106,15 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::classify(e, &[]))?;
-            let mut insert = QueryBuilder::new(
-                "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at) ",
-            );
+            let mut insert =
+                QueryBuilder::new("INSERT INTO conversation_members (conversation_id, user_id, role, joined_at) ");
             let everyone: Vec<(UserId, &str)> = std::iter::once((group.creator, "owner"))
-                .chain(
-                    group
-                        .members
-                        .iter()
-                        .filter(|m| **m != group.creator)
-                        .map(|m| (*m, "member")),
-                )
+                .chain(group.members.iter().filter(|m| **m != group.creator).map(|m| (*m, "member")))
                 .collect();
             insert.push_values(&everyone, |mut row, (user, role)| {
-                row.push_bind(group.id.0)
-                    .push_bind(user.0)
-                    .push_bind(*role)
-                    .push_bind(group.now_ms);
+                row.push_bind(group.id.0).push_bind(user.0).push_bind(*role).push_bind(group.now_ms);
             });
-            insert
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::classify(e, &[]))?;
+            insert.build().execute(&mut *tx).await.map_err(|e| StoreError::classify(e, &[]))?;
             tx.commit().await?;
             Ok(())
         })
@@ -137,12 +122,7 @@ impl Store {
 
     /// The 1:1 conversation between `a` and `b`, created (empty) if needed.
     #[tracing::instrument(skip_all)]
-    pub async fn ensure_direct(
-        &self,
-        a: UserId,
-        b: UserId,
-        now_ms: i64,
-    ) -> Result<ConversationId, StoreError> {
+    pub async fn ensure_direct(&self, a: UserId, b: UserId, now_ms: i64) -> Result<ConversationId, StoreError> {
         let key = direct_key(a, b);
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
@@ -185,10 +165,7 @@ impl Store {
 
     /// A conversation's fields.
     #[tracing::instrument(skip_all)]
-    pub async fn get_conversation(
-        &self,
-        id: ConversationId,
-    ) -> Result<Option<ConversationRecord>, StoreError> {
+    pub async fn get_conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
         let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = $1");
         on_pool!(self, |pool| {
             let row = sqlx::query(&sql).bind(id.0).fetch_optional(pool).await?;
@@ -201,11 +178,7 @@ impl Store {
 
     /// Sets a group's title.
     #[tracing::instrument(skip_all)]
-    pub async fn rename_conversation(
-        &self,
-        id: ConversationId,
-        title: Option<&str>,
-    ) -> Result<(), StoreError> {
+    pub async fn rename_conversation(&self, id: ConversationId, title: Option<&str>) -> Result<(), StoreError> {
         on_pool!(self, |pool| {
             sqlx::query("UPDATE conversations SET title = $2 WHERE id = $1")
                 .bind(id.0)

@@ -42,7 +42,8 @@ macro_rules! append_events {
         let users: &[parley_wire::UserId] = $users;
         let mut taken: Vec<(parley_wire::UserId, i64)> = Vec::with_capacity(users.len());
         if !users.is_empty() {
-            let mut bump = sqlx::QueryBuilder::new("UPDATE users SET last_event_seq = last_event_seq + 1 WHERE id IN (");
+            let mut bump =
+                sqlx::QueryBuilder::new("UPDATE users SET last_event_seq = last_event_seq + 1 WHERE id IN (");
             let mut ids = bump.separated(", ");
             for u in users {
                 ids.push_bind(u.0);
@@ -82,15 +83,12 @@ pub(crate) use append_events;
 macro_rules! members_in_tx {
     ($tx:expr, $conversation:expr) => {{
         let mut members: Vec<parley_wire::UserId> = Vec::new();
-        for row in
-            sqlx::query("SELECT user_id FROM conversation_members WHERE conversation_id = $1")
-                .bind($conversation)
-                .fetch_all(&mut *$tx)
-                .await?
+        for row in sqlx::query("SELECT user_id FROM conversation_members WHERE conversation_id = $1")
+            .bind($conversation)
+            .fetch_all(&mut *$tx)
+            .await?
         {
-            members.push(parley_wire::UserId(sqlx::Row::try_get::<uuid::Uuid, _>(
-                &row, "user_id",
-            )?));
+            members.push(parley_wire::UserId(sqlx::Row::try_get::<uuid::Uuid, _>(&row, "user_id")?));
         }
         members
     }};
@@ -110,15 +108,7 @@ impl Store {
     ) -> Result<Vec<(UserId, i64)>, StoreError> {
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let taken = append_events!(
-                tx,
-                users,
-                kind,
-                conversation.map(|c| c.0),
-                None,
-                body,
-                now_ms
-            );
+            let taken = append_events!(tx, users, kind, conversation.map(|c| c.0), None, body, now_ms);
             tx.commit().await?;
             Ok(taken)
         })
@@ -126,12 +116,7 @@ impl Store {
 
     /// Up to `limit` events of `user` with numbers above `after`, oldest first.
     #[tracing::instrument(skip_all)]
-    pub async fn events_after(
-        &self,
-        user: UserId,
-        after: i64,
-        limit: u32,
-    ) -> Result<EventPage, StoreError> {
+    pub async fn events_after(&self, user: UserId, after: i64, limit: u32) -> Result<EventPage, StoreError> {
         let sql = concat!(
             "SELECT e.seq, e.kind, e.conversation_id, e.body, h.user_id AS hidden_for, ",
             message_columns!("m", "m_"),
@@ -143,12 +128,7 @@ impl Store {
                              COALESCE((SELECT MIN(seq) FROM user_events WHERE user_id = $1), 0) AS oldest_seq \
                       FROM users u WHERE u.id = $1";
         let mut page = on_pool!(self, |pool| {
-            let rows = sqlx::query(sql)
-                .bind(user.0)
-                .bind(after)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?;
+            let rows = sqlx::query(sql).bind(user.0).bind(after).bind(i64::from(limit)).fetch_all(pool).await?;
             let mut events = Vec::with_capacity(rows.len());
             for row in rows {
                 let message = match row.try_get::<Option<Uuid>, _>("m_id")? {
@@ -164,39 +144,21 @@ impl Store {
                 events.push(EventRecord {
                     seq: row.try_get("seq")?,
                     kind: row.try_get("kind")?,
-                    conversation_id: row
-                        .try_get::<Option<Uuid>, _>("conversation_id")?
-                        .map(ConversationId),
+                    conversation_id: row.try_get::<Option<Uuid>, _>("conversation_id")?.map(ConversationId),
                     body: row.try_get("body")?,
                     message,
                 });
             }
-            let bounds = sqlx::query(bounds)
-                .bind(user.0)
-                .fetch_optional(pool)
-                .await?;
+            let bounds = sqlx::query(bounds).bind(user.0).fetch_optional(pool).await?;
             let (last_seq, oldest_seq) = match bounds {
                 Some(b) => (b.try_get("last_seq")?, b.try_get("oldest_seq")?),
                 None => (0, 0),
             };
-            EventPage {
-                events,
-                last_seq,
-                oldest_seq,
-            }
+            EventPage { events, last_seq, oldest_seq }
         });
-        let mut messages: Vec<Message> = page
-            .events
-            .iter()
-            .filter_map(|e| e.message.clone())
-            .collect();
+        let mut messages: Vec<Message> = page.events.iter().filter_map(|e| e.message.clone()).collect();
         self.count_reactions(&mut messages).await?;
-        for (event, counted) in page
-            .events
-            .iter_mut()
-            .filter(|e| e.message.is_some())
-            .zip(messages)
-        {
+        for (event, counted) in page.events.iter_mut().filter(|e| e.message.is_some()).zip(messages) {
             event.message = Some(counted);
         }
         Ok(page)
@@ -206,10 +168,8 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn delete_events_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
         on_pool!(self, |pool| {
-            let done = sqlx::query("DELETE FROM user_events WHERE created_at < $1")
-                .bind(cutoff_ms)
-                .execute(pool)
-                .await?;
+            let done =
+                sqlx::query("DELETE FROM user_events WHERE created_at < $1").bind(cutoff_ms).execute(pool).await?;
             Ok(done.rows_affected())
         })
     }

@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod members;
 mod messages;
+mod presence;
 mod reactions;
 mod tokens;
 mod users;
@@ -23,6 +24,7 @@ pub use error::StoreError;
 pub use events::{EventPage, EventRecord};
 pub use members::MemberRecord;
 pub use messages::{hide, MessagePage, MessageRange, NewMessage, Posted, Stored, Target};
+pub use presence::PresenceRecord;
 pub use reactions::{Change, EditRecord};
 pub use users::{NewUser, UserRecord};
 

@@ -20,8 +20,7 @@ pub struct MemberRecord {
     pub last_read_seq: i64,
 }
 
-const MEMBER_COLUMNS: &str =
-    "conversation_id, user_id, role, joined_at, last_delivered_seq, last_read_seq";
+const MEMBER_COLUMNS: &str = "conversation_id, user_id, role, joined_at, last_delivered_seq, last_read_seq";
 
 macro_rules! member_from_row {
     ($row:expr) => {
@@ -38,28 +37,17 @@ macro_rules! member_from_row {
 impl Store {
     /// Whether `user` is a member of `conversation`.
     #[tracing::instrument(skip_all)]
-    pub async fn is_member(
-        &self,
-        conversation: ConversationId,
-        user: UserId,
-    ) -> Result<bool, StoreError> {
+    pub async fn is_member(&self, conversation: ConversationId, user: UserId) -> Result<bool, StoreError> {
         Ok(self.member(conversation, user).await?.is_some())
     }
 
     /// `user`'s membership of `conversation`, if any.
     #[tracing::instrument(skip_all)]
-    pub async fn member(
-        &self,
-        conversation: ConversationId,
-        user: UserId,
-    ) -> Result<Option<MemberRecord>, StoreError> {
-        let sql = format!("SELECT {MEMBER_COLUMNS} FROM conversation_members WHERE conversation_id = $1 AND user_id = $2");
+    pub async fn member(&self, conversation: ConversationId, user: UserId) -> Result<Option<MemberRecord>, StoreError> {
+        let sql =
+            format!("SELECT {MEMBER_COLUMNS} FROM conversation_members WHERE conversation_id = $1 AND user_id = $2");
         on_pool!(self, |pool| {
-            let row = sqlx::query(&sql)
-                .bind(conversation.0)
-                .bind(user.0)
-                .fetch_optional(pool)
-                .await?;
+            let row = sqlx::query(&sql).bind(conversation.0).bind(user.0).fetch_optional(pool).await?;
             Ok(match row {
                 Some(row) => Some(member_from_row!(row)),
                 None => None,
@@ -69,30 +57,14 @@ impl Store {
 
     /// The members of `conversation`, oldest first.
     #[tracing::instrument(skip_all)]
-    pub async fn members(
-        &self,
-        conversation: ConversationId,
-    ) -> Result<Vec<MemberRecord>, StoreError> {
-        Ok(self
-            .members_of_many(&[conversation])
-            .await?
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect())
+    pub async fn members(&self, conversation: ConversationId) -> Result<Vec<MemberRecord>, StoreError> {
+        Ok(self.members_of_many(&[conversation]).await?.into_iter().map(|(_, m)| m).collect())
     }
 
     /// The user ids of the members of `conversation`, oldest first.
     #[tracing::instrument(skip_all)]
-    pub async fn members_of(
-        &self,
-        conversation: ConversationId,
-    ) -> Result<Vec<UserId>, StoreError> {
-        Ok(self
-            .members(conversation)
-            .await?
-            .into_iter()
-            .map(|m| m.user_id)
-            .collect())
+    pub async fn members_of(&self, conversation: ConversationId) -> Result<Vec<UserId>, StoreError> {
+        Ok(self.members(conversation).await?.into_iter().map(|m| m.user_id).collect())
     }
 
     /// The members of several conversations at once, oldest first within each.
@@ -115,10 +87,7 @@ impl Store {
             let rows = query.build().fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
-                out.push((
-                    ConversationId(row.try_get::<Uuid, _>("conversation_id")?),
-                    member_from_row!(row),
-                ));
+                out.push((ConversationId(row.try_get::<Uuid, _>("conversation_id")?), member_from_row!(row)));
             }
             Ok(out)
         })
@@ -151,19 +120,13 @@ impl Store {
 
     /// Removes `user`; false if not a member.
     #[tracing::instrument(skip_all)]
-    pub async fn remove_member(
-        &self,
-        conversation: ConversationId,
-        user: UserId,
-    ) -> Result<bool, StoreError> {
+    pub async fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<bool, StoreError> {
         on_pool!(self, |pool| {
-            let done = sqlx::query(
-                "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
-            )
-            .bind(conversation.0)
-            .bind(user.0)
-            .execute(pool)
-            .await?;
+            let done = sqlx::query("DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2")
+                .bind(conversation.0)
+                .bind(user.0)
+                .execute(pool)
+                .await?;
             Ok(done.rows_affected() == 1)
         })
     }
@@ -177,12 +140,13 @@ impl Store {
         role: &str,
     ) -> Result<bool, StoreError> {
         on_pool!(self, |pool| {
-            let done = sqlx::query("UPDATE conversation_members SET role = $3 WHERE conversation_id = $1 AND user_id = $2")
-                .bind(conversation.0)
-                .bind(user.0)
-                .bind(role)
-                .execute(pool)
-                .await?;
+            let done =
+                sqlx::query("UPDATE conversation_members SET role = $3 WHERE conversation_id = $1 AND user_id = $2")
+                    .bind(conversation.0)
+                    .bind(user.0)
+                    .bind(role)
+                    .execute(pool)
+                    .await?;
             Ok(done.rows_affected() == 1)
         })
     }
@@ -224,21 +188,15 @@ impl Store {
                 .execute(pool)
                 .await?;
         });
-        let after = self
-            .member(conversation, user)
-            .await?
-            .ok_or(StoreError::NotMember)?;
-        let moved = after.last_delivered_seq != before.last_delivered_seq
-            || after.last_read_seq != before.last_read_seq;
+        let after = self.member(conversation, user).await?.ok_or(StoreError::NotMember)?;
+        let moved =
+            after.last_delivered_seq != before.last_delivered_seq || after.last_read_seq != before.last_read_seq;
         Ok(Some((after, moved)))
     }
 
     /// `user`'s unread count in every conversation it belongs to.
     #[tracing::instrument(skip_all)]
-    pub async fn unread_counts_for(
-        &self,
-        user: UserId,
-    ) -> Result<Vec<(ConversationId, i64)>, StoreError> {
+    pub async fn unread_counts_for(&self, user: UserId) -> Result<Vec<(ConversationId, i64)>, StoreError> {
         let sql = "SELECT cm.conversation_id, \
                           (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = cm.conversation_id \
                              AND m.seq > cm.last_read_seq AND m.sender_id <> cm.user_id) AS unread \

@@ -135,29 +135,21 @@ macro_rules! message_from_row {
     };
     ($row:expr, $p:literal) => {
         parley_wire::payloads::Message {
-            id: parley_wire::MessageId(sqlx::Row::try_get::<uuid::Uuid, _>(
-                &$row,
-                concat!($p, "id"),
-            )?),
+            id: parley_wire::MessageId(sqlx::Row::try_get::<uuid::Uuid, _>(&$row, concat!($p, "id"))?),
             conversation_id: parley_wire::ConversationId(sqlx::Row::try_get::<uuid::Uuid, _>(
                 &$row,
                 concat!($p, "conversation_id"),
             )?),
             seq: sqlx::Row::try_get(&$row, concat!($p, "seq"))?,
-            sender_id: parley_wire::UserId(sqlx::Row::try_get::<uuid::Uuid, _>(
-                &$row,
-                concat!($p, "sender_id"),
-            )?),
+            sender_id: parley_wire::UserId(sqlx::Row::try_get::<uuid::Uuid, _>(&$row, concat!($p, "sender_id"))?),
             client_id: sqlx::Row::try_get(&$row, concat!($p, "client_id"))?,
             kind: sqlx::Row::try_get(&$row, concat!($p, "kind"))?,
             text: sqlx::Row::try_get(&$row, concat!($p, "body"))?,
             sent_at: $crate::time_from_ms(sqlx::Row::try_get(&$row, concat!($p, "created_at"))?),
             reply_to: sqlx::Row::try_get::<Option<uuid::Uuid>, _>(&$row, concat!($p, "reply_to"))?
                 .map(parley_wire::MessageId),
-            edited_at: sqlx::Row::try_get::<Option<i64>, _>(&$row, concat!($p, "edited_at"))?
-                .map($crate::time_from_ms),
-            deleted: sqlx::Row::try_get::<Option<i64>, _>(&$row, concat!($p, "deleted_at"))?
-                .is_some(),
+            edited_at: sqlx::Row::try_get::<Option<i64>, _>(&$row, concat!($p, "edited_at"))?.map($crate::time_from_ms),
+            deleted: sqlx::Row::try_get::<Option<i64>, _>(&$row, concat!($p, "deleted_at"))?.is_some(),
             reactions: std::collections::BTreeMap::new(),
         }
     };
@@ -223,37 +215,39 @@ impl Store {
             };
             // Taking the sequence number first locks the conversation row (PostgreSQL)
             // or the database (SQLite) before the duplicate check, so retries cannot race.
-            let row =
-                match &key {
-                    ConversationKey::Direct(k) => sqlx::query(
+            let row = match &key {
+                ConversationKey::Direct(k) => {
+                    sqlx::query(
                         "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = $2 \
                      WHERE direct_key = $1 RETURNING id, last_seq",
                     )
                     .bind(k)
                     .bind(msg.now_ms)
                     .fetch_optional(&mut *tx)
-                    .await?,
-                    ConversationKey::Id(id) => sqlx::query(
+                    .await?
+                }
+                ConversationKey::Id(id) => {
+                    sqlx::query(
                         "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = $2 \
                      WHERE id = $1 RETURNING id, last_seq",
                     )
                     .bind(*id)
                     .bind(msg.now_ms)
                     .fetch_optional(&mut *tx)
-                    .await?,
-                };
+                    .await?
+                }
+            };
             let Some(row) = row else {
                 return Err(StoreError::NotMember);
             };
             let conversation_id = ConversationId(row.try_get::<Uuid, _>("id")?);
             let seq: i64 = row.try_get("last_seq")?;
-            let existing = sqlx::query(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND client_id = $2"
-            ))
-            .bind(msg.sender.0)
-            .bind(&msg.client_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let existing =
+                sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND client_id = $2"))
+                    .bind(msg.sender.0)
+                    .bind(&msg.client_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if let Some(row) = existing {
                 let found = message_from_row!(row);
                 tx.rollback().await?;
@@ -271,12 +265,11 @@ impl Store {
                 return Err(StoreError::NotMember);
             }
             if let Some(reply_to) = msg.reply_to {
-                let same =
-                    sqlx::query("SELECT 1 FROM messages WHERE id = $1 AND conversation_id = $2")
-                        .bind(reply_to.0)
-                        .bind(conversation_id.0)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                let same = sqlx::query("SELECT 1 FROM messages WHERE id = $1 AND conversation_id = $2")
+                    .bind(reply_to.0)
+                    .bind(conversation_id.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 if same.is_none() {
                     return Err(StoreError::InvalidReply);
                 }
@@ -310,15 +303,8 @@ impl Store {
                 }
                 Err(e) => return Err(StoreError::Database(e)),
             }
-            let deliveries = append_events!(
-                tx,
-                &members,
-                "message",
-                Some(conversation_id.0),
-                Some(message_id.0),
-                "{}",
-                msg.now_ms
-            );
+            let deliveries =
+                append_events!(tx, &members, "message", Some(conversation_id.0), Some(message_id.0), "{}", msg.now_ms);
             tx.commit().await?;
             let message = Message {
                 id: message_id,
@@ -334,10 +320,7 @@ impl Store {
                 deleted: false,
                 reactions: Default::default(),
             };
-            Ok(Stored::New(Posted {
-                message,
-                deliveries,
-            }))
+            Ok(Stored::New(Posted { message, deliveries }))
         });
         result
     }
@@ -345,43 +328,25 @@ impl Store {
     /// A stored message with the event numbers it took when it was first stored.
     pub async fn posted(&self, message: Message) -> Result<Posted, StoreError> {
         let deliveries = on_pool!(self, |pool| {
-            let rows = sqlx::query(
-                "SELECT user_id, seq FROM user_events WHERE message_id = $1 AND kind = 'message'",
-            )
-            .bind(message.id.0)
-            .fetch_all(pool)
-            .await?;
+            let rows = sqlx::query("SELECT user_id, seq FROM user_events WHERE message_id = $1 AND kind = 'message'")
+                .bind(message.id.0)
+                .fetch_all(pool)
+                .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
-                out.push((
-                    UserId(row.try_get::<Uuid, _>("user_id")?),
-                    row.try_get::<i64, _>("seq")?,
-                ));
+                out.push((UserId(row.try_get::<Uuid, _>("user_id")?), row.try_get::<i64, _>("seq")?));
             }
             out
         });
-        Ok(Posted {
-            message,
-            deliveries,
-        })
+        Ok(Posted { message, deliveries })
     }
 
     /// The message `sender` stored under its own `client_id`.
     #[tracing::instrument(skip_all)]
-    pub async fn message_by_client_id(
-        &self,
-        sender: UserId,
-        client_id: &str,
-    ) -> Result<Option<Message>, StoreError> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND client_id = $2"
-        );
+    pub async fn message_by_client_id(&self, sender: UserId, client_id: &str) -> Result<Option<Message>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND client_id = $2");
         on_pool!(self, |pool| {
-            let row = sqlx::query(&sql)
-                .bind(sender.0)
-                .bind(client_id)
-                .fetch_optional(pool)
-                .await?;
+            let row = sqlx::query(&sql).bind(sender.0).bind(client_id).fetch_optional(pool).await?;
             Ok(match row {
                 Some(row) => Some(message_from_row!(row)),
                 None => None,
@@ -453,9 +418,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn count_messages(&self) -> Result<i64, StoreError> {
         on_pool!(self, |pool| {
-            let row = sqlx::query("SELECT COUNT(*) AS n FROM messages")
-                .fetch_one(pool)
-                .await?;
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM messages").fetch_one(pool).await?;
             Ok(row.try_get::<i64, _>("n")?)
         })
     }

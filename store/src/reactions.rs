@@ -54,34 +54,16 @@ impl Store {
         );
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            sqlx::query(&keep)
-                .bind(id.0)
-                .bind(sender.0)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-            let row = sqlx::query(&update)
-                .bind(id.0)
-                .bind(sender.0)
-                .bind(text)
-                .bind(now_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
+            sqlx::query(&keep).bind(id.0).bind(sender.0).bind(now_ms).execute(&mut *tx).await?;
+            let row =
+                sqlx::query(&update).bind(id.0).bind(sender.0).bind(text).bind(now_ms).fetch_optional(&mut *tx).await?;
             let Some(row) = row else {
                 return Ok(None);
             };
             let message = message_from_row!(row);
             let members = members_in_tx!(tx, message.conversation_id.0);
             let conversation = Some(message.conversation_id.0);
-            let deliveries = append_events!(
-                tx,
-                &members,
-                "message_edited",
-                conversation,
-                Some(id.0),
-                "{}",
-                now_ms
-            );
+            let deliveries = append_events!(tx, &members, "message_edited", conversation, Some(id.0), "{}", now_ms);
             let mut hidden_for = Vec::new();
             for row in sqlx::query("SELECT user_id FROM message_hidden WHERE message_id = $1")
                 .bind(id.0)
@@ -91,13 +73,7 @@ impl Store {
                 hidden_for.push(UserId(row.try_get::<Uuid, _>("user_id")?));
             }
             tx.commit().await?;
-            Ok(Some((
-                Posted {
-                    message,
-                    deliveries,
-                },
-                hidden_for,
-            )))
+            Ok(Some((Posted { message, deliveries }, hidden_for)))
         })
     }
 
@@ -117,39 +93,19 @@ impl Store {
         );
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let Some(row) = sqlx::query(&update)
-                .bind(id.0)
-                .bind(sender.0)
-                .bind(now_ms)
-                .fetch_optional(&mut *tx)
-                .await?
+            let Some(row) =
+                sqlx::query(&update).bind(id.0).bind(sender.0).bind(now_ms).fetch_optional(&mut *tx).await?
             else {
                 return Ok(None);
             };
             let message = message_from_row!(row);
-            sqlx::query("DELETE FROM message_reactions WHERE message_id = $1")
-                .bind(id.0)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM message_edits WHERE message_id = $1")
-                .bind(id.0)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("DELETE FROM message_reactions WHERE message_id = $1").bind(id.0).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM message_edits WHERE message_id = $1").bind(id.0).execute(&mut *tx).await?;
             let members = members_in_tx!(tx, message.conversation_id.0);
-            let deliveries = append_events!(
-                tx,
-                &members,
-                "message_deleted",
-                Some(message.conversation_id.0),
-                None,
-                body,
-                now_ms
-            );
+            let deliveries =
+                append_events!(tx, &members, "message_deleted", Some(message.conversation_id.0), None, body, now_ms);
             tx.commit().await?;
-            Ok(Some(Posted {
-                message,
-                deliveries,
-            }))
+            Ok(Some(Posted { message, deliveries }))
         })
     }
 
@@ -165,23 +121,17 @@ impl Store {
     ) -> Result<Vec<(UserId, i64)>, StoreError> {
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let done = sqlx::query("INSERT INTO message_hidden (message_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(message.id.0)
-                .bind(user.0)
-                .execute(&mut *tx)
-                .await?;
+            let done =
+                sqlx::query("INSERT INTO message_hidden (message_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(message.id.0)
+                    .bind(user.0)
+                    .execute(&mut *tx)
+                    .await?;
             if done.rows_affected() == 0 {
                 return Ok(Vec::new());
             }
-            let taken = append_events!(
-                tx,
-                &[user],
-                "message_hidden",
-                Some(message.conversation_id.0),
-                None,
-                body,
-                now_ms
-            );
+            let taken =
+                append_events!(tx, &[user], "message_hidden", Some(message.conversation_id.0), None, body, now_ms);
             tx.commit().await?;
             Ok(taken)
         })
@@ -222,24 +172,18 @@ impl Store {
                 return Ok(None);
             }
             let mut counts = BTreeMap::new();
-            for row in sqlx::query("SELECT emoji, COUNT(*) AS n FROM message_reactions WHERE message_id = $1 GROUP BY emoji")
-                .bind(message.id.0)
-                .fetch_all(&mut *tx)
-                .await?
+            for row in
+                sqlx::query("SELECT emoji, COUNT(*) AS n FROM message_reactions WHERE message_id = $1 GROUP BY emoji")
+                    .bind(message.id.0)
+                    .fetch_all(&mut *tx)
+                    .await?
             {
                 counts.insert(row.try_get::<String, _>("emoji")?, row.try_get::<i64, _>("n")?);
             }
             let members = members_in_tx!(tx, message.conversation_id.0);
             let body = make_body(&counts);
-            let deliveries = append_events!(
-                tx,
-                &members,
-                "reaction",
-                Some(message.conversation_id.0),
-                None,
-                &body,
-                now_ms
-            );
+            let deliveries =
+                append_events!(tx, &members, "reaction", Some(message.conversation_id.0), None, &body, now_ms);
             tx.commit().await?;
             Ok(Some(Change { deliveries, counts }))
         })
@@ -247,21 +191,17 @@ impl Store {
 
     /// Who reacted to `message` with what, oldest first.
     #[tracing::instrument(skip_all)]
-    pub async fn reactions_of(
-        &self,
-        message: MessageId,
-    ) -> Result<Vec<(UserId, String)>, StoreError> {
+    pub async fn reactions_of(&self, message: MessageId) -> Result<Vec<(UserId, String)>, StoreError> {
         on_pool!(self, |pool| {
-            let rows = sqlx::query("SELECT user_id, emoji FROM message_reactions WHERE message_id = $1 ORDER BY created_at, emoji")
-                .bind(message.0)
-                .fetch_all(pool)
-                .await?;
+            let rows = sqlx::query(
+                "SELECT user_id, emoji FROM message_reactions WHERE message_id = $1 ORDER BY created_at, emoji",
+            )
+            .bind(message.0)
+            .fetch_all(pool)
+            .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
-                out.push((
-                    UserId(row.try_get::<Uuid, _>("user_id")?),
-                    row.try_get("emoji")?,
-                ));
+                out.push((UserId(row.try_get::<Uuid, _>("user_id")?), row.try_get("emoji")?));
             }
             Ok(out)
         })
@@ -271,10 +211,11 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn edits_of(&self, message: MessageId) -> Result<Vec<EditRecord>, StoreError> {
         on_pool!(self, |pool| {
-            let rows = sqlx::query("SELECT body, replaced_at FROM message_edits WHERE message_id = $1 ORDER BY replaced_at")
-                .bind(message.0)
-                .fetch_all(pool)
-                .await?;
+            let rows =
+                sqlx::query("SELECT body, replaced_at FROM message_edits WHERE message_id = $1 ORDER BY replaced_at")
+                    .bind(message.0)
+                    .fetch_all(pool)
+                    .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 out.push(EditRecord {
@@ -288,16 +229,14 @@ impl Store {
 
     /// Fills `reactions` of each message with its counts per emoji.
     pub(crate) async fn count_reactions(&self, messages: &mut [Message]) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = messages
-            .iter()
-            .filter(|m| !m.deleted)
-            .map(|m| m.id.0)
-            .collect();
+        let ids: Vec<Uuid> = messages.iter().filter(|m| !m.deleted).map(|m| m.id.0).collect();
         if ids.is_empty() {
             return Ok(());
         }
         let counts: HashMap<Uuid, BTreeMap<String, i64>> = on_pool!(self, |pool| {
-            let mut query = QueryBuilder::new("SELECT message_id, emoji, COUNT(*) AS n FROM message_reactions WHERE message_id IN (");
+            let mut query = QueryBuilder::new(
+                "SELECT message_id, emoji, COUNT(*) AS n FROM message_reactions WHERE message_id IN (",
+            );
             let mut list = query.separated(", ");
             for id in &ids {
                 list.push_bind(*id);
@@ -305,10 +244,7 @@ impl Store {
             query.push(") GROUP BY message_id, emoji");
             let mut counts: HashMap<Uuid, BTreeMap<String, i64>> = HashMap::new();
             for row in query.build().fetch_all(pool).await? {
-                counts
-                    .entry(row.try_get("message_id")?)
-                    .or_default()
-                    .insert(row.try_get("emoji")?, row.try_get("n")?);
+                counts.entry(row.try_get("message_id")?).or_default().insert(row.try_get("emoji")?, row.try_get("n")?);
             }
             counts
         });

@@ -30,14 +30,8 @@ impl TestDatabase {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temporary directory");
-                let url = format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("parley.db").display()
-                );
-                Some(TestDatabase {
-                    url,
-                    _dir: Some(dir),
-                })
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("parley.db").display());
+                Some(TestDatabase { url, _dir: Some(dir) })
             }
             Backend::Postgres => {
                 let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
@@ -51,20 +45,10 @@ impl TestDatabase {
                     COUNTER.fetch_add(1, Ordering::Relaxed),
                     uuid::Uuid::new_v4().simple()
                 );
-                let mut admin = PgConnection::connect(&admin_url)
-                    .await
-                    .expect("connect to the PostgreSQL test server");
-                admin
-                    .execute(format!("CREATE DATABASE {name}").as_str())
-                    .await
-                    .expect("create test database");
-                let (base, _) = admin_url
-                    .rsplit_once('/')
-                    .expect("URL with a database name");
-                Some(TestDatabase {
-                    url: format!("{base}/{name}"),
-                    _dir: None,
-                })
+                let mut admin = PgConnection::connect(&admin_url).await.expect("connect to the PostgreSQL test server");
+                admin.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
+                let (base, _) = admin_url.rsplit_once('/').expect("URL with a database name");
+                Some(TestDatabase { url: format!("{base}/{name}"), _dir: None })
             }
         }
     }

@@ -36,20 +36,12 @@ impl Store {
     /// Marks the token used and returns its owner, if it was live (known, unrevoked,
     /// unexpired). A token can be taken once: a second call returns `None`.
     #[tracing::instrument(skip_all)]
-    pub async fn take_refresh_token(
-        &self,
-        token_hash: &[u8],
-        now_ms: i64,
-    ) -> Result<Option<UserId>, StoreError> {
+    pub async fn take_refresh_token(&self, token_hash: &[u8], now_ms: i64) -> Result<Option<UserId>, StoreError> {
         let sql = "UPDATE refresh_tokens SET revoked_at = $2 \
                    WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2 \
                    RETURNING user_id";
         on_pool!(self, |pool| {
-            let row = sqlx::query(sql)
-                .bind(token_hash)
-                .bind(now_ms)
-                .fetch_optional(pool)
-                .await?;
+            let row = sqlx::query(sql).bind(token_hash).bind(now_ms).fetch_optional(pool).await?;
             Ok(match row {
                 Some(row) => Some(UserId(row.try_get::<Uuid, _>("user_id")?)),
                 None => None,

@@ -81,9 +81,7 @@ impl Store {
     /// The account whose username, email or phone equals `login`.
     #[tracing::instrument(skip_all)]
     pub async fn find_user_by_login(&self, login: &str) -> Result<Option<UserRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE username = $1 OR email = $1 OR phone = $1 LIMIT 1"
-        );
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1 OR email = $1 OR phone = $1 LIMIT 1");
         on_pool!(self, |pool| {
             let row = sqlx::query(&sql).bind(login).fetch_optional(pool).await?;
             Ok(match row {
@@ -110,10 +108,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn user_exists(&self, id: UserId) -> Result<bool, StoreError> {
         on_pool!(self, |pool| {
-            let row = sqlx::query("SELECT 1 FROM users WHERE id = $1")
-                .bind(id.0)
-                .fetch_optional(pool)
-                .await?;
+            let row = sqlx::query("SELECT 1 FROM users WHERE id = $1").bind(id.0).fetch_optional(pool).await?;
             Ok(row.is_some())
         })
     }

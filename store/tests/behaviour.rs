@@ -2,9 +2,7 @@
 //! Each test runs once per backend; the PostgreSQL variant needs `PARLEY_TEST_POSTGRES_URL`.
 
 use parley_store::testing::{Backend, TestDatabase};
-use parley_store::{
-    MessageRange, NewGroup, NewMessage, NewUser, Store, StoreError, Stored, Target,
-};
+use parley_store::{MessageRange, NewGroup, NewMessage, NewUser, Store, StoreError, Stored, Target};
 use parley_wire::ConversationId;
 use parley_wire::UserId;
 
@@ -67,10 +65,7 @@ fn msg(from: UserId, to: UserId, client_id: &str, now_ms: i64) -> NewMessage {
 }
 
 fn in_group(from: UserId, group: ConversationId, client_id: &str, now_ms: i64) -> NewMessage {
-    NewMessage {
-        target: Target::Conversation(group),
-        ..msg(from, from, client_id, now_ms)
-    }
+    NewMessage { target: Target::Conversation(group), ..msg(from, from, client_id, now_ms) }
 }
 
 async fn users_are_unique_by_each_identifier(backend: Backend) {
@@ -80,23 +75,13 @@ async fn users_are_unique_by_each_identifier(backend: Backend) {
     store.insert_user(&user("ada")).await.expect("first insert");
     let mut same_email = user("grace");
     same_email.email = Some("ada@example.com".into());
-    let err = store
-        .insert_user(&same_email)
-        .await
-        .expect_err("duplicate email");
+    let err = store.insert_user(&same_email).await.expect_err("duplicate email");
     assert!(matches!(err, StoreError::Conflict("email")), "{err:?}");
     let mut same_name = user("ada");
     same_name.email = None;
-    let err = store
-        .insert_user(&same_name)
-        .await
-        .expect_err("duplicate username");
+    let err = store.insert_user(&same_name).await.expect_err("duplicate username");
     assert!(matches!(err, StoreError::Conflict("username")), "{err:?}");
-    assert!(store
-        .find_user_by_login("grace")
-        .await
-        .expect("lookup")
-        .is_none());
+    assert!(store.find_user_by_login("grace").await.expect("lookup").is_none());
 }
 
 async fn users_are_found_by_any_login(backend: Backend) {
@@ -107,11 +92,7 @@ async fn users_are_found_by_any_login(backend: Backend) {
     new.phone = Some("+15551234567".into());
     let inserted = store.insert_user(&new).await.expect("insert");
     for login in ["lin", "lin@example.com", "+15551234567"] {
-        let found = store
-            .find_user_by_login(login)
-            .await
-            .expect("lookup")
-            .expect("found");
+        let found = store.find_user_by_login(login).await.expect("lookup").expect("found");
         assert_eq!(found, inserted);
     }
     assert_eq!(store.get_user(new.id).await.expect("get"), Some(inserted));
@@ -125,29 +106,13 @@ async fn messages_are_stored_once_per_sender_and_client_id(backend: Backend) {
     };
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
-    let first = store
-        .store_message(&msg(a, b, "c1", 10))
-        .await
-        .expect("store");
-    let Stored::New(first) = first else {
-        panic!("first write must be new: {first:?}")
-    };
-    let again = store
-        .store_message(&msg(a, b, "c1", 20))
-        .await
-        .expect("retry");
+    let first = store.store_message(&msg(a, b, "c1", 10)).await.expect("store");
+    let Stored::New(first) = first else { panic!("first write must be new: {first:?}") };
+    let again = store.store_message(&msg(a, b, "c1", 20)).await.expect("retry");
     assert_eq!(again, Stored::Existing(first.clone()));
     assert_eq!(store.count_messages().await.expect("count"), 1);
-    let next = store
-        .store_message(&msg(a, b, "c2", 30))
-        .await
-        .expect("next")
-        .into_inner()
-        .message;
-    assert_eq!(
-        next.seq, 2,
-        "the retry must not have consumed a sequence number"
-    );
+    let next = store.store_message(&msg(a, b, "c2", 30)).await.expect("next").into_inner().message;
+    assert_eq!(next.seq, 2, "the retry must not have consumed a sequence number");
 }
 
 async fn sequence_numbers_are_gapless_per_conversation(backend: Backend) {
@@ -161,11 +126,7 @@ async fn sequence_numbers_are_gapless_per_conversation(backend: Backend) {
     for i in 0..20 {
         let store = store.clone();
         let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
-        tasks.push(tokio::spawn(async move {
-            store
-                .store_message(&msg(from, to, &format!("m{i}"), i))
-                .await
-        }));
+        tasks.push(tokio::spawn(async move { store.store_message(&msg(from, to, &format!("m{i}"), i)).await }));
     }
     let mut seqs = Vec::new();
     for t in tasks {
@@ -174,12 +135,7 @@ async fn sequence_numbers_are_gapless_per_conversation(backend: Backend) {
     }
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
-    let other = store
-        .store_message(&msg(a, c, "x", 100))
-        .await
-        .expect("a→c")
-        .into_inner()
-        .message;
+    let other = store.store_message(&msg(a, c, "x", 100)).await.expect("a→c").into_inner().message;
     assert_eq!(other.seq, 1, "each conversation numbers on its own");
 }
 
@@ -189,16 +145,9 @@ async fn another_senders_client_id_is_a_different_message(backend: Backend) {
     };
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
-    let from_a = store
-        .store_message(&msg(a, b, "same", 1))
-        .await
-        .expect("a")
-        .into_inner()
-        .message;
+    let from_a = store.store_message(&msg(a, b, "same", 1)).await.expect("a").into_inner().message;
     let from_b = store.store_message(&msg(b, a, "same", 2)).await.expect("b");
-    let Stored::New(from_b) = from_b else {
-        panic!("b's message must be new: {from_b:?}")
-    };
+    let Stored::New(from_b) = from_b else { panic!("b's message must be new: {from_b:?}") };
     assert_ne!(from_a.id, from_b.message.id);
     assert_eq!(from_b.message.sender_id, b);
     assert_eq!(store.count_messages().await.expect("count"), 2);
@@ -212,77 +161,32 @@ async fn message_pages_read_forward_and_backward(backend: Backend) {
     let b = store.insert_user(&user("b")).await.expect("b").id;
     let mut conversation = None;
     for i in 1..=7 {
-        let m = store
-            .store_message(&msg(a, b, &format!("m{i}"), i))
-            .await
-            .expect("store");
+        let m = store.store_message(&msg(a, b, &format!("m{i}"), i)).await.expect("store");
         conversation = Some(m.into_inner().message.conversation_id);
     }
     let conversation = conversation.expect("conversation");
     let seqs = |p: &parley_store::MessagePage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
 
-    let latest = store
-        .messages_in(
-            conversation,
-            a,
-            MessageRange {
-                after: None,
-                before: None,
-                limit: 3,
-            },
-        )
-        .await
-        .expect("latest");
+    let latest =
+        store.messages_in(conversation, a, MessageRange { after: None, before: None, limit: 3 }).await.expect("latest");
     assert_eq!((seqs(&latest), latest.has_more), (vec![5, 6, 7], true));
     let older = store
-        .messages_in(
-            conversation,
-            a,
-            MessageRange {
-                after: None,
-                before: Some(5),
-                limit: 3,
-            },
-        )
+        .messages_in(conversation, a, MessageRange { after: None, before: Some(5), limit: 3 })
         .await
         .expect("older");
     assert_eq!((seqs(&older), older.has_more), (vec![2, 3, 4], true));
     let oldest = store
-        .messages_in(
-            conversation,
-            a,
-            MessageRange {
-                after: None,
-                before: Some(2),
-                limit: 3,
-            },
-        )
+        .messages_in(conversation, a, MessageRange { after: None, before: Some(2), limit: 3 })
         .await
         .expect("oldest");
     assert_eq!((seqs(&oldest), oldest.has_more), (vec![1], false));
     let forward = store
-        .messages_in(
-            conversation,
-            a,
-            MessageRange {
-                after: Some(4),
-                before: None,
-                limit: 2,
-            },
-        )
+        .messages_in(conversation, a, MessageRange { after: Some(4), before: None, limit: 2 })
         .await
         .expect("forward");
     assert_eq!((seqs(&forward), forward.has_more), (vec![5, 6], true));
     let between = store
-        .messages_in(
-            conversation,
-            a,
-            MessageRange {
-                after: Some(2),
-                before: Some(5),
-                limit: 10,
-            },
-        )
+        .messages_in(conversation, a, MessageRange { after: Some(2), before: Some(5), limit: 10 })
         .await
         .expect("between");
     assert_eq!((seqs(&between), between.has_more), (vec![3, 4], false));
@@ -298,33 +202,14 @@ async fn conversations_list_newest_activity_first_with_members(backend: Backend)
     let b = store.insert_user(&user("b")).await.expect("b").id;
     let c = store.insert_user(&user("c")).await.expect("c").id;
     let d = store.insert_user(&user("d")).await.expect("d").id;
-    let ab = store
-        .store_message(&msg(a, b, "1", 100))
-        .await
-        .expect("ab")
-        .into_inner()
-        .message;
-    let ac = store
-        .store_message(&msg(c, a, "2", 200))
-        .await
-        .expect("ac")
-        .into_inner()
-        .message;
+    let ab = store.store_message(&msg(a, b, "1", 100)).await.expect("ab").into_inner().message;
+    let ac = store.store_message(&msg(c, a, "2", 200)).await.expect("ac").into_inner().message;
     store.store_message(&msg(c, d, "3", 300)).await.expect("cd");
-    let ab2 = store
-        .store_message(&msg(b, a, "4", 400))
-        .await
-        .expect("ab2")
-        .into_inner()
-        .message;
+    let ab2 = store.store_message(&msg(b, a, "4", 400)).await.expect("ab2").into_inner().message;
 
     let list = store.conversations_for(a, None, 10).await.expect("list");
     let ids: Vec<_> = list.iter().map(|c| c.conversation.id).collect();
-    assert_eq!(
-        ids,
-        vec![ab.conversation_id, ac.conversation_id],
-        "newest first, only a's"
-    );
+    assert_eq!(ids, vec![ab.conversation_id, ac.conversation_id], "newest first, only a's");
     assert_eq!(list[0].last_message.as_ref(), Some(&ab2));
     assert_eq!(list[0].conversation.last_seq, 2);
     assert_eq!(list[0].unread, 1, "b's message is unread for a");
@@ -338,22 +223,10 @@ async fn conversations_list_newest_activity_first_with_members(backend: Backend)
         last_activity_ms: list[0].conversation.last_activity_ms,
         id: list[0].conversation.id,
     };
-    let page2 = store
-        .conversations_for(a, Some(cursor), 10)
-        .await
-        .expect("page 2");
-    assert_eq!(
-        page2.iter().map(|c| c.conversation.id).collect::<Vec<_>>(),
-        vec![ac.conversation_id]
-    );
-    assert!(store
-        .is_member(ab.conversation_id, b)
-        .await
-        .expect("member"));
-    assert!(!store
-        .is_member(ab.conversation_id, c)
-        .await
-        .expect("not member"));
+    let page2 = store.conversations_for(a, Some(cursor), 10).await.expect("page 2");
+    assert_eq!(page2.iter().map(|c| c.conversation.id).collect::<Vec<_>>(), vec![ac.conversation_id]);
+    assert!(store.is_member(ab.conversation_id, b).await.expect("member"));
+    assert!(!store.is_member(ab.conversation_id, c).await.expect("not member"));
 }
 
 async fn refresh_tokens_are_taken_once(backend: Backend) {
@@ -361,48 +234,13 @@ async fn refresh_tokens_are_taken_once(backend: Backend) {
         return;
     };
     let a = store.insert_user(&user("a")).await.expect("a").id;
-    store
-        .insert_refresh_token(a, b"hash-1", 10, 1_000)
-        .await
-        .expect("insert");
-    store
-        .insert_refresh_token(a, b"hash-2", 10, 20)
-        .await
-        .expect("insert");
-    assert_eq!(
-        store.take_refresh_token(b"hash-1", 50).await.expect("take"),
-        Some(a)
-    );
-    assert_eq!(
-        store
-            .take_refresh_token(b"hash-1", 60)
-            .await
-            .expect("again"),
-        None,
-        "used"
-    );
-    assert_eq!(
-        store
-            .take_refresh_token(b"hash-2", 50)
-            .await
-            .expect("expired"),
-        None,
-        "expired"
-    );
-    assert_eq!(
-        store
-            .take_refresh_token(b"nope", 50)
-            .await
-            .expect("unknown"),
-        None
-    );
-    assert_eq!(
-        store
-            .delete_stale_refresh_tokens(2_000)
-            .await
-            .expect("purge"),
-        2
-    );
+    store.insert_refresh_token(a, b"hash-1", 10, 1_000).await.expect("insert");
+    store.insert_refresh_token(a, b"hash-2", 10, 20).await.expect("insert");
+    assert_eq!(store.take_refresh_token(b"hash-1", 50).await.expect("take"), Some(a));
+    assert_eq!(store.take_refresh_token(b"hash-1", 60).await.expect("again"), None, "used");
+    assert_eq!(store.take_refresh_token(b"hash-2", 50).await.expect("expired"), None, "expired");
+    assert_eq!(store.take_refresh_token(b"nope", 50).await.expect("unknown"), None);
+    assert_eq!(store.delete_stale_refresh_tokens(2_000).await.expect("purge"), 2);
 }
 
 async fn unknown_recipient_is_a_missing_reference(backend: Backend) {
@@ -410,17 +248,10 @@ async fn unknown_recipient_is_a_missing_reference(backend: Backend) {
         return;
     };
     let a = store.insert_user(&user("a")).await.expect("a").id;
-    let err = store
-        .store_message(&msg(a, UserId::new(), "x", 1))
-        .await
-        .expect_err("no such user");
+    let err = store.store_message(&msg(a, UserId::new(), "x", 1)).await.expect_err("no such user");
     assert!(matches!(err, StoreError::MissingReference), "{err:?}");
     assert_eq!(store.count_messages().await.expect("count"), 0);
-    assert!(store
-        .conversations_for(a, None, 10)
-        .await
-        .expect("list")
-        .is_empty());
+    assert!(store.conversations_for(a, None, 10).await.expect("list").is_empty());
 }
 
 async fn every_member_gets_a_gapless_event_per_message(backend: Backend) {
@@ -430,60 +261,28 @@ async fn every_member_gets_a_gapless_event_per_message(backend: Backend) {
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
     let c = store.insert_user(&user("c")).await.expect("c").id;
-    let first = store
-        .store_message(&msg(a, b, "1", 10))
-        .await
-        .expect("a→b")
-        .into_inner();
+    let first = store.store_message(&msg(a, b, "1", 10)).await.expect("a→b").into_inner();
     let mut deliveries = first.deliveries.clone();
     deliveries.sort();
     let mut expected = vec![(a, 1), (b, 1)];
     expected.sort();
-    assert_eq!(
-        deliveries, expected,
-        "sender and recipient each take their next number"
-    );
+    assert_eq!(deliveries, expected, "sender and recipient each take their next number");
     store.store_message(&msg(c, b, "2", 20)).await.expect("c→b");
-    let receipt = store
-        .append_events(&[b], "receipt", None, r#"{"x":1}"#, 30)
-        .await
-        .expect("append");
+    let receipt = store.append_events(&[b], "receipt", None, r#"{"x":1}"#, 30).await.expect("append");
     assert_eq!(receipt, vec![(b, 3)]);
 
     let page = store.events_after(b, 0, 10).await.expect("events");
-    assert_eq!(
-        page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!((page.last_seq, page.oldest_seq), (3, 1));
-    assert_eq!(
-        page.events[0].message.as_ref().map(|m| m.text.as_str()),
-        Some("text 1")
-    );
-    assert_eq!(
-        page.events[1].message.as_ref().map(|m| m.sender_id),
-        Some(c)
-    );
-    assert_eq!(
-        (page.events[2].kind.as_str(), page.events[2].body.as_str()),
-        ("receipt", r#"{"x":1}"#)
-    );
+    assert_eq!(page.events[0].message.as_ref().map(|m| m.text.as_str()), Some("text 1"));
+    assert_eq!(page.events[1].message.as_ref().map(|m| m.sender_id), Some(c));
+    assert_eq!((page.events[2].kind.as_str(), page.events[2].body.as_str()), ("receipt", r#"{"x":1}"#));
     let tail = store.events_after(b, 2, 10).await.expect("tail");
     assert_eq!(tail.events.len(), 1);
-    assert_eq!(
-        store.events_after(a, 0, 10).await.expect("a").events.len(),
-        1
-    );
-    assert_eq!(
-        store.delete_events_before(25).await.expect("prune"),
-        4,
-        "a1, b1, c1 and b2 are older"
-    );
+    assert_eq!(store.events_after(a, 0, 10).await.expect("a").events.len(), 1);
+    assert_eq!(store.delete_events_before(25).await.expect("prune"), 4, "a1, b1, c1 and b2 are older");
     let pruned = store.events_after(b, 0, 10).await.expect("pruned");
-    assert_eq!(
-        (pruned.events.len(), pruned.last_seq, pruned.oldest_seq),
-        (1, 3, 3)
-    );
+    assert_eq!((pruned.events.len(), pruned.last_seq, pruned.oldest_seq), (1, 3, 3));
 }
 
 async fn groups_have_roles_and_only_members_post(backend: Backend) {
@@ -504,80 +303,31 @@ async fn groups_have_roles_and_only_members_post(backend: Backend) {
         now_ms: 5,
     };
     store.create_group(&group).await.expect("create");
-    let roles: Vec<(UserId, String)> = store
-        .members(group.id)
-        .await
-        .expect("members")
-        .into_iter()
-        .map(|m| (m.user_id, m.role))
-        .collect();
+    let roles: Vec<(UserId, String)> =
+        store.members(group.id).await.expect("members").into_iter().map(|m| (m.user_id, m.role)).collect();
     assert!(
-        roles.contains(&(a, "owner".into()))
-            && roles.contains(&(b, "member".into()))
-            && roles.len() == 2,
+        roles.contains(&(a, "owner".into())) && roles.contains(&(b, "member".into())) && roles.len() == 2,
         "{roles:?}"
     );
-    let err = store
-        .store_message(&in_group(c, group.id, "x", 6))
-        .await
-        .expect_err("c is not a member");
+    let err = store.store_message(&in_group(c, group.id, "x", 6)).await.expect_err("c is not a member");
     assert!(matches!(err, StoreError::NotMember), "{err:?}");
-    let err = store
-        .store_message(&in_group(a, ConversationId::new(), "y", 6))
-        .await
-        .expect_err("no such group");
+    let err = store.store_message(&in_group(a, ConversationId::new(), "y", 6)).await.expect_err("no such group");
     assert!(matches!(err, StoreError::NotMember), "{err:?}");
-    assert!(store
-        .add_member(group.id, c, "member", 7)
-        .await
-        .expect("add"));
-    assert!(
-        !store
-            .add_member(group.id, c, "member", 7)
-            .await
-            .expect("again"),
-        "already a member"
-    );
-    let posted = store
-        .store_message(&in_group(c, group.id, "z", 8))
-        .await
-        .expect("c posts")
-        .into_inner();
+    assert!(store.add_member(group.id, c, "member", 7).await.expect("add"));
+    assert!(!store.add_member(group.id, c, "member", 7).await.expect("again"), "already a member");
+    let posted = store.store_message(&in_group(c, group.id, "z", 8)).await.expect("c posts").into_inner();
     assert_eq!((posted.message.seq, posted.deliveries.len()), (1, 3));
-    assert!(store
-        .set_member_role(group.id, b, "admin")
-        .await
-        .expect("role"));
+    assert!(store.set_member_role(group.id, b, "admin").await.expect("role"));
     assert!(store.remove_member(group.id, c).await.expect("remove"));
     assert!(!store.is_member(group.id, c).await.expect("gone"));
-    store
-        .rename_conversation(group.id, Some("renamed"))
-        .await
-        .expect("rename");
-    let record = store
-        .get_conversation(group.id)
-        .await
-        .expect("get")
-        .expect("exists");
-    assert_eq!(
-        (
-            record.kind.as_str(),
-            record.title.as_deref(),
-            record.last_seq
-        ),
-        ("group", Some("renamed"), 1)
-    );
+    store.rename_conversation(group.id, Some("renamed")).await.expect("rename");
+    let record = store.get_conversation(group.id).await.expect("get").expect("exists");
+    assert_eq!((record.kind.as_str(), record.title.as_deref(), record.last_seq), ("group", Some("renamed"), 1));
     let mut bad = group.clone();
     bad.id = ConversationId::new();
     bad.members = vec![UserId::new()];
-    assert!(matches!(
-        store.create_group(&bad).await,
-        Err(StoreError::MissingReference)
-    ));
-    assert!(
-        store.get_conversation(bad.id).await.expect("get").is_none(),
-        "nothing created"
-    );
+    assert!(matches!(store.create_group(&bad).await, Err(StoreError::MissingReference)));
+    assert!(store.get_conversation(bad.id).await.expect("get").is_none(), "nothing created");
 }
 
 async fn receipts_only_move_forward_and_drive_unread_counts(backend: Backend) {
@@ -599,61 +349,21 @@ async fn receipts_only_move_forward_and_drive_unread_counts(backend: Backend) {
         );
     }
     let conversation = conversation.expect("conversation");
-    store
-        .store_message(&msg(b, a, "reply", 10))
-        .await
-        .expect("reply");
-    assert_eq!(
-        store.unread_counts_for(b).await.expect("unread"),
-        vec![(conversation, 4)]
-    );
-    assert_eq!(
-        store.unread_counts_for(a).await.expect("unread"),
-        vec![(conversation, 1)]
-    );
+    store.store_message(&msg(b, a, "reply", 10)).await.expect("reply");
+    assert_eq!(store.unread_counts_for(b).await.expect("unread"), vec![(conversation, 4)]);
+    assert_eq!(store.unread_counts_for(a).await.expect("unread"), vec![(conversation, 1)]);
 
-    let (m, moved) = store
-        .advance_receipts(conversation, b, Some(3), None)
-        .await
-        .expect("receipt")
-        .expect("member");
+    let (m, moved) = store.advance_receipts(conversation, b, Some(3), None).await.expect("receipt").expect("member");
     assert_eq!((m.last_delivered_seq, m.last_read_seq, moved), (3, 0, true));
-    let (m, moved) = store
-        .advance_receipts(conversation, b, None, Some(2))
-        .await
-        .expect("receipt")
-        .expect("member");
+    let (m, moved) = store.advance_receipts(conversation, b, None, Some(2)).await.expect("receipt").expect("member");
     assert_eq!((m.last_delivered_seq, m.last_read_seq, moved), (3, 2, true));
-    let (m, moved) = store
-        .advance_receipts(conversation, b, Some(1), Some(1))
-        .await
-        .expect("receipt")
-        .expect("member");
-    assert_eq!(
-        (m.last_delivered_seq, m.last_read_seq, moved),
-        (3, 2, false),
-        "never backwards"
-    );
-    let (m, _) = store
-        .advance_receipts(conversation, b, None, Some(99))
-        .await
-        .expect("receipt")
-        .expect("member");
-    assert_eq!(
-        (m.last_delivered_seq, m.last_read_seq),
-        (5, 5),
-        "capped at the newest message; read implies delivered"
-    );
-    assert_eq!(
-        store.unread_counts_for(b).await.expect("unread"),
-        vec![(conversation, 0)]
-    );
+    let (m, moved) = store.advance_receipts(conversation, b, Some(1), Some(1)).await.expect("receipt").expect("member");
+    assert_eq!((m.last_delivered_seq, m.last_read_seq, moved), (3, 2, false), "never backwards");
+    let (m, _) = store.advance_receipts(conversation, b, None, Some(99)).await.expect("receipt").expect("member");
+    assert_eq!((m.last_delivered_seq, m.last_read_seq), (5, 5), "capped at the newest message; read implies delivered");
+    assert_eq!(store.unread_counts_for(b).await.expect("unread"), vec![(conversation, 0)]);
     let stranger = store.insert_user(&user("s")).await.expect("s").id;
-    assert!(store
-        .advance_receipts(conversation, stranger, Some(1), None)
-        .await
-        .expect("receipt")
-        .is_none());
+    assert!(store.advance_receipts(conversation, stranger, Some(1), None).await.expect("receipt").is_none());
 }
 
 async fn edits_deletions_and_reactions_change_messages_and_tell_members(backend: Backend) {
@@ -662,186 +372,65 @@ async fn edits_deletions_and_reactions_change_messages_and_tell_members(backend:
     };
     let a = store.insert_user(&user("a")).await.expect("a").id;
     let b = store.insert_user(&user("b")).await.expect("b").id;
-    let first = store
-        .store_message(&msg(a, b, "1", 10))
-        .await
-        .expect("first")
-        .into_inner()
-        .message;
+    let first = store.store_message(&msg(a, b, "1", 10)).await.expect("first").into_inner().message;
     let mut reply = msg(b, a, "2", 20);
     reply.reply_to = Some(first.id);
-    let second = store
-        .store_message(&reply)
-        .await
-        .expect("reply")
-        .into_inner()
-        .message;
+    let second = store.store_message(&reply).await.expect("reply").into_inner().message;
     assert_eq!(second.reply_to, Some(first.id));
     let mut stray = msg(b, a, "3", 21);
     stray.reply_to = Some(parley_wire::MessageId::new());
-    assert!(matches!(
-        store.store_message(&stray).await,
-        Err(StoreError::InvalidReply)
-    ));
+    assert!(matches!(store.store_message(&stray).await, Err(StoreError::InvalidReply)));
 
-    assert!(
-        store
-            .edit_message(first.id, b, "not mine", 30)
-            .await
-            .expect("edit")
-            .is_none(),
-        "only the sender edits"
-    );
-    let (edited, _) = store
-        .edit_message(first.id, a, "better", 30)
-        .await
-        .expect("edit")
-        .expect("edited");
+    assert!(store.edit_message(first.id, b, "not mine", 30).await.expect("edit").is_none(), "only the sender edits");
+    let (edited, _) = store.edit_message(first.id, a, "better", 30).await.expect("edit").expect("edited");
+    assert_eq!((edited.message.text.as_str(), edited.deliveries.len()), ("better", 2));
     assert_eq!(
-        (edited.message.text.as_str(), edited.deliveries.len()),
-        ("better", 2)
-    );
-    assert_eq!(
-        store
-            .edits_of(first.id)
-            .await
-            .expect("edits")
-            .iter()
-            .map(|e| e.text.clone())
-            .collect::<Vec<_>>(),
+        store.edits_of(first.id).await.expect("edits").iter().map(|e| e.text.clone()).collect::<Vec<_>>(),
         vec!["text 1"]
     );
 
     let counts = |c: &std::collections::BTreeMap<String, i64>| format!("{c:?}");
-    let liked = store
-        .react(&second, a, "👍", true, 40, counts)
-        .await
-        .expect("react")
-        .expect("changed");
+    let liked = store.react(&second, a, "👍", true, 40, counts).await.expect("react").expect("changed");
     assert_eq!(liked.counts.get("👍"), Some(&1));
     assert!(
-        store
-            .react(&second, a, "👍", true, 41, counts)
-            .await
-            .expect("again")
-            .is_none(),
+        store.react(&second, a, "👍", true, 41, counts).await.expect("again").is_none(),
         "one of each emoji per user"
     );
-    store
-        .react(&second, b, "👍", true, 42, counts)
-        .await
-        .expect("react")
-        .expect("changed");
+    store.react(&second, b, "👍", true, 42, counts).await.expect("react").expect("changed");
     let conversation = first.conversation_id;
     let page = store
-        .messages_in(
-            conversation,
-            a,
-            MessageRange {
-                after: Some(0),
-                before: None,
-                limit: 10,
-            },
-        )
+        .messages_in(conversation, a, MessageRange { after: Some(0), before: None, limit: 10 })
         .await
         .expect("page");
     assert_eq!(page.messages[1].reactions.get("👍"), Some(&2));
     assert!(page.messages[0].edited_at.is_some());
 
-    store
-        .hide_message(&second, a, "{}", 50)
-        .await
-        .expect("hide");
+    store.hide_message(&second, a, "{}", 50).await.expect("hide");
     let for_a = store
-        .messages_in(
-            conversation,
-            a,
-            MessageRange {
-                after: Some(0),
-                before: None,
-                limit: 10,
-            },
-        )
+        .messages_in(conversation, a, MessageRange { after: Some(0), before: None, limit: 10 })
         .await
         .expect("a's view");
     let for_b = store
-        .messages_in(
-            conversation,
-            b,
-            MessageRange {
-                after: Some(0),
-                before: None,
-                limit: 10,
-            },
-        )
+        .messages_in(conversation, b, MessageRange { after: Some(0), before: None, limit: 10 })
         .await
         .expect("b's view");
-    assert!(
-        for_a.messages[1].deleted && for_a.messages[1].text.is_empty(),
-        "hidden for a"
-    );
-    assert!(
-        !for_b.messages[1].deleted && for_b.messages[1].text == "text 2",
-        "still there for b"
-    );
+    assert!(for_a.messages[1].deleted && for_a.messages[1].text.is_empty(), "hidden for a");
+    assert!(!for_b.messages[1].deleted && for_b.messages[1].text == "text 2", "still there for b");
 
-    let deleted = store
-        .delete_message(first.id, a, "{}", 60)
-        .await
-        .expect("delete")
-        .expect("deleted");
+    let deleted = store.delete_message(first.id, a, "{}", 60).await.expect("delete").expect("deleted");
     assert!(deleted.message.deleted && deleted.message.text.is_empty());
-    assert!(store
-        .delete_message(first.id, a, "{}", 61)
-        .await
-        .expect("again")
-        .is_none());
+    assert!(store.delete_message(first.id, a, "{}", 61).await.expect("again").is_none());
     assert!(
-        store
-            .edit_message(first.id, a, "zombie", 62)
-            .await
-            .expect("edit")
-            .is_none(),
+        store.edit_message(first.id, a, "zombie", 62).await.expect("edit").is_none(),
         "a tombstone cannot be edited"
     );
-    assert!(
-        store.edits_of(first.id).await.expect("edits").is_empty(),
-        "old texts go with the message"
-    );
+    assert!(store.edits_of(first.id).await.expect("edits").is_empty(), "old texts go with the message");
     let after = store
-        .messages_in(
-            conversation,
-            b,
-            MessageRange {
-                after: Some(0),
-                before: None,
-                limit: 10,
-            },
-        )
+        .messages_in(conversation, b, MessageRange { after: Some(0), before: None, limit: 10 })
         .await
         .expect("page");
-    assert_eq!(
-        after.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        vec![1, 2],
-        "the tombstone keeps its seq"
-    );
-    let kinds: Vec<String> = store
-        .events_after(b, 0, 50)
-        .await
-        .expect("events")
-        .events
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            "message",
-            "message",
-            "message_edited",
-            "reaction",
-            "reaction",
-            "message_deleted"
-        ]
-    );
+    assert_eq!(after.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2], "the tombstone keeps its seq");
+    let kinds: Vec<String> =
+        store.events_after(b, 0, 50).await.expect("events").events.into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["message", "message", "message_edited", "reaction", "reaction", "message_deleted"]);
 }

@@ -60,25 +60,17 @@ impl TestApp {
         Self::spawn_with(backend, |_| {}).await
     }
 
-    pub async fn spawn_with(
-        backend: Backend,
-        tweak: impl FnOnce(&mut Settings),
-    ) -> Option<TestApp> {
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
         let db = TestDatabase::create(backend).await?;
         let data = tempfile::tempdir().expect("data dir");
-        let mut settings = Settings {
-            data_dir: data.path().to_path_buf(),
-            ..Settings::default()
-        };
+        let mut settings = Settings { data_dir: data.path().to_path_buf(), ..Settings::default() };
         settings.database.url = Some(DatabaseUrl::new(db.url.clone()));
         settings.database.max_connections = 5;
         settings.mqtt.listen = "127.0.0.1:0".into();
         settings.http.listen = "127.0.0.1:0".into();
         settings.bus.listen = "127.0.0.1:0".into();
         tweak(&mut settings);
-        let running = parley::app::start(settings.clone(), CancellationToken::new())
-            .await
-            .expect("parley starts");
+        let running = parley::app::start(settings.clone(), CancellationToken::new()).await.expect("parley starts");
         Some(TestApp {
             http: format!("http://{}", running.http_addr),
             mqtt: running.mqtt_addr,
@@ -101,13 +93,7 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.http))
-            .json(&body)
-            .send()
-            .await
-            .expect("http");
+        let resp = self.client.post(format!("{}{path}", self.http)).json(&body).send().await.expect("http");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -125,36 +111,20 @@ impl TestApp {
     /// Registers `username` with a password, then logs in by username.
     pub async fn user(&self, username: &str) -> TestUser {
         let password = format!("pw-{username}-long-enough");
-        let (status, body) = self
-            .post(
-                "/v1/auth/register",
-                json!({"username": username, "password": password}),
-            )
-            .await;
+        let (status, body) = self.post("/v1/auth/register", json!({"username": username, "password": password})).await;
         assert_eq!(status, 201, "register {username}: {body}");
         self.login(username, &password).await
     }
 
     pub async fn login(&self, login: &str, password: &str) -> TestUser {
-        let (status, body) = self
-            .post(
-                "/v1/auth/login",
-                json!({"login": login, "password": password}),
-            )
-            .await;
+        let (status, body) = self.post("/v1/auth/login", json!({"login": login, "password": password})).await;
         assert_eq!(status, 200, "login {login}: {body}");
         TestUser {
             id: body["user"]["id"].as_str().expect("user id").to_string(),
             login: login.to_string(),
             password: password.to_string(),
-            access_token: body["access_token"]
-                .as_str()
-                .expect("access token")
-                .to_string(),
-            refresh_token: body["refresh_token"]
-                .as_str()
-                .expect("refresh token")
-                .to_string(),
+            access_token: body["access_token"].as_str().expect("access token").to_string(),
+            refresh_token: body["refresh_token"].as_str().expect("refresh token").to_string(),
         }
     }
 
@@ -168,18 +138,15 @@ impl TestApp {
 
     /// A connected 3.1.1 device of `user`, subscribed to all its downlinks.
     pub async fn device(&self, user: &TestUser, client_id: &str) -> Device {
-        let mut d = Device::connect(self.options(client_id, &user.id, &user.access_token))
-            .await
-            .expect("device connects");
+        let mut d =
+            Device::connect(self.options(client_id, &user.id, &user.access_token)).await.expect("device connects");
         d.subscribe(&format!("to/{}/#", user.id)).await;
         d
     }
 
     /// A token for `user_id` signed with this deployment's key, issued at `issued_at` (Unix seconds).
     pub fn token_issued_at(&self, user_id: &str, issued_at: i64) -> String {
-        let key =
-            parley_domain::load_or_create_signing_key(&self.settings.data_dir.join("signing.key"))
-                .expect("key");
+        let key = parley_domain::load_or_create_signing_key(&self.settings.data_dir.join("signing.key")).expect("key");
         let tokens = parley_domain::Tokens::new(&key, token_settings());
         tokens.issue_access(user_id.parse().expect("uuid"), issued_at)
     }
@@ -241,14 +208,7 @@ impl Device {
                 }
             }
         });
-        Ok(Device {
-            client,
-            session_present: connack.session_present,
-            events,
-            pending: VecDeque::new(),
-            closed,
-            task,
-        })
+        Ok(Device { client, session_present: connack.session_present, events, pending: VecDeque::new(), closed, task })
     }
 
     /// The next incoming packet matching `pick`, keeping the others for later calls.
@@ -273,9 +233,7 @@ impl Device {
     /// The next PUBLISH on `topic`, as JSON.
     pub async fn next_on(&mut self, topic: &str) -> Value {
         self.next_matching(|p| match p {
-            Packet::Publish(p) if p.topic == topic => {
-                Some(serde_json::from_slice(&p.payload).expect("json payload"))
-            }
+            Packet::Publish(p) if p.topic == topic => Some(serde_json::from_slice(&p.payload).expect("json payload")),
             _ => None,
         })
         .await
@@ -297,18 +255,19 @@ impl Device {
 
     /// Whether anything arrives on `topic` within `wait`.
     pub async fn nothing_on(&mut self, topic: &str, wait: Duration) -> bool {
-        if self
-            .pending
-            .iter()
-            .any(|p| matches!(p, Packet::Publish(p) if p.topic == topic))
-        {
+        self.nothing_matching(|p| matches!(p, Packet::Publish(p) if p.topic == topic), wait).await
+    }
+
+    /// Whether no packet for which `hit` holds arrives (or is waiting) within `wait`.
+    pub async fn nothing_matching(&mut self, mut hit: impl FnMut(&Packet) -> bool, wait: Duration) -> bool {
+        if self.pending.iter().any(&mut hit) {
             return false;
         }
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            let hit = matches!(&p, Packet::Publish(p) if p.topic == topic);
+            let found = hit(&p);
             self.pending.push_back(p);
-            if hit {
+            if found {
                 return false;
             }
         }
@@ -317,10 +276,7 @@ impl Device {
 
     /// Subscribes at QoS 1 and waits for the SUBACK; returns its return codes.
     pub async fn subscribe(&mut self, filter: &str) -> Vec<rumqttc::SubscribeReasonCode> {
-        self.client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
+        self.client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe");
         self.next_matching(|p| match p {
             Packet::SubAck(a) => Some(a.return_codes.clone()),
             _ => None,
@@ -329,17 +285,11 @@ impl Device {
     }
 
     pub async fn publish_json(&self, topic: &str, body: &Value) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, body.to_string())
-            .await
-            .expect("publish");
+        self.client.publish(topic, QoS::AtLeastOnce, false, body.to_string()).await.expect("publish");
     }
 
     pub async fn publish_raw(&self, topic: &str, body: &[u8]) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, body.to_vec())
-            .await
-            .expect("publish");
+        self.client.publish(topic, QoS::AtLeastOnce, false, body.to_vec()).await.expect("publish");
     }
 }
 

@@ -119,11 +119,7 @@ impl Event {
             Ok(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
         };
-        Event {
-            event_seq,
-            kind: kind.to_string(),
-            data,
-        }
+        Event { event_seq, kind: kind.to_string(), data }
     }
 }
 
@@ -195,14 +191,26 @@ pub struct Outgoing {
     pub user: UserId,
     pub channel: &'static str,
     pub body: serde_json::Value,
+    /// 1 for anything a device must get; 0 for ephemeral signals (typing, presence).
+    pub qos: u8,
 }
 
 impl Outgoing {
     pub fn new(user: UserId, channel: &'static str, body: &impl Serialize) -> Outgoing {
-        Outgoing {
-            user,
-            channel,
-            body: serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+        Outgoing { user, channel, body: serde_json::to_value(body).unwrap_or(serde_json::Value::Null), qos: 1 }
+    }
+
+    /// At QoS 0: never queued for an absent device, never stored.
+    pub fn ephemeral(user: UserId, channel: &'static str, body: &impl Serialize) -> Outgoing {
+        Outgoing { qos: 0, ..Outgoing::new(user, channel, body) }
+    }
+
+    /// The MQTT QoS to publish with.
+    pub fn mqtt_qos(&self) -> rumqttc::QoS {
+        if self.qos == 0 {
+            rumqttc::QoS::AtMostOnce
+        } else {
+            rumqttc::QoS::AtLeastOnce
         }
     }
 
@@ -251,4 +259,52 @@ pub struct React {
 
 fn default_op() -> String {
     "add".into()
+}
+
+/// `from/{uid}/typing` (QoS 0): the user starts or stops typing in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingUpdate {
+    pub conversation_id: ConversationId,
+    /// `start` or `stop`.
+    pub state: String,
+}
+
+/// `to/{uid}/typing` (QoS 0, never stored): another member is typing. A `start`
+/// lapses by itself after `expires_in` seconds unless renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Typing {
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub state: String,
+    pub expires_in: u64,
+}
+
+/// `from/{uid}/presence`: the app says the user stepped away or is back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceUpdate {
+    /// `away` or `online`.
+    pub status: String,
+}
+
+/// `to/{uid}/presence` (QoS 0) and the HTTP presence of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Presence {
+    pub user_id: UserId,
+    /// `online`, `away` or `offline`.
+    pub status: String,
+    /// When the last device went away (absent while online or never seen).
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// What a gate tells the bridges on `sys/presence/{gate}`: how many devices of a
+/// user it holds now, or (with `reset`) that it (re)started holding none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatePresence {
+    #[serde(default)]
+    pub reset: bool,
+    #[serde(default)]
+    pub user_id: Option<UserId>,
+    #[serde(default)]
+    pub devices: i64,
 }

@@ -42,9 +42,19 @@ pub const ERROR: &str = "error";
 pub const EDIT: &str = "edit";
 pub const DELETE: &str = "delete";
 pub const REACT: &str = "react";
+pub const TYPING: &str = "typing";
+pub const PRESENCE: &str = "presence";
 
 /// The filter with which the bridges share all uplinks.
 pub const BRIDGE_UPLINK_FILTER: &str = "$share/parley-bridge/from/#";
+
+/// The filter with which the bridges share the gates' presence reports.
+pub const BRIDGE_PRESENCE_FILTER: &str = "$share/parley-presence/sys/presence/+";
+
+/// Where gate `gate` reports device counts (one topic, so reports stay in order).
+pub fn gate_presence(gate: &str) -> String {
+    format!("sys/presence/{gate}")
+}
 
 /// The filter with which a gate takes every downlink from the bus.
 pub const GATE_DOWNLINK_FILTER: &str = "to/#";
@@ -60,10 +70,7 @@ pub struct Uplink<'a> {
 pub fn parse_uplink(topic: &str) -> Option<Uplink<'_>> {
     let rest = topic.strip_prefix("from/")?;
     let (uid, kind) = rest.split_once('/')?;
-    Some(Uplink {
-        user: uid.parse().ok()?,
-        kind,
-    })
+    Some(Uplink { user: uid.parse().ok()?, kind })
 }
 
 /// The user a downlink topic `to/{uid}/…` is addressed to, as it is written in the topic.
@@ -81,13 +88,7 @@ mod tests {
     fn uplink_topics_parse_into_sender_and_kind() {
         let uid = UserId::new();
         let topic = send_message(uid);
-        assert_eq!(
-            parse_uplink(&topic),
-            Some(Uplink {
-                user: uid,
-                kind: "msg"
-            })
-        );
+        assert_eq!(parse_uplink(&topic), Some(Uplink { user: uid, kind: "msg" }));
         assert_eq!(parse_uplink("from/not-a-uuid/msg"), None);
         assert_eq!(parse_uplink("to/x/msg"), None);
         assert_eq!(parse_uplink(&format!("from/{uid}")), None);

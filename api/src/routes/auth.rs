@@ -115,10 +115,7 @@ pub async fn register(
             password: req.password,
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RegisterResponse { user: user.into() }),
-    ))
+    Ok((StatusCode::CREATED, Json(RegisterResponse { user: user.into() })))
 }
 
 /// Log in with username, email or phone and password.
@@ -152,9 +149,6 @@ pub async fn refresh(
 /// The caller's own account.
 #[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = UserView), (status = 401, body = ErrorResponse)))]
-pub async fn me(
-    State(state): State<AppState>,
-    Caller(user): Caller,
-) -> Result<Json<UserView>, ApiError> {
+pub async fn me(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<UserView>, ApiError> {
     Ok(Json(state.domain.user(user).await?.into()))
 }

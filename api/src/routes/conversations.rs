@@ -4,8 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use parley_domain::{
-    ConversationCursor, ConversationDetails, ConversationRecord, ConversationSummary, MemberRecord,
-    NewConversation,
+    ConversationCursor, ConversationDetails, ConversationRecord, ConversationSummary, MemberRecord, NewConversation,
 };
 use parley_wire::payloads::Message;
 use parley_wire::{ConversationId, UserId};
@@ -34,6 +33,11 @@ pub struct MemberView {
     pub joined_at: DateTime<Utc>,
     pub last_delivered_seq: i64,
     pub last_read_seq: i64,
+    /// `online`, `away` or `offline` (conversation details only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<DateTime<Utc>>,
 }
 
 impl From<MemberRecord> for MemberView {
@@ -44,6 +48,8 @@ impl From<MemberRecord> for MemberView {
             joined_at: m.joined_at,
             last_delivered_seq: m.last_delivered_seq,
             last_read_seq: m.last_read_seq,
+            status: None,
+            last_seen_at: None,
         }
     }
 }
@@ -91,14 +97,10 @@ impl ConversationView {
             kind: c.kind,
             title: c.title,
             audience: c.audience,
-            context: c.context_type.map(|kind| ContextView {
-                kind,
-                id: c.context_id,
-            }),
+            context: c.context_type.map(|kind| ContextView { kind, id: c.context_id }),
             members: members.into_iter().map(Into::into).collect(),
             last_seq: c.last_seq,
-            last_activity_at: DateTime::from_timestamp_millis(c.last_activity_ms)
-                .unwrap_or_default(),
+            last_activity_at: DateTime::from_timestamp_millis(c.last_activity_ms).unwrap_or_default(),
             last_message,
             unread,
             created_at: c.created_at,
@@ -151,18 +153,9 @@ fn encode_cursor(c: &ConversationSummary) -> String {
 }
 
 fn decode_cursor(text: &str) -> Result<ConversationCursor, ApiError> {
-    let bad = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_cursor",
-            "cursor is not one this API returned",
-        )
-    };
+    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "cursor is not one this API returned");
     let (ms, id) = text.split_once('_').ok_or_else(bad)?;
-    Ok(ConversationCursor {
-        last_activity_ms: ms.parse().map_err(|_| bad())?,
-        id: id.parse().map_err(|_| bad())?,
-    })
+    Ok(ConversationCursor { last_activity_ms: ms.parse().map_err(|_| bad())?, id: id.parse().map_err(|_| bad())? })
 }
 
 /// The caller's conversations, newest activity first, with unread counts.
@@ -175,17 +168,9 @@ pub async fn list(
 ) -> Result<Json<ConversationList>, ApiError> {
     let cursor = params.cursor.as_deref().map(decode_cursor).transpose()?;
     let limit = params.limit.unwrap_or(50).clamp(1, 200);
-    let page = state
-        .domain
-        .conversations(user, cursor, Some(limit))
-        .await?;
-    let next_cursor = (page.len() == limit as usize)
-        .then(|| page.last().map(encode_cursor))
-        .flatten();
-    Ok(Json(ConversationList {
-        conversations: page.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let page = state.domain.conversations(user, cursor, Some(limit)).await?;
+    let next_cursor = (page.len() == limit as usize).then(|| page.last().map(encode_cursor)).flatten();
+    Ok(Json(ConversationList { conversations: page.into_iter().map(Into::into).collect(), next_cursor }))
 }
 
 /// Create a group, or open the 1:1 conversation with someone.
@@ -214,7 +199,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(details.into())))
 }
 
-/// A conversation with its members and their receipt watermarks. Members only.
+/// A conversation with its members, their receipt watermarks and presence. Members only.
 #[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = ConversationId, Path)), security(("bearer" = [])),
     responses((status = 200, body = ConversationView), (status = 404, description = "conversation_not_found", body = ErrorResponse)))]
 pub async fn get(
@@ -222,7 +207,15 @@ pub async fn get(
     Caller(user): Caller,
     Path(id): Path<ConversationId>,
 ) -> Result<Json<ConversationView>, ApiError> {
-    Ok(Json(state.domain.conversation(user, id).await?.into()))
+    let mut view: ConversationView = state.domain.conversation(user, id).await?.into();
+    let ids: Vec<UserId> = view.members.iter().map(|m| m.user_id).collect();
+    for p in state.domain.presence(&ids).await? {
+        if let Some(m) = view.members.iter_mut().find(|m| m.user_id == p.user_id) {
+            m.status = Some(p.status);
+            m.last_seen_at = p.last_seen_at;
+        }
+    }
+    Ok(Json(view))
 }
 
 /// Rename a group (owner or admin).
@@ -235,10 +228,7 @@ pub async fn rename(
     Path(id): Path<ConversationId>,
     Json(req): Json<RenameConversation>,
 ) -> Result<Json<ConversationView>, ApiError> {
-    let outgoing = state
-        .domain
-        .rename_conversation(user, id, req.title)
-        .await?;
+    let outgoing = state.domain.rename_conversation(user, id, req.title).await?;
     state.publish(outgoing).await;
     Ok(Json(state.domain.conversation(user, id).await?.into()))
 }

@@ -35,15 +35,9 @@ pub async fn add(
     Path(id): Path<ConversationId>,
     Json(req): Json<AddMember>,
 ) -> Result<(StatusCode, Json<ConversationView>), ApiError> {
-    let outgoing = state
-        .domain
-        .add_member(caller, id, req.user_id, req.role)
-        .await?;
+    let outgoing = state.domain.add_member(caller, id, req.user_id, req.role).await?;
     state.publish(outgoing).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(state.domain.conversation(caller, id).await?.into()),
-    ))
+    Ok((StatusCode::CREATED, Json(state.domain.conversation(caller, id).await?.into())))
 }
 
 /// Remove a member, or leave (your own user id).
@@ -70,10 +64,7 @@ pub async fn set_role(
     Path((id, user)): Path<(ConversationId, UserId)>,
     Json(req): Json<SetRole>,
 ) -> Result<Json<ConversationView>, ApiError> {
-    let outgoing = state
-        .domain
-        .set_member_role(caller, id, user, req.role)
-        .await?;
+    let outgoing = state.domain.set_member_role(caller, id, user, req.role).await?;
     state.publish(outgoing).await;
     Ok(Json(state.domain.conversation(caller, id).await?.into()))
 }

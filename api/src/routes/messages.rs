@@ -47,16 +47,9 @@ pub async fn history(
     Path(id): Path<ConversationId>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Json<MessageList>, ApiError> {
-    let query = HistoryQuery {
-        before: params.before,
-        after: params.after,
-        limit: params.limit,
-    };
+    let query = HistoryQuery { before: params.before, after: params.after, limit: params.limit };
     let page = state.domain.history(user, id, query).await?;
-    Ok(Json(MessageList {
-        messages: page.messages,
-        has_more: page.has_more,
-    }))
+    Ok(Json(MessageList { messages: page.messages, has_more: page.has_more }))
 }
 
 /// Mark the conversation read up to a sequence number; the senders see their ticks
@@ -70,12 +63,7 @@ pub async fn mark_read(
     Path(id): Path<ConversationId>,
     Json(req): Json<MarkRead>,
 ) -> Result<Json<Unread>, ApiError> {
-    let update = ReceiptUpdate {
-        id: None,
-        conversation_id: id,
-        delivered_seq: None,
-        read_seq: Some(req.seq),
-    };
+    let update = ReceiptUpdate { id: None, conversation_id: id, delivered_seq: None, read_seq: Some(req.seq) };
     let outgoing = state.domain.record_receipt(user, &update).await?;
     state.publish(outgoing).await;
     Ok(Json(state.domain.unread_in(user, id).await?))
@@ -137,13 +125,7 @@ pub async fn delete(
     let everyone = match params.scope.as_deref() {
         None | Some("me") => false,
         Some("everyone") => true,
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                "`for` is `everyone` or `me`",
-            ))
-        }
+        Some(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_scope", "`for` is `everyone` or `me`")),
     };
     let outgoing = state.domain.delete_message(user, id, everyone).await?;
     state.publish(outgoing).await;
@@ -187,11 +169,7 @@ pub async fn reactions(
     Path(id): Path<MessageId>,
 ) -> Result<Json<Vec<ReactionView>>, ApiError> {
     let list = state.domain.message_reactions(user, id).await?;
-    Ok(Json(
-        list.into_iter()
-            .map(|(user_id, emoji)| ReactionView { user_id, emoji })
-            .collect(),
-    ))
+    Ok(Json(list.into_iter().map(|(user_id, emoji)| ReactionView { user_id, emoji }).collect()))
 }
 
 /// The earlier texts of an edited message, oldest first.
@@ -203,12 +181,5 @@ pub async fn edits(
     Path(id): Path<MessageId>,
 ) -> Result<Json<Vec<EditView>>, ApiError> {
     let list = state.domain.message_edits(user, id).await?;
-    Ok(Json(
-        list.into_iter()
-            .map(|e| EditView {
-                text: e.text,
-                replaced_at: e.replaced_at,
-            })
-            .collect(),
-    ))
+    Ok(Json(list.into_iter().map(|e| EditView { text: e.text, replaced_at: e.replaced_at }).collect()))
 }

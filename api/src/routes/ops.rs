@@ -55,18 +55,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         checks.insert(name.to_string(), result);
     }
     let ready = checks.values().all(|v| v == "ok");
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(Readiness {
-            status: if ready { "ready" } else { "unready" },
-            checks,
-        }),
-    )
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { status: if ready { "ready" } else { "unready" }, checks }))
 }
 
 /// The OpenAPI 3.1 document of this API.

@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use parley_wire::payloads::Presence;
+use parley_wire::UserId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -45,32 +48,43 @@ pub async fn sync(
     Query(params): Query<SyncParams>,
 ) -> Result<Json<SyncView>, ApiError> {
     let answer = state.domain.sync(user, params.after, params.limit).await?;
-    let events = answer
-        .events
-        .iter()
-        .map(|e| serde_json::to_value(e).unwrap_or_default())
-        .collect();
-    Ok(Json(SyncView {
-        events,
-        last_seq: answer.last_seq,
-        has_more: answer.has_more,
-        reset: answer.reset,
-    }))
+    let events = answer.events.iter().map(|e| serde_json::to_value(e).unwrap_or_default()).collect();
+    Ok(Json(SyncView { events, last_seq: answer.last_seq, has_more: answer.has_more, reset: answer.reset }))
 }
 
 /// Unread counts, per conversation and in total.
 #[utoipa::path(get, path = "/v1/unread", tag = "sync", security(("bearer" = [])),
     responses((status = 200, body = UnreadView), (status = 401, body = ErrorResponse)))]
-pub async fn unread(
-    State(state): State<AppState>,
-    Caller(user): Caller,
-) -> Result<Json<UnreadView>, ApiError> {
+pub async fn unread(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<UnreadView>, ApiError> {
     let (counts, total) = state.domain.unread(user).await?;
-    Ok(Json(UnreadView {
-        total,
-        conversations: counts
-            .into_iter()
-            .map(|(c, n)| (c.to_string(), n))
-            .collect(),
-    }))
+    Ok(Json(UnreadView { total, conversations: counts.into_iter().map(|(c, n)| (c.to_string(), n)).collect() }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceParams {
+    /// Comma-separated user ids (at most 200).
+    pub users: String,
+}
+
+/// The presence (online, away or offline, and last seen) of users who share a
+/// conversation with the caller; others are left out.
+#[utoipa::path(get, path = "/v1/presence", tag = "sync", params(PresenceParams), security(("bearer" = [])),
+    responses((status = 200, body = Vec<Presence>), (status = 400, body = ErrorResponse)))]
+pub async fn presence(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(params): Query<PresenceParams>,
+) -> Result<Json<Vec<Presence>>, ApiError> {
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m.to_string());
+    let ids = params
+        .users
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse::<UserId>().map_err(|_| bad("users are comma-separated user ids")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() || ids.len() > 200 {
+        return Err(bad("give 1 to 200 user ids"));
+    }
+    Ok(Json(state.domain.presence_seen_by(caller, &ids).await?))
 }

@@ -30,11 +30,7 @@ pub fn publish(user: &str, topic: &str) -> Verdict {
 /// A device of `user` may subscribe only under `to/{user}/`; wildcards are fine
 /// after that prefix, never in it. Shared subscriptions are for the platform only.
 pub fn subscribe(user: &str, filter: &str) -> Verdict {
-    if filter.is_empty()
-        || filter.len() > MAX_TOPIC_LEN
-        || filter.contains('\0')
-        || !rumqttc::valid_filter(filter)
-    {
+    if filter.is_empty() || filter.len() > MAX_TOPIC_LEN || filter.contains('\0') || !rumqttc::valid_filter(filter) {
         return Verdict::Invalid;
     }
     match filter.strip_prefix(&topics::downlink_prefix(user)) {
@@ -64,23 +60,14 @@ mod tests {
         ] {
             assert_eq!(publish(ME, &topic), Verdict::NotAuthorized, "{topic}");
         }
-        for topic in [
-            String::new(),
-            format!("from/{ME}/+"),
-            format!("from/{ME}/#"),
-            "a".repeat(300),
-        ] {
+        for topic in [String::new(), format!("from/{ME}/+"), format!("from/{ME}/#"), "a".repeat(300)] {
             assert_eq!(publish(ME, &topic), Verdict::Invalid, "{topic}");
         }
     }
 
     #[test]
     fn devices_subscribe_only_under_their_own_downlink_prefix() {
-        for filter in [
-            format!("to/{ME}/#"),
-            format!("to/{ME}/msg"),
-            format!("to/{ME}/+"),
-        ] {
+        for filter in [format!("to/{ME}/#"), format!("to/{ME}/msg"), format!("to/{ME}/+")] {
             assert_eq!(subscribe(ME, &filter), Verdict::Allowed, "{filter}");
         }
         for filter in [
@@ -96,12 +83,7 @@ mod tests {
         ] {
             assert_eq!(subscribe(ME, &filter), Verdict::NotAuthorized, "{filter}");
         }
-        for filter in [
-            String::new(),
-            format!("to/{ME}/#/x"),
-            format!("to/{ME}/a+"),
-            "to/#x".to_string(),
-        ] {
+        for filter in [String::new(), format!("to/{ME}/#/x"), format!("to/{ME}/a+"), "to/#x".to_string()] {
             assert_eq!(subscribe(ME, &filter), Verdict::Invalid, "{filter}");
         }
     }

@@ -126,30 +126,14 @@ pub enum AckReason {
 /// A packet the gate sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
-    ConnAck {
-        session_present: bool,
-        refusal: Option<Refusal>,
-        props: ConnAckProps,
-    },
+    ConnAck { session_present: bool, refusal: Option<Refusal>, props: ConnAckProps },
     Publish(Publish),
-    PubAck {
-        pkid: u16,
-        reason: AckReason,
-    },
-    PubRec {
-        pkid: u16,
-        reason: AckReason,
-    },
+    PubAck { pkid: u16, reason: AckReason },
+    PubRec { pkid: u16, reason: AckReason },
     PubRel(u16),
     PubComp(u16),
-    SubAck {
-        pkid: u16,
-        results: Vec<SubResult>,
-    },
-    UnsubAck {
-        pkid: u16,
-        count: usize,
-    },
+    SubAck { pkid: u16, results: Vec<SubResult> },
+    UnsubAck { pkid: u16, count: usize },
     PingResp,
     Disconnect(CloseReason),
 }
@@ -194,15 +178,10 @@ pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<ConnectInfo, Decod
         return Err(DecodeError::NotConnect);
     }
     // The remaining length takes bytes 1.. until one without the continuation bit.
-    let header_len = 1 + buf[1..]
-        .iter()
-        .position(|b| b & 0x80 == 0)
-        .map_or(1, |i| i + 1);
+    let header_len = 1 + buf[1..].iter().position(|b| b & 0x80 == 0).map_or(1, |i| i + 1);
     // Variable header: protocol name (2-byte length + bytes), then the level byte.
     let body = &buf[header_len..header.frame_length()];
-    let name_len = body
-        .get(..2)
-        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    let name_len = body.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
     let level = name_len.and_then(|n| body.get(2 + n)).copied();
     match level {
         Some(4) => match v4::Packet::read(buf, max) {
@@ -219,9 +198,7 @@ pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<ConnectInfo, Decod
             let _ = buf.split_to(header.frame_length());
             Err(DecodeError::UnsupportedVersion(other))
         }
-        None => Err(DecodeError::Malformed(
-            "CONNECT without protocol level".into(),
-        )),
+        None => Err(DecodeError::Malformed("CONNECT without protocol level".into())),
     }
 }
 
@@ -237,11 +214,7 @@ fn from_v4_connect(c: v4::Connect) -> ConnectInfo {
         keep_alive: c.keep_alive,
         username,
         password,
-        will: c.last_will.map(|w| Will {
-            topic: w.topic,
-            payload: w.message,
-            qos: w.qos as u8,
-        }),
+        will: c.last_will.map(|w| Will { topic: w.topic, payload: w.message, qos: w.qos as u8 }),
         session_expiry: None,
         receive_maximum: None,
         max_packet_size: None,
@@ -289,12 +262,10 @@ fn non_empty(s: String) -> Option<String> {
 pub fn read(protocol: Protocol, buf: &mut BytesMut, max: usize) -> Result<Inbound, DecodeError> {
     frame(buf, max)?;
     match protocol {
-        Protocol::V4 => v4::Packet::read(buf, max)
-            .map_err(|e| DecodeError::Malformed(e.to_string()))
-            .map(from_v4),
-        Protocol::V5 => v5::Packet::read(buf, Some(max as u32))
-            .map_err(|e| DecodeError::Malformed(e.to_string()))
-            .and_then(from_v5),
+        Protocol::V4 => v4::Packet::read(buf, max).map_err(|e| DecodeError::Malformed(e.to_string())).map(from_v4),
+        Protocol::V5 => {
+            v5::Packet::read(buf, Some(max as u32)).map_err(|e| DecodeError::Malformed(e.to_string())).and_then(from_v5)
+        }
     }
 }
 
@@ -314,18 +285,10 @@ fn from_v4(p: v4::Packet) -> Inbound {
         P::PubRec(a) => Inbound::PubRec(a.pkid),
         P::PubRel(a) => Inbound::PubRel(a.pkid),
         P::PubComp(a) => Inbound::PubComp(a.pkid),
-        P::Subscribe(s) => Inbound::Subscribe {
-            pkid: s.pkid,
-            filters: s
-                .filters
-                .into_iter()
-                .map(|f| (f.path, f.qos as u8))
-                .collect(),
-        },
-        P::Unsubscribe(u) => Inbound::Unsubscribe {
-            pkid: u.pkid,
-            filters: u.topics,
-        },
+        P::Subscribe(s) => {
+            Inbound::Subscribe { pkid: s.pkid, filters: s.filters.into_iter().map(|f| (f.path, f.qos as u8)).collect() }
+        }
+        P::Unsubscribe(u) => Inbound::Unsubscribe { pkid: u.pkid, filters: u.topics },
         P::PingReq => Inbound::PingReq,
         P::Disconnect => Inbound::Disconnect { with_will: false },
         P::Connect(_) => Inbound::ProtocolViolation("second CONNECT"),
@@ -339,10 +302,7 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, DecodeError> {
     use v5::Packet as P;
     Ok(match p {
         P::Publish(p) => {
-            let topic_alias = p
-                .properties
-                .as_ref()
-                .is_some_and(|pr| pr.topic_alias.is_some());
+            let topic_alias = p.properties.as_ref().is_some_and(|pr| pr.topic_alias.is_some());
             Inbound::Publish(Publish {
                 topic: String::from_utf8(p.topic.to_vec())
                     .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?,
@@ -358,22 +318,14 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, DecodeError> {
         P::PubRec(a) => Inbound::PubRec(a.pkid),
         P::PubRel(a) => Inbound::PubRel(a.pkid),
         P::PubComp(a) => Inbound::PubComp(a.pkid),
-        P::Subscribe(s) => Inbound::Subscribe {
-            pkid: s.pkid,
-            filters: s
-                .filters
-                .into_iter()
-                .map(|f| (f.path, f.qos as u8))
-                .collect(),
-        },
-        P::Unsubscribe(u) => Inbound::Unsubscribe {
-            pkid: u.pkid,
-            filters: u.filters,
-        },
+        P::Subscribe(s) => {
+            Inbound::Subscribe { pkid: s.pkid, filters: s.filters.into_iter().map(|f| (f.path, f.qos as u8)).collect() }
+        }
+        P::Unsubscribe(u) => Inbound::Unsubscribe { pkid: u.pkid, filters: u.filters },
         P::PingReq(_) => Inbound::PingReq,
-        P::Disconnect(d) => Inbound::Disconnect {
-            with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
-        },
+        P::Disconnect(d) => {
+            Inbound::Disconnect { with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage }
+        }
         P::Connect(..) => Inbound::ProtocolViolation("second CONNECT"),
         P::Auth(_) => Inbound::ProtocolViolation("AUTH is not supported"),
         P::ConnAck(_) | P::SubAck(_) | P::UnsubAck(_) | P::PingResp(_) => {
@@ -415,11 +367,7 @@ fn qos5(q: u8) -> m5base::QoS {
 fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<usize, m4base::Error> {
     use v4::ConnectReturnCode as C;
     match packet {
-        Outbound::ConnAck {
-            session_present,
-            refusal,
-            ..
-        } => {
+        Outbound::ConnAck { session_present, refusal, .. } => {
             let code = match refusal {
                 None => C::Success,
                 Some(Refusal::UnsupportedVersion) => C::RefusedProtocolVersion,
@@ -460,11 +408,7 @@ fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<usize, m4base::Error
 fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error> {
     use v5::ConnectReturnCode as C;
     match packet {
-        Outbound::ConnAck {
-            session_present,
-            refusal,
-            props,
-        } => {
+        Outbound::ConnAck { session_present, refusal, props } => {
             let code = match refusal {
                 None => C::Success,
                 Some(Refusal::UnsupportedVersion) => C::UnsupportedProtocolVersion,
@@ -493,12 +437,7 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
                 authentication_method: None,
                 authentication_data: None,
             });
-            v5::ConnAck {
-                session_present: session_present && refusal.is_none(),
-                code,
-                properties,
-            }
-            .write(out)
+            v5::ConnAck { session_present: session_present && refusal.is_none(), code, properties }.write(out)
         }
         Outbound::Publish(p) => {
             let mut publish = v5::Publish::new(p.topic, qos5(p.qos), p.payload, None);
@@ -539,21 +478,11 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
                     SubResult::QuotaExceeded => v5::SubscribeReasonCode::QuotaExceeded,
                 })
                 .collect();
-            v5::SubAck {
-                pkid,
-                return_codes,
-                properties: None,
-            }
-            .write(out)
+            v5::SubAck { pkid, return_codes, properties: None }.write(out)
         }
         Outbound::UnsubAck { pkid, count } => {
             let reasons = vec![v5::UnsubAckReason::Success; count];
-            v5::UnsubAck {
-                pkid,
-                reasons,
-                properties: None,
-            }
-            .write(out)
+            v5::UnsubAck { pkid, reasons, properties: None }.write(out)
         }
         Outbound::PingResp => v5::PingResp::write(out),
         Outbound::Disconnect(reason) => {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use parley_wire::payloads::GatePresence;
 use parley_wire::{topics, UserId};
 use rumqttc::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,8 +19,8 @@ use tracing::Instrument;
 
 use super::acl::{self, Verdict};
 use super::codec::{
-    self, AckReason, CloseReason, ConnAckProps, ConnectInfo, DecodeError, Inbound, Outbound,
-    Protocol, Publish, Refusal, SubResult,
+    self, AckReason, CloseReason, ConnAckProps, ConnectInfo, DecodeError, Inbound, Outbound, Protocol, Publish,
+    Refusal, SubResult,
 };
 use super::downlink;
 use super::session::{GateStats, Session, Subscription};
@@ -29,20 +30,10 @@ use super::Shared;
 const MAX_CLIENT_ID_LEN: usize = 256;
 
 /// Serves one accepted TCP connection to its end.
-pub async fn serve(
-    shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let mut rbuf = BytesMut::with_capacity(1024);
-    let connect = match timeout(
-        shared.settings.connect_timeout,
-        read_connect(&shared, &mut stream, &mut rbuf),
-    )
-    .await
-    {
+    let connect = match timeout(shared.settings.connect_timeout, read_connect(&shared, &mut stream, &mut rbuf)).await {
         Ok(Ok(c)) => c,
         Ok(Err(reason)) => {
             tracing::debug!(%peer, reason, "connection closed before CONNECT completed");
@@ -63,11 +54,7 @@ pub async fn serve(
             let mut out = BytesMut::new();
             codec::write(
                 protocol,
-                Outbound::ConnAck {
-                    session_present: false,
-                    refusal: Some(refusal),
-                    props: ConnAckProps::default(),
-                },
+                Outbound::ConnAck { session_present: false, refusal: Some(refusal), props: ConnAckProps::default() },
                 &mut out,
             );
             let _ = timeout(shared.settings.write_timeout, stream.write_all(&out)).await;
@@ -78,14 +65,8 @@ pub async fn serve(
     let span = tracing::info_span!("device", user_id = %accepted.user, client_id = %accepted.session.client_id, %peer);
     async move {
         tracing::info!(protocol = ?protocol, present = accepted.present, "device connected");
-        let mut conn = Connection {
-            shared,
-            stream,
-            rbuf,
-            wbuf: BytesMut::with_capacity(1024),
-            accepted,
-            id,
-        };
+        report_presence(&shared, accepted.user).await;
+        let mut conn = Connection { shared, stream, rbuf, wbuf: BytesMut::with_capacity(1024), accepted, id };
         let end = conn.run(shutdown).await;
         conn.finish(end).await;
     }
@@ -163,10 +144,7 @@ fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<Accepte
     let (Some(username), Some(password)) = (c.username, c.password) else {
         return Err(Refusal::BadCredentials);
     };
-    let claims = shared
-        .tokens
-        .verify_access(&password)
-        .map_err(|_| Refusal::BadCredentials)?;
+    let claims = shared.tokens.verify_access(&password).map_err(|_| Refusal::BadCredentials)?;
     let user = claims.user().map_err(|_| Refusal::BadCredentials)?;
     if username != claims.sub {
         return Err(Refusal::NotAuthorized);
@@ -176,37 +154,23 @@ fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<Accepte
             return Err(Refusal::NotAuthorized);
         }
     }
-    if c.client_id.len() > MAX_CLIENT_ID_LEN
-        || (c.client_id.is_empty() && !c.clean_start && c.protocol == Protocol::V4)
+    if c.client_id.len() > MAX_CLIENT_ID_LEN || (c.client_id.is_empty() && !c.clean_start && c.protocol == Protocol::V4)
     {
         return Err(Refusal::BadClientId);
     }
-    let assigned_client_id = c
-        .client_id
-        .is_empty()
-        .then(|| format!("auto-{}", uuid::Uuid::new_v4().simple()));
+    let assigned_client_id = c.client_id.is_empty().then(|| format!("auto-{}", uuid::Uuid::new_v4().simple()));
     let client_id = assigned_client_id.clone().unwrap_or(c.client_id);
     let limit = shared.settings.session_expiry;
     let expiry = match c.protocol {
         Protocol::V4 => (!c.clean_start).then_some(limit),
-        Protocol::V5 => c
-            .session_expiry
-            .map(|s| Duration::from_secs(u64::from(s)).min(limit))
-            .filter(|d| !d.is_zero()),
+        Protocol::V5 => c.session_expiry.map(|s| Duration::from_secs(u64::from(s)).min(limit)).filter(|d| !d.is_zero()),
     };
     let attached = shared
         .registry
-        .attach(
-            user,
-            &client_id,
-            connection,
-            c.clean_start,
-            expiry,
-            shared.settings.max_sessions_per_user,
-        )
+        .attach(user, &client_id, connection, c.clean_start, expiry, shared.settings.max_sessions_per_user)
         .ok_or(Refusal::QuotaExceeded)?;
-    let window = usize::from(shared.settings.max_inflight.max(1))
-        .min(usize::from(c.receive_maximum.unwrap_or(u16::MAX).max(1)));
+    let window =
+        usize::from(shared.settings.max_inflight.max(1)).min(usize::from(c.receive_maximum.unwrap_or(u16::MAX).max(1)));
     Ok(Accepted {
         protocol: c.protocol,
         user,
@@ -241,12 +205,7 @@ impl Connection {
             return Ok(());
         }
         let out = self.wbuf.split();
-        match timeout(
-            self.shared.settings.write_timeout,
-            self.stream.write_all(&out),
-        )
-        .await
-        {
+        match timeout(self.shared.settings.write_timeout, self.stream.write_all(&out)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(()),
         }
@@ -256,8 +215,7 @@ impl Connection {
         let settings = &self.shared.settings;
         let session_expiry = {
             let st = self.accepted.session.state();
-            st.expiry
-                .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+            st.expiry.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
         };
         let props = ConnAckProps {
             assigned_client_id: self.accepted.assigned_client_id.clone(),
@@ -265,11 +223,7 @@ impl Connection {
             receive_maximum: Some(settings.max_inflight.max(1)),
             max_packet_size: Some(settings.max_packet_size as u32),
         };
-        self.send(Outbound::ConnAck {
-            session_present: self.accepted.present,
-            refusal: None,
-            props,
-        });
+        self.send(Outbound::ConnAck { session_present: self.accepted.present, refusal: None, props });
         let kick = self.accepted.kick.clone();
         self.resend_inflight();
         self.drain();
@@ -317,11 +271,8 @@ impl Connection {
     /// Handles every complete packet in the read buffer.
     async fn handle_input(&mut self) -> Option<End> {
         loop {
-            let packet = match codec::read(
-                self.accepted.protocol,
-                &mut self.rbuf,
-                self.shared.settings.max_packet_size,
-            ) {
+            let packet = match codec::read(self.accepted.protocol, &mut self.rbuf, self.shared.settings.max_packet_size)
+            {
                 Ok(p) => p,
                 Err(DecodeError::Incomplete) => return None,
                 Err(DecodeError::TooLarge(n)) => {
@@ -360,11 +311,7 @@ impl Connection {
             Inbound::Subscribe { pkid, filters } => self.subscribe(pkid, filters),
             Inbound::Unsubscribe { pkid, filters } => {
                 let count = filters.len();
-                self.accepted
-                    .session
-                    .state()
-                    .subscriptions
-                    .retain(|s| !filters.contains(&s.filter));
+                self.accepted.session.state().subscriptions.retain(|s| !filters.contains(&s.filter));
                 self.send(Outbound::UnsubAck { pkid, count });
             }
             Inbound::PingReq => self.send(Outbound::PingResp),
@@ -400,14 +347,8 @@ impl Connection {
                 self.report_refusal(&p.topic);
                 // 3.1.1 cannot refuse a publish: acknowledge it and drop it (§3.3.5).
                 match p.qos {
-                    1 => self.send(Outbound::PubAck {
-                        pkid: p.pkid,
-                        reason: AckReason::NotAuthorized,
-                    }),
-                    2 => self.send(Outbound::PubRec {
-                        pkid: p.pkid,
-                        reason: AckReason::NotAuthorized,
-                    }),
+                    1 => self.send(Outbound::PubAck { pkid: p.pkid, reason: AckReason::NotAuthorized }),
+                    2 => self.send(Outbound::PubRec { pkid: p.pkid, reason: AckReason::NotAuthorized }),
                     _ => {}
                 }
                 return None;
@@ -415,26 +356,17 @@ impl Connection {
         }
         let duplicate = p.qos == 2 && !self.accepted.session.state().incoming_qos2.insert(p.pkid);
         if !duplicate {
-            // The bus takes every uplink at QoS 1; waiting here pushes back on a fast device.
-            if let Err(e) = self
-                .shared
-                .bus
-                .publish(p.topic, QoS::AtLeastOnce, false, p.payload)
-                .await
-            {
+            // QoS 0 stays QoS 0 (typing and the like); 1 and 2 travel the bus at QoS 1.
+            // Waiting here pushes back on a fast device.
+            let qos = if p.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            if let Err(e) = self.shared.bus.publish(p.topic, qos, false, p.payload).await {
                 tracing::error!(error = %e, "bus refused an uplink; closing");
                 return Some(End::Closed(CloseReason::ShuttingDown));
             }
         }
         match p.qos {
-            1 => self.send(Outbound::PubAck {
-                pkid: p.pkid,
-                reason: AckReason::Success,
-            }),
-            2 => self.send(Outbound::PubRec {
-                pkid: p.pkid,
-                reason: AckReason::Success,
-            }),
+            1 => self.send(Outbound::PubAck { pkid: p.pkid, reason: AckReason::Success }),
+            2 => self.send(Outbound::PubRec { pkid: p.pkid, reason: AckReason::Success }),
             _ => {}
         }
         None
@@ -450,17 +382,13 @@ impl Connection {
                 Verdict::NotAuthorized => SubResult::NotAuthorized,
                 Verdict::Allowed => {
                     let granted = qos.min(1);
-                    if let Some(existing) = st.subscriptions.iter_mut().find(|s| s.filter == filter)
-                    {
+                    if let Some(existing) = st.subscriptions.iter_mut().find(|s| s.filter == filter) {
                         existing.qos = granted;
                         SubResult::Granted(granted)
                     } else if st.subscriptions.len() >= max {
                         SubResult::QuotaExceeded
                     } else {
-                        st.subscriptions.push(Subscription {
-                            filter: filter.clone(),
-                            qos: granted,
-                        });
+                        st.subscriptions.push(Subscription { filter: filter.clone(), qos: granted });
                         SubResult::Granted(granted)
                     }
                 }
@@ -494,14 +422,7 @@ impl Connection {
 
     /// After a resumed session: everything unacknowledged goes again, marked DUP.
     fn resend_inflight(&mut self) {
-        let pending: Vec<_> = self
-            .accepted
-            .session
-            .state()
-            .inflight
-            .iter()
-            .cloned()
-            .collect();
+        let pending: Vec<_> = self.accepted.session.state().inflight.iter().cloned().collect();
         for (pkid, d) in pending {
             self.send(Outbound::Publish(Publish {
                 topic: d.topic,
@@ -569,16 +490,24 @@ impl Connection {
             End::Closed(reason) => reason != CloseReason::ShuttingDown,
         };
         if let Some(will) = self.accepted.will.take().filter(|_| will_due) {
-            if let Err(e) =
-                self.shared
-                    .bus
-                    .try_publish(will.topic, QoS::AtLeastOnce, false, will.payload)
-            {
+            if let Err(e) = self.shared.bus.try_publish(will.topic, QoS::AtLeastOnce, false, will.payload) {
                 tracing::warn!(error = %e, "will could not be published");
             }
         }
         let _ = self.stream.shutdown().await;
         self.shared.registry.detach(&self.accepted.session, self.id);
+        report_presence(&self.shared, self.accepted.user).await;
         tracing::info!(?end, "device disconnected");
+    }
+}
+
+/// Tells the bridges how many devices of `user` this gate holds now.
+async fn report_presence(shared: &Shared, user: UserId) {
+    let report =
+        GatePresence { reset: false, user_id: Some(user), devices: shared.registry.connected_devices(user) as i64 };
+    let topic = topics::gate_presence(&shared.settings.node_id);
+    let payload = serde_json::to_vec(&report).unwrap_or_default();
+    if let Err(e) = shared.bus.publish(topic, QoS::AtLeastOnce, false, payload).await {
+        tracing::warn!(error = %e, "presence report not handed to the bus");
     }
 }

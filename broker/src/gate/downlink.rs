@@ -12,14 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::session::{Delivery, GateStats, Registry, Session};
 
 /// Queues a downlink on every matching session of the topic's user.
-pub fn dispatch(
-    registry: &Registry,
-    stats: &GateStats,
-    max_queued: usize,
-    topic: &str,
-    payload: Bytes,
-    qos: u8,
-) {
+pub fn dispatch(registry: &Registry, stats: &GateStats, max_queued: usize, topic: &str, payload: Bytes, qos: u8) {
     let Some(user) = topics::downlink_user(topic).and_then(|u| u.parse::<UserId>().ok()) else {
         tracing::debug!(topic, "downlink for no user; ignored");
         return;
@@ -32,21 +25,9 @@ pub fn dispatch(
 /// Queues one message on one session if a subscription matches, at the lower of
 /// the message's and the subscription's QoS. A session without a connection keeps
 /// only QoS 1 messages, and only if it is persistent; a full queue drops and counts.
-pub fn offer(
-    session: &Session,
-    stats: &GateStats,
-    max_queued: usize,
-    topic: &str,
-    payload: Bytes,
-    qos: u8,
-) {
+pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, topic: &str, payload: Bytes, qos: u8) {
     let mut st = session.state();
-    let Some(granted) = st
-        .subscriptions
-        .iter()
-        .filter(|s| rumqttc::matches(topic, &s.filter))
-        .map(|s| s.qos)
-        .max()
+    let Some(granted) = st.subscriptions.iter().filter(|s| rumqttc::matches(topic, &s.filter)).map(|s| s.qos).max()
     else {
         return;
     };
@@ -59,11 +40,7 @@ pub fn offer(
         tracing::warn!(user_id = %session.user, client_id = %session.client_id, topic, "session queue full; message dropped");
         return;
     }
-    st.queue.push_back(Delivery {
-        topic: topic.to_string(),
-        payload,
-        qos,
-    });
+    st.queue.push_back(Delivery { topic: topic.to_string(), payload, qos });
     drop(st);
     session.notify.notify_one();
 }
@@ -87,20 +64,12 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("gate connected to the bus");
                 // Subscribing from the polling task must not wait on the channel it drains.
-                if let Err(e) = client.try_subscribe(topics::GATE_DOWNLINK_FILTER, QoS::AtLeastOnce)
-                {
+                if let Err(e) = client.try_subscribe(topics::GATE_DOWNLINK_FILTER, QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "gate could not subscribe to downlinks");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                dispatch(
-                    &registry,
-                    &stats,
-                    max_queued,
-                    &p.topic,
-                    p.payload,
-                    p.qos as u8,
-                );
+                dispatch(&registry, &stats, max_queued, &p.topic, p.payload, p.qos as u8);
             }
             Ok(_) => {}
             Err(e) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use parley_domain::Tokens;
 use parley_wire::bus::BusEndpoint;
-use rumqttc::AsyncClient;
+use rumqttc::{AsyncClient, QoS};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +35,8 @@ pub struct GateSettings {
     pub max_sessions_per_user: usize,
     /// A device that does not take our bytes within this time is dropped.
     pub write_timeout: Duration,
+    /// This gate's name in presence reports.
+    pub node_id: String,
 }
 
 impl GateSettings {
@@ -48,6 +50,7 @@ impl GateSettings {
             max_subscriptions: mqtt.max_subscriptions,
             max_sessions_per_user: 32,
             write_timeout: Duration::from_secs(30),
+            node_id: mqtt.node_id.clone(),
         }
     }
 }
@@ -91,6 +94,9 @@ pub async fn serve(
     ready: impl FnOnce(GateHandle),
 ) -> anyhow::Result<()> {
     let (client, events) = AsyncClient::new(bus.options("gate"), 1024);
+    // Whatever this gate reported before it (re)started no longer holds.
+    let reset = serde_json::json!({ "reset": true }).to_string();
+    client.publish(parley_wire::topics::gate_presence(&settings.node_id), QoS::AtLeastOnce, false, reset).await?;
     let registry = Arc::new(Registry::default());
     let stats = Arc::new(GateStats::default());
     let tasks = TaskTracker::new();
@@ -103,10 +109,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tasks.spawn(purge_expired_sessions(registry.clone(), shutdown.clone()));
-    ready(GateHandle {
-        stats: stats.clone(),
-        registry: registry.clone(),
-    });
+    ready(GateHandle { stats: stats.clone(), registry: registry.clone() });
     let shared = Arc::new(Shared {
         settings,
         tokens,
@@ -123,12 +126,7 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tasks.spawn(connection::serve(
-                    shared.clone(),
-                    stream,
-                    peer,
-                    shutdown.clone(),
-                ));
+                tasks.spawn(connection::serve(shared.clone(), stream, peer, shutdown.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and the like: pause instead of spinning.
@@ -162,11 +160,7 @@ async fn purge_expired_sessions(registry: Arc<Registry>, shutdown: CancellationT
 
 /// Proves the gate accepts devices: a real MQTT CONNECT to `addr` with a token for
 /// a throwaway user id, answered by a successful CONNACK within `limit`.
-pub async fn self_check(
-    addr: std::net::SocketAddr,
-    tokens: &Tokens,
-    limit: Duration,
-) -> Result<(), String> {
+pub async fn self_check(addr: std::net::SocketAddr, tokens: &Tokens, limit: Duration) -> Result<(), String> {
     use rumqttc::{ConnectReturnCode, Event, MqttOptions, Packet};
     let host = match addr.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -175,23 +169,14 @@ pub async fn self_check(
     };
     let user = parley_wire::UserId::new();
     let token = tokens.issue_access(user, chrono_free_now_secs());
-    let mut options = MqttOptions::new(
-        format!("parley-readyz-{}", uuid::Uuid::new_v4().simple()),
-        host.to_string(),
-        addr.port(),
-    );
-    options
-        .set_credentials(user.to_string(), token)
-        .set_keep_alive(Duration::from_secs(5));
+    let mut options =
+        MqttOptions::new(format!("parley-readyz-{}", uuid::Uuid::new_v4().simple()), host.to_string(), addr.port());
+    options.set_credentials(user.to_string(), token).set_keep_alive(Duration::from_secs(5));
     let (client, mut events) = AsyncClient::new(options, 4);
     let answer = tokio::time::timeout(limit, async {
         loop {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack)))
-                    if ack.code == ConnectReturnCode::Success =>
-                {
-                    return Ok(())
-                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => return Ok(()),
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     return Err(format!("gate refused its own check: {:?}", ack.code))
                 }
@@ -207,7 +192,5 @@ pub async fn self_check(
 }
 
 fn chrono_free_now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

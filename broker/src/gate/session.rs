@@ -78,9 +78,7 @@ pub struct Session {
 impl Session {
     /// The state, even if a holder panicked (the state stays consistent per operation).
     pub fn state(&self) -> MutexGuard<'_, SessionState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -180,11 +178,7 @@ impl Registry {
             st.expires_at = None;
             st.kick.clone()
         };
-        Some(Attached {
-            session,
-            present,
-            kick,
-        })
+        Some(Attached { session, present, kick })
     }
 
     /// Called when `connection` ends: a persistent session waits for its device,
@@ -210,16 +204,17 @@ impl Registry {
         self.maps().by_user.get(&user).cloned().unwrap_or_default()
     }
 
+    /// How many of `user`'s sessions have a connected device.
+    pub fn connected_devices(&self, user: UserId) -> usize {
+        self.sessions_of(user).iter().filter(|s| s.state().owner.is_some()).count()
+    }
+
     /// Forgets persistent sessions whose device stayed away past their expiry.
     pub fn purge_expired(&self) -> usize {
         let now = Instant::now();
         let mut maps = self.maps();
-        let expired: Vec<_> = maps
-            .sessions
-            .values()
-            .filter(|s| s.state().expires_at.is_some_and(|t| t <= now))
-            .cloned()
-            .collect();
+        let expired: Vec<_> =
+            maps.sessions.values().filter(|s| s.state().expires_at.is_some_and(|t| t <= now)).cloned().collect();
         for s in &expired {
             maps.remove(s);
         }
@@ -236,11 +231,7 @@ impl Registry {
     /// How many sessions exist, and how many have a connected device.
     pub fn counts(&self) -> (usize, usize) {
         let maps = self.maps();
-        let connected = maps
-            .sessions
-            .values()
-            .filter(|s| s.state().owner.is_some())
-            .count();
+        let connected = maps.sessions.values().filter(|s| s.state().owner.is_some()).count();
         (maps.sessions.len(), connected)
     }
 }
@@ -249,11 +240,7 @@ impl Maps {
     /// Forgets exactly this session (not a newer one under the same key).
     fn remove(&mut self, session: &Arc<Session>) {
         let key = (session.user, session.client_id.clone());
-        if self
-            .sessions
-            .get(&key)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
-        {
+        if self.sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, session)) {
             self.sessions.remove(&key);
         }
         if let Some(list) = self.by_user.get_mut(&session.user) {
@@ -269,9 +256,7 @@ impl Maps {
             .by_user
             .get(&user)
             .and_then(|list| {
-                list.iter()
-                    .filter_map(|s| s.state().expires_at.map(|t| (t, s.clone())))
-                    .min_by_key(|(t, _)| *t)
+                list.iter().filter_map(|s| s.state().expires_at.map(|t| (t, s.clone()))).min_by_key(|(t, _)| *t)
             })
             .map(|(_, s)| s);
         match oldest {

@@ -30,12 +30,7 @@ fn a_v5_connect_is_read_with_its_properties() {
     let mut props = v5::ConnectProperties::new();
     props.session_expiry_interval = Some(600);
     props.receive_maximum = Some(5);
-    let connect = v5::Connect {
-        keep_alive: 10,
-        client_id: "k1".into(),
-        clean_start: true,
-        properties: Some(props),
-    };
+    let connect = v5::Connect { keep_alive: 10, client_id: "k1".into(), clean_start: true, properties: Some(props) };
     let login = Some(v5::Login::new("u", "p"));
     let mut buf = BytesMut::new();
     connect.write(&None, &login, &mut buf).expect("encode");
@@ -51,11 +46,7 @@ fn partial_packets_ask_for_more_bytes() {
     let full = v4_connect_bytes("phone-1", None);
     for cut in [1, 2, full.len() - 1] {
         let mut part = BytesMut::from(&full[..cut]);
-        assert_eq!(
-            read_connect(&mut part, 1024),
-            Err(DecodeError::Incomplete),
-            "cut at {cut}"
-        );
+        assert_eq!(read_connect(&mut part, 1024), Err(DecodeError::Incomplete), "cut at {cut}");
     }
 }
 
@@ -63,15 +54,9 @@ fn partial_packets_ask_for_more_bytes() {
 fn oversized_announced_lengths_are_refused_before_reading_the_body() {
     // PUBLISH announcing 200 MB, with no body at all.
     let mut buf = BytesMut::from(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F][..]);
-    assert!(matches!(
-        read(Protocol::V4, &mut buf, 1024),
-        Err(DecodeError::TooLarge(_))
-    ));
+    assert!(matches!(read(Protocol::V4, &mut buf, 1024), Err(DecodeError::TooLarge(_))));
     let mut connect = BytesMut::from(&[0x10, 0xFF, 0xFF, 0xFF, 0x7F][..]);
-    assert!(matches!(
-        read_connect(&mut connect, 1024),
-        Err(DecodeError::TooLarge(_))
-    ));
+    assert!(matches!(read_connect(&mut connect, 1024), Err(DecodeError::TooLarge(_))));
 }
 
 #[test]
@@ -79,41 +64,20 @@ fn first_packet_must_be_connect_of_a_known_version() {
     let mut ping = BytesMut::from(&[0xC0, 0x00][..]);
     assert_eq!(read_connect(&mut ping, 1024), Err(DecodeError::NotConnect));
     // MQTT 3.1: protocol name "MQIsdp", level 3.
-    let mut v3 = BytesMut::from(
-        &[
-            0x10, 0x0C, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0x00, 0x3C,
-        ][..],
-    );
-    assert_eq!(
-        read_connect(&mut v3, 1024),
-        Err(DecodeError::UnsupportedVersion(3))
-    );
+    let mut v3 = BytesMut::from(&[0x10, 0x0C, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0x00, 0x3C][..]);
+    assert_eq!(read_connect(&mut v3, 1024), Err(DecodeError::UnsupportedVersion(3)));
     let mut garbage = BytesMut::from(&[0x10, 0x02, 0xFF, 0xFF][..]);
-    assert!(matches!(
-        read_connect(&mut garbage, 1024),
-        Err(DecodeError::Malformed(_))
-    ));
+    assert!(matches!(read_connect(&mut garbage, 1024), Err(DecodeError::Malformed(_))));
 }
 
 #[test]
 fn subacks_refuse_in_each_versions_terms() {
     let results = vec![SubResult::Granted(1), SubResult::NotAuthorized];
     let mut out = BytesMut::new();
-    write(
-        Protocol::V4,
-        Outbound::SubAck {
-            pkid: 7,
-            results: results.clone(),
-        },
-        &mut out,
-    );
+    write(Protocol::V4, Outbound::SubAck { pkid: 7, results: results.clone() }, &mut out);
     assert_eq!(&out[..], &[0x90, 0x04, 0x00, 0x07, 0x01, 0x80]);
     let mut out = BytesMut::new();
-    write(
-        Protocol::V5,
-        Outbound::SubAck { pkid: 7, results },
-        &mut out,
-    );
+    write(Protocol::V5, Outbound::SubAck { pkid: 7, results }, &mut out);
     assert_eq!(&out[..], &[0x90, 0x05, 0x00, 0x07, 0x00, 0x01, 0x87]);
 }
 
@@ -126,11 +90,7 @@ fn connack_codes_follow_the_version() {
         props: ConnAckProps::default(),
     };
     write(Protocol::V4, ack.clone(), &mut out);
-    assert_eq!(
-        &out[..],
-        &[0x20, 0x02, 0x00, 0x04],
-        "3.1.1: bad user name or password, no session"
-    );
+    assert_eq!(&out[..], &[0x20, 0x02, 0x00, 0x04], "3.1.1: bad user name or password, no session");
     let mut out = BytesMut::new();
     write(Protocol::V5, ack, &mut out);
     assert_eq!(&out[..4], &[0x20, 0x03, 0x00, 0x86], "v5: 0x86");
@@ -150,10 +110,6 @@ fn published_packets_survive_a_round_trip() {
     for protocol in [Protocol::V4, Protocol::V5] {
         let mut out = BytesMut::new();
         write(protocol, Outbound::Publish(p.clone()), &mut out);
-        assert_eq!(
-            read(protocol, &mut out, 1024),
-            Ok(Inbound::Publish(p.clone())),
-            "{protocol:?}"
-        );
+        assert_eq!(read(protocol, &mut out, 1024), Ok(Inbound::Publish(p.clone())), "{protocol:?}");
     }
 }

@@ -1,0 +1,270 @@
+//! What happens while people are connected: typing, presence, and changes to sent
+//! messages (edits, deletions, reactions), with the refusals around them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, TestApp};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+both_backends!(
+    typing_reaches_only_the_other_members_throttled_and_unstored,
+    presence_follows_the_devices_and_reaches_partners_only,
+    senders_change_their_messages_and_members_react,
+);
+
+/// The next presence signal about `user` on `topic` (devices also hear their own user's).
+async fn next_presence_of(device: &mut common::Device, topic: &str, user: &str) -> Value {
+    device
+        .next_matching(|p| match p {
+            rumqttc::Packet::Publish(p) if p.topic == topic => {
+                let v: Value = serde_json::from_slice(&p.payload).expect("json");
+                (v["user_id"] == user).then_some(v)
+            }
+            _ => None,
+        })
+        .await
+}
+
+/// Whether no presence signal about `user` arrives for a moment.
+async fn no_presence_of(device: &mut common::Device, topic: &str, user: &str) -> bool {
+    let about_user = |p: &rumqttc::Packet| match p {
+        rumqttc::Packet::Publish(p) if p.topic == topic => {
+            serde_json::from_slice::<Value>(&p.payload).is_ok_and(|v| v["user_id"] == user)
+        }
+        _ => false,
+    };
+    device.nothing_matching(about_user, Duration::from_millis(300)).await
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
+}
+
+async fn typing_reaches_only_the_other_members_throttled_and_unstored(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let (ann, ben, cat) = (app.user("ann").await, app.user("ben").await, app.user("cat").await);
+    let mut a = app.device(&ann, "ann-phone").await;
+    let mut b = app.device(&ben, "ben-phone").await;
+    let mut c = app.device(&cat, "cat-phone").await;
+    a.publish_json(&format!("from/{}/msg", ann.id), &json!({"id": "m1", "to": ben.id, "text": "hi"})).await;
+    let conversation = a.next_on(&format!("to/{}/ack", ann.id)).await["conversation_id"].clone();
+    let (_, before) = app.get("/v1/sync?after=0&limit=1", Some(&ben.access_token)).await;
+
+    let typing = |state: &str| json!({"conversation_id": conversation, "state": state}).to_string();
+    let topic = format!("from/{}/typing", ann.id);
+    a.client.publish(&topic, QoS::AtMostOnce, false, typing("start")).await.expect("publish");
+    let got = b.next_on(&format!("to/{}/typing", ben.id)).await;
+    assert_eq!(got, json!({"conversation_id": conversation, "user_id": ann.id, "state": "start", "expires_in": 6}));
+    a.client.publish(&topic, QoS::AtMostOnce, false, typing("start")).await.expect("publish");
+    assert!(
+        b.nothing_on(&format!("to/{}/typing", ben.id), Duration::from_millis(400)).await,
+        "a repeat within 3 s is absorbed"
+    );
+    a.client.publish(&topic, QoS::AtMostOnce, false, typing("stop")).await.expect("publish");
+    assert_eq!(b.next_on(&format!("to/{}/typing", ben.id)).await["state"], "stop");
+    assert!(a.nothing_on(&format!("to/{}/typing", ann.id), Duration::from_millis(100)).await, "not to the typist");
+
+    let body = json!({"conversation_id": conversation, "state": "start"}).to_string();
+    c.client.publish(format!("from/{}/typing", cat.id), QoS::AtMostOnce, false, body).await.expect("publish");
+    assert_eq!(code(&c.next_on(&format!("to/{}/error", cat.id)).await), "conversation_not_found");
+    a.client.publish(&topic, QoS::AtMostOnce, false, typing("dancing")).await.expect("publish");
+    assert_eq!(code(&a.next_on(&format!("to/{}/error", ann.id)).await), "invalid_state");
+    let (_, after) = app.get("/v1/sync?after=0&limit=1", Some(&ben.access_token)).await;
+    assert_eq!(before["last_seq"], after["last_seq"], "typing is never stored");
+    app.stop().await;
+}
+
+async fn presence_follows_the_devices_and_reaches_partners_only(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let (ann, ben, eve) = (app.user("ann").await, app.user("ben").await, app.user("eve").await);
+    let resp = app
+        .client
+        .post(format!("{}/v1/conversations", app.http))
+        .bearer_auth(&ann.access_token)
+        .json(&json!({"kind": "direct", "members": [ben.id]}))
+        .send()
+        .await
+        .expect("http");
+    let conversation: Value = resp.json().await.expect("json");
+    let mut b = app.device(&ben, "ben-phone").await;
+    let mut e = app.device(&eve, "eve-phone").await;
+    let topic = format!("to/{}/presence", ben.id);
+
+    let a = app.device(&ann, "ann-phone").await;
+    let online = next_presence_of(&mut b, &topic, &ann.id).await;
+    assert_eq!((online["user_id"].as_str(), online["status"].as_str()), (Some(ann.id.as_str()), Some("online")));
+    let second = app.device(&ann, "ann-tablet").await;
+    assert!(no_presence_of(&mut b, &topic, &ann.id).await, "a second device changes nothing");
+    a.publish_json(&format!("from/{}/presence", ann.id), &json!({"status": "away"})).await;
+    assert_eq!(next_presence_of(&mut b, &topic, &ann.id).await["status"], "away");
+    drop(a);
+    assert!(no_presence_of(&mut b, &topic, &ann.id).await, "still online on the tablet");
+    drop(second);
+    let offline = next_presence_of(&mut b, &topic, &ann.id).await;
+    assert_eq!(offline["status"], "offline");
+    assert!(offline["last_seen_at"].is_string(), "{offline}");
+    assert!(no_presence_of(&mut e, &format!("to/{}/presence", eve.id), &ann.id).await, "eve shares nothing with ann");
+
+    let (status, seen) = app.get(&format!("/v1/presence?users={},{}", ann.id, ben.id), Some(&ben.access_token)).await;
+    assert_eq!(status, 200);
+    let seen = seen.as_array().expect("list").clone();
+    let ann_seen = seen.iter().find(|p| p["user_id"] == ann.id.as_str()).expect("ann");
+    assert_eq!((ann_seen["status"].as_str(), ann_seen["last_seen_at"].is_string()), (Some("offline"), true));
+    assert_eq!(seen.iter().find(|p| p["user_id"] == ben.id.as_str()).expect("ben")["status"], "online");
+    let (_, hidden) = app.get(&format!("/v1/presence?users={}", ann.id), Some(&eve.access_token)).await;
+    assert_eq!(hidden, json!([]), "presence is for conversation partners only");
+    let (status, bad) = app.get("/v1/presence?users=nope", Some(&eve.access_token)).await;
+    assert_eq!((status, code(&bad)), (400, "invalid_query"));
+    let (_, details) = app
+        .get(&format!("/v1/conversations/{}", conversation["id"].as_str().expect("id")), Some(&ben.access_token))
+        .await;
+    let statuses: Vec<&str> =
+        details["members"].as_array().expect("members").iter().map(|m| m["status"].as_str().expect("status")).collect();
+    assert!(statuses.contains(&"offline") && statuses.contains(&"online"), "{details}");
+    assert_eq!(
+        code(&{
+            e.publish_json(&format!("from/{}/presence", eve.id), &json!({"status": "asleep"})).await;
+            e.next_on(&format!("to/{}/error", eve.id)).await
+        }),
+        "invalid_status"
+    );
+    app.stop().await;
+}
+
+async fn senders_change_their_messages_and_members_react(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let (ann, ben, eve) = (app.user("ann").await, app.user("ben").await, app.user("eve").await);
+    let mut a = app.device(&ann, "ann-phone").await;
+    let mut b = app.device(&ben, "ben-phone").await;
+    let mut e = app.device(&eve, "eve-phone").await;
+    a.publish_json(&format!("from/{}/msg", ann.id), &json!({"id": "m1", "to": ben.id, "text": "frist"})).await;
+    let ack = a.next_on(&format!("to/{}/ack", ann.id)).await;
+    let (message, conversation) = (ack["message_id"].as_str().expect("id").to_string(), ack["conversation_id"].clone());
+    b.publish_json(
+        &format!("from/{}/msg", ben.id),
+        &json!({"id": "r1", "conversation_id": conversation, "text": "ha", "reply_to": message}),
+    )
+    .await;
+    let reply = b.next_on(&format!("to/{}/ack", ben.id)).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+
+    // Refusals first: none of them changes anything.
+    let refusals = [
+        (1, "edit", json!({"id": "x1", "message_id": message, "text": "mine now"}), "not_sender"),
+        (1, "delete", json!({"id": "x2", "message_id": message, "for": "everyone"}), "not_sender"),
+        (2, "react", json!({"id": "x3", "message_id": message, "emoji": "😈"}), "message_not_found"),
+        (2, "delete", json!({"id": "x4", "message_id": message, "for": "me"}), "message_not_found"),
+        (0, "delete", json!({"id": "x5", "message_id": message, "for": "nobody"}), "invalid_scope"),
+        (0, "react", json!({"id": "x6", "message_id": message, "emoji": "a b"}), "invalid_emoji"),
+        (0, "edit", json!({"id": "x7", "message_id": message, "text": "  "}), "empty_text"),
+    ];
+    for (who, kind, body, expected) in refusals {
+        let (device, user) = match who {
+            0 => (&mut a, &ann),
+            1 => (&mut b, &ben),
+            _ => (&mut e, &eve),
+        };
+        device.publish_json(&format!("from/{}/{kind}", user.id), &body).await;
+        let err = device.next_on(&format!("to/{}/error", user.id)).await;
+        assert_eq!(
+            (err["id"].clone(), code(&err).to_string()),
+            (body["id"].clone(), expected.to_string()),
+            "{kind} {body}"
+        );
+    }
+    b.publish_json(
+        &format!("from/{}/msg", ben.id),
+        &json!({"id": "r2", "conversation_id": conversation, "text": "x", "reply_to": uuid::Uuid::now_v7()}),
+    )
+    .await;
+    assert_eq!(b.next_on(&format!("to/{}/ack", ben.id)).await["error"]["code"], "invalid_reply");
+
+    // The sender fixes the typo; the other side sees it.
+    a.publish_json(&format!("from/{}/edit", ann.id), &json!({"message_id": message, "text": "first"})).await;
+    let edited = b
+        .next_matching(|p| match p {
+            rumqttc::Packet::Publish(p) if p.topic.ends_with("/msg") => {
+                let v: Value = serde_json::from_slice(&p.payload).expect("json");
+                (v["type"] == "message_edited").then_some(v)
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!((edited["text"].as_str(), edited["edited_at"].is_string()), (Some("first"), true));
+    let (_, edits) = app.get(&format!("/v1/messages/{message}/edits"), Some(&ben.access_token)).await;
+    assert_eq!(
+        edits.as_array().map(|e| e.iter().map(|x| x["text"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!("frist")])
+    );
+    let (status, _) = app.get(&format!("/v1/messages/{message}/edits"), Some(&eve.access_token)).await;
+    assert_eq!(status, 404);
+
+    // Reactions over HTTP, one of each emoji per user, counted per emoji.
+    for who in [&ann, &ben, &ben] {
+        let resp = app
+            .client
+            .put(format!("{}/v1/messages/{message}/reactions/👍", app.http))
+            .bearer_auth(&who.access_token)
+            .send()
+            .await
+            .expect("http");
+        assert_eq!(resp.status().as_u16(), 204);
+    }
+    let (_, page) = app
+        .get(&format!("/v1/conversations/{}/messages", conversation.as_str().expect("id")), Some(&ann.access_token))
+        .await;
+    assert_eq!(page["messages"][0]["reactions"], json!({"👍": 2}));
+    assert_eq!(page["messages"][1]["reply_to"], json!(message));
+    let (_, who) = app.get(&format!("/v1/messages/{message}/reactions"), Some(&ann.access_token)).await;
+    assert_eq!(who.as_array().map(Vec::len), Some(2));
+
+    // Ben hides it for himself; Ann deletes it for everyone: a tombstone keeps seq 1.
+    let resp = app
+        .client
+        .delete(format!("{}/v1/messages/{message}?for=me", app.http))
+        .bearer_auth(&ben.access_token)
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, bens) = app
+        .get(&format!("/v1/conversations/{}/messages", conversation.as_str().expect("id")), Some(&ben.access_token))
+        .await;
+    assert_eq!(
+        (bens["messages"][0]["deleted"].as_bool(), bens["messages"][0]["text"].as_str()),
+        (Some(true), Some(""))
+    );
+    let (_, anns) = app
+        .get(&format!("/v1/conversations/{}/messages", conversation.as_str().expect("id")), Some(&ann.access_token))
+        .await;
+    assert_eq!(anns["messages"][0]["text"], "first", "only ben's view changed");
+    let resp = app
+        .client
+        .delete(format!("{}/v1/messages/{message}?for=everyone", app.http))
+        .bearer_auth(&ann.access_token)
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 204);
+    let (_, anns) = app
+        .get(&format!("/v1/conversations/{}/messages", conversation.as_str().expect("id")), Some(&ann.access_token))
+        .await;
+    let tomb = &anns["messages"][0];
+    assert_eq!(
+        (tomb["seq"].as_i64(), tomb["deleted"].as_bool(), tomb["text"].as_str(), tomb.get("reactions")),
+        (Some(1), Some(true), Some(""), None)
+    );
+    let resp = app
+        .client
+        .patch(format!("{}/v1/messages/{message}", app.http))
+        .bearer_auth(&ann.access_token)
+        .json(&json!({"text": "zombie"}))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 409);
+    app.stop().await;
+}
