@@ -121,8 +121,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         parts.spawn(async move { ("api", parley_api::serve(http, state, shutdown).await.map_err(Into::into)) });
     }
     {
-        let (domain, shutdown) = (domain.clone(), shutdown.clone());
-        parts.spawn(async move { ("scheduler", crate::scheduler::run(domain, shutdown).await) });
+        let (domain, shutdown, retention) = (domain.clone(), shutdown.clone(), settings.messages.event_retention_days);
+        parts.spawn(async move { ("scheduler", crate::scheduler::run(domain, retention, shutdown).await) });
     }
     let gate = gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?;
     tracing::info!(%mqtt_addr, %http_addr, "parley is up");

@@ -1,4 +1,5 @@
-//! Periodic housekeeping (tokio-cron-scheduler): removing used and expired refresh tokens.
+//! Periodic housekeeping (tokio-cron-scheduler): removing used and expired refresh
+//! tokens, and user events older than the sync retention.
 
 use anyhow::Context;
 use parley_domain::{now_ms, Domain};
@@ -6,8 +7,21 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
 /// Runs the scheduled jobs until `shutdown`.
-pub async fn run(domain: Domain, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(domain: Domain, event_retention_days: u32, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut scheduler = JobScheduler::new().await.context("scheduler")?;
+    let events_domain = domain.clone();
+    let prune = Job::new_async("30 15 * * * *", move |_, _| {
+        let domain = events_domain.clone();
+        Box::pin(async move {
+            let cutoff = now_ms() - i64::from(event_retention_days) * 24 * 3600 * 1000;
+            match domain.store().delete_events_before(cutoff).await {
+                Ok(n) => tracing::info!(deleted = n, "events past retention pruned"),
+                Err(e) => tracing::warn!(error = %e, "event pruning failed"),
+            }
+        })
+    })
+    .context("event pruning job")?;
+    scheduler.add(prune).await.context("adding a job")?;
     let purge = Job::new_async("0 */10 * * * *", move |_, _| {
         let domain = domain.clone();
         Box::pin(async move {

@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/members/{user_id}", patch(members::set_role).delete(members::remove))
         .route("/v1/conversations/{id}/messages", get(messages::history))
         .route("/v1/conversations/{id}/read", post(messages::mark_read))
+        .route("/v1/conversations/{id}/settings", patch(conversations::settings))
         .route("/v1/messages/{id}", patch(messages::edit).delete(messages::delete))
         .route("/v1/messages/{id}/edits", get(messages::edits))
         .route("/v1/messages/{id}/reactions", get(messages::reactions))

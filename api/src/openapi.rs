@@ -10,7 +10,7 @@ use crate::routes::{auth, conversations, members, messages, ops, sync};
     info(title = "Parley HTTP API", description = "Accounts, conversations and history. Devices talk MQTT; see docs/protocol.md."),
     paths(
         auth::register, auth::login, auth::refresh, auth::me,
-        conversations::list, conversations::create, conversations::get, conversations::rename,
+        conversations::list, conversations::create, conversations::get, conversations::rename, conversations::settings,
         members::add, members::remove, members::set_role,
         messages::history, messages::mark_read,
         messages::edit, messages::delete, messages::react, messages::unreact, messages::reactions, messages::edits,

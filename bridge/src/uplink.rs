@@ -4,7 +4,7 @@
 use parley_domain::{message_outgoing, Domain, DomainError, Stored};
 use parley_wire::payloads::{
     AckError, DeleteMessage, EditMessage, ErrorBody, GatePresence, Outgoing, PresenceUpdate, React, ReceiptUpdate,
-    SendMessage, SyncRequest, TypingUpdate,
+    SendMessage, SettingsUpdate, SyncRequest, TypingUpdate,
 };
 use parley_wire::{topics, UserId};
 use serde::de::DeserializeOwned;
@@ -56,6 +56,17 @@ pub async fn handle_uplink(domain: &Domain, topic: &str, payload: &[u8]) -> Vec<
         topics::TYPING => {
             let update = decode_or_refuse!(sender, payload, TypingUpdate);
             answer(sender, None, domain.typing(sender, &update).await)
+        }
+        topics::SETTINGS => {
+            let update = decode_or_refuse!(sender, payload, SettingsUpdate);
+            let result = match update.conversation_id {
+                Some(conversation) => domain
+                    .update_settings(sender, conversation, parley_domain::settings_change(&update))
+                    .await
+                    .map(|(_, out)| out),
+                None => Err(DomainError::invalid("invalid_payload", "conversation_id is required")),
+            };
+            answer(sender, update.id, result)
         }
         topics::PRESENCE => {
             let update = decode_or_refuse!(sender, payload, PresenceUpdate);

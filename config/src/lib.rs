@@ -89,6 +89,8 @@ pub struct AuthSettings {
 pub struct MessageSettings {
     /// Longest text accepted in one message, in characters.
     pub max_text_chars: usize,
+    /// Days each user's event log is kept for sync; a device away longer resets from a snapshot.
+    pub event_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,7 +164,7 @@ impl Default for AuthSettings {
 
 impl Default for MessageSettings {
     fn default() -> Self {
-        Self { max_text_chars: 4000 }
+        Self { max_text_chars: 4000, event_retention_days: 30 }
     }
 }
 

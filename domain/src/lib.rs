@@ -10,6 +10,7 @@ mod keys;
 mod messaging;
 mod presence;
 mod receipts;
+mod settings;
 mod sync;
 mod tokens;
 mod typing;
@@ -24,9 +25,10 @@ pub use messaging::{message_outgoing, HistoryQuery, MAX_CLIENT_ID_LEN};
 pub use parley_store::EditRecord;
 pub use parley_store::UserRecord as StoreUser;
 pub use parley_store::{
-    ConversationCursor, ConversationRecord, ConversationSummary, MemberRecord, MessagePage, Posted, Store, StoreError,
-    Stored,
+    ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, MemberRecord,
+    MemberSettings, MessagePage, Posted, SettingsChange, Store, StoreError, Stored,
 };
+pub use settings::settings_change;
 pub use sync::MAX_SYNC_GAP;
 pub use tokens::{AccessClaims, TokenError, TokenSettings, Tokens};
 

@@ -2,7 +2,8 @@
 //! devices are told, and how history pages.
 
 use parley_store::{
-    ConversationCursor, ConversationSummary, MessagePage, MessageRange, NewMessage, Posted, StoreError, Stored, Target,
+    ConversationCursor, ConversationFilter, ConversationSummary, MessagePage, MessageRange, NewMessage, Posted,
+    StoreError, Stored, Target,
 };
 use parley_wire::payloads::{Event, Outgoing, SendMessage};
 use parley_wire::{topics, ConversationId, UserId};
@@ -90,6 +91,12 @@ impl Domain {
             Err(StoreError::NotMember) => {
                 Err(DomainError::not_found("conversation_not_found", "no such conversation, or not a member"))
             }
+            Err(StoreError::Blocked { by_sender: true }) => {
+                Err(DomainError::forbidden("you_blocked", "you blocked this user; unblock to send"))
+            }
+            Err(StoreError::Blocked { by_sender: false }) => {
+                Err(DomainError::forbidden("blocked", "this user does not accept your messages"))
+            }
             Err(StoreError::InvalidReply) => {
                 Err(DomainError::invalid("invalid_reply", "reply_to is not a message of this conversation"))
             }
@@ -119,9 +126,13 @@ impl Domain {
         user: UserId,
         cursor: Option<ConversationCursor>,
         limit: Option<u32>,
+        filter: &ConversationFilter,
     ) -> Result<Vec<ConversationSummary>, DomainError> {
         let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-        Ok(self.store().conversations_for(user, cursor, limit).await?)
+        if filter.query.as_ref().is_some_and(|q| q.chars().count() > 100) {
+            return Err(DomainError::invalid("invalid_query", "search text is at most 100 characters"));
+        }
+        Ok(self.store().conversations_for(user, cursor, limit, filter).await?)
     }
 
     /// A page of a conversation's history. Non-members get `conversation_not_found`,

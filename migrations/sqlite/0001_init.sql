@@ -56,6 +56,14 @@ CREATE TABLE conversation_members (
     -- Receipts as watermarks: every message up to this seq was delivered to / read by the member.
     last_delivered_seq INTEGER NOT NULL DEFAULT 0,
     last_read_seq      INTEGER NOT NULL DEFAULT 0,
+    -- The member's own settings for this conversation.
+    pinned             BOOLEAN NOT NULL DEFAULT FALSE,
+    archived           BOOLEAN NOT NULL DEFAULT FALSE,
+    favourite          BOOLEAN NOT NULL DEFAULT FALSE,
+    muted_until        INTEGER,
+    ringtone           TEXT,
+    -- In a 1:1 conversation: this member blocked the other; nothing is delivered either way.
+    blocked            BOOLEAN NOT NULL DEFAULT FALSE,
     CHECK (last_read_seq >= 0 AND last_delivered_seq >= 0),
     PRIMARY KEY (conversation_id, user_id)
 );

@@ -39,6 +39,26 @@ pub struct ConversationSummary {
     pub unread: i64,
 }
 
+/// Which of a member's conversations to list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListView {
+    /// Everything not archived.
+    #[default]
+    All,
+    Unread,
+    Pinned,
+    Archived,
+    Favourites,
+}
+
+/// A listing's view and optional search text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConversationFilter {
+    pub view: ListView,
+    /// Matches the title or another member's username or display name (case-insensitive).
+    pub query: Option<String>,
+}
+
 /// Position in the "newest activity first" listing: strictly older than this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConversationCursor {
@@ -197,7 +217,31 @@ impl Store {
         user: UserId,
         cursor: Option<ConversationCursor>,
         limit: u32,
+        filter: &ConversationFilter,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
+        let view = match filter.view {
+            ListView::All => "AND cm.archived = FALSE",
+            ListView::Archived => "AND cm.archived = TRUE",
+            ListView::Pinned => "AND cm.pinned = TRUE",
+            ListView::Favourites => "AND cm.favourite = TRUE",
+            ListView::Unread => {
+                "AND cm.archived = FALSE AND EXISTS (SELECT 1 FROM messages u WHERE u.conversation_id = c.id \
+                 AND u.seq > cm.last_read_seq AND u.sender_id <> cm.user_id)"
+            }
+        };
+        // A title or another member's username or display name containing the query.
+        let search = if filter.query.is_some() {
+            "AND (LOWER(COALESCE(c.title, '')) LIKE $5 ESCAPE '\\' OR EXISTS (SELECT 1 FROM conversation_members o \
+             JOIN users ou ON ou.id = o.user_id WHERE o.conversation_id = c.id AND o.user_id <> cm.user_id \
+             AND (LOWER(COALESCE(ou.username, '')) LIKE $5 ESCAPE '\\' \
+                  OR LOWER(COALESCE(ou.display_name, '')) LIKE $5 ESCAPE '\\')))"
+        } else {
+            ""
+        };
+        let pattern = filter.query.as_deref().map(|q| {
+            let escaped = q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{escaped}%")
+        });
         let sql = format!(
             "SELECT {CONVERSATION_COLUMNS}, {}, h.user_id AS hidden_for, \
                     (SELECT COUNT(*) FROM messages u WHERE u.conversation_id = c.id \
@@ -209,6 +253,7 @@ impl Store {
              WHERE cm.user_id = $1 \
                AND (COALESCE(c.last_message_at, c.created_at) < $2 \
                     OR (COALESCE(c.last_message_at, c.created_at) = $2 AND c.id < $3)) \
+               {view} {search} \
              ORDER BY activity DESC, c.id DESC LIMIT $4",
             message_columns!("m", "m_")
         );
@@ -217,13 +262,11 @@ impl Store {
             None => (i64::MAX, Uuid::max()),
         };
         let mut list = on_pool!(self, |pool| {
-            let rows = sqlx::query(&sql)
-                .bind(user.0)
-                .bind(before_ms)
-                .bind(before_id)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?;
+            let mut query = sqlx::query(&sql).bind(user.0).bind(before_ms).bind(before_id).bind(i64::from(limit));
+            if let Some(p) = &pattern {
+                query = query.bind(p.clone());
+            }
+            let rows = query.fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let conversation = conversation_from_row!(row);

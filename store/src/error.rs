@@ -9,6 +9,9 @@ pub enum StoreError {
     /// The user is not a member of the conversation (or it does not exist).
     #[error("not a member of that conversation")]
     NotMember,
+    /// A member of the 1:1 conversation blocked the other (`by_sender`: the sender did).
+    #[error("the conversation is blocked")]
+    Blocked { by_sender: bool },
     /// `reply_to` names no message of the same conversation.
     #[error("the message replied to is not in this conversation")]
     InvalidReply,

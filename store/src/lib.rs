@@ -19,10 +19,12 @@ mod users;
 pub mod testing;
 
 pub use backend::Store;
-pub use conversations::{ConversationCursor, ConversationRecord, ConversationSummary, NewGroup};
+pub use conversations::{
+    ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, NewGroup,
+};
 pub use error::StoreError;
 pub use events::{EventPage, EventRecord};
-pub use members::MemberRecord;
+pub use members::{MemberRecord, MemberSettings, SettingsChange};
 pub use messages::{hide, MessagePage, MessageRange, NewMessage, Posted, Stored, Target};
 pub use presence::PresenceRecord;
 pub use reactions::{Change, EditRecord};

@@ -5,6 +5,7 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::backend::on_pool;
+use crate::events::append_events;
 use crate::{time_from_ms, Store, StoreError};
 
 /// A member of a conversation.
@@ -18,9 +19,36 @@ pub struct MemberRecord {
     pub last_delivered_seq: i64,
     /// Every message up to this sequence number was read by the member.
     pub last_read_seq: i64,
+    /// The member's own settings (only shown to that member).
+    pub settings: MemberSettings,
 }
 
-const MEMBER_COLUMNS: &str = "conversation_id, user_id, role, joined_at, last_delivered_seq, last_read_seq";
+/// A member's own settings for a conversation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemberSettings {
+    pub pinned: bool,
+    pub archived: bool,
+    pub favourite: bool,
+    pub muted_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub ringtone: Option<String>,
+    /// 1:1 only: this member blocked the other.
+    pub blocked: bool,
+}
+
+/// A change to a member's settings: `None` leaves a field as it is; for the
+/// nullable fields, `Some(None)` clears them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    pub pinned: Option<bool>,
+    pub archived: Option<bool>,
+    pub favourite: Option<bool>,
+    pub muted_until_ms: Option<Option<i64>>,
+    pub ringtone: Option<Option<String>>,
+    pub blocked: Option<bool>,
+}
+
+const MEMBER_COLUMNS: &str = "conversation_id, user_id, role, joined_at, last_delivered_seq, last_read_seq, \
+     pinned, archived, favourite, muted_until, ringtone, blocked";
 
 macro_rules! member_from_row {
     ($row:expr) => {
@@ -30,6 +58,14 @@ macro_rules! member_from_row {
             joined_at: time_from_ms($row.try_get("joined_at")?),
             last_delivered_seq: $row.try_get("last_delivered_seq")?,
             last_read_seq: $row.try_get("last_read_seq")?,
+            settings: MemberSettings {
+                pinned: $row.try_get("pinned")?,
+                archived: $row.try_get("archived")?,
+                favourite: $row.try_get("favourite")?,
+                muted_until: $row.try_get::<Option<i64>, _>("muted_until")?.map(time_from_ms),
+                ringtone: $row.try_get("ringtone")?,
+                blocked: $row.try_get("blocked")?,
+            },
         }
     };
 }
@@ -192,6 +228,53 @@ impl Store {
         let moved =
             after.last_delivered_seq != before.last_delivered_seq || after.last_read_seq != before.last_read_seq;
         Ok(Some((after, moved)))
+    }
+
+    /// Applies `change` to `user`'s settings in `conversation` and appends a
+    /// `settings` event (body from `make_body`) to the user's own log. Returns the
+    /// settings after the change and the event number, or `None` if not a member.
+    #[tracing::instrument(skip_all)]
+    pub async fn update_member_settings(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        change: &SettingsChange,
+        now_ms: i64,
+        make_body: impl Fn(&MemberSettings) -> String,
+    ) -> Result<Option<(MemberSettings, i64)>, StoreError> {
+        let update = "UPDATE conversation_members SET \
+                        pinned = COALESCE($3, pinned), archived = COALESCE($4, archived), \
+                        favourite = COALESCE($5, favourite), blocked = COALESCE($6, blocked), \
+                        muted_until = CASE WHEN $7 THEN $8 ELSE muted_until END, \
+                        ringtone = CASE WHEN $9 THEN $10 ELSE ringtone END \
+                      WHERE conversation_id = $1 AND user_id = $2";
+        let select =
+            format!("SELECT {MEMBER_COLUMNS} FROM conversation_members WHERE conversation_id = $1 AND user_id = $2");
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(update)
+                .bind(conversation.0)
+                .bind(user.0)
+                .bind(change.pinned)
+                .bind(change.archived)
+                .bind(change.favourite)
+                .bind(change.blocked)
+                .bind(change.muted_until_ms.is_some())
+                .bind(change.muted_until_ms.flatten())
+                .bind(change.ringtone.is_some())
+                .bind(change.ringtone.clone().flatten())
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Ok(None);
+            }
+            let row = sqlx::query(&select).bind(conversation.0).bind(user.0).fetch_one(&mut *tx).await?;
+            let settings = member_from_row!(row).settings;
+            let body = make_body(&settings);
+            let taken = append_events!(tx, &[user], "settings", Some(conversation.0), None, &body, now_ms);
+            tx.commit().await?;
+            Ok(Some((settings, taken.first().map_or(0, |(_, seq)| *seq))))
+        })
     }
 
     /// `user`'s unread count in every conversation it belongs to.

@@ -253,16 +253,25 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(Stored::Existing(self.posted(found).await?));
             }
-            let members: Vec<UserId> =
-                sqlx::query("SELECT user_id FROM conversation_members WHERE conversation_id = $1")
-                    .bind(conversation_id.0)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get::<Uuid, _>("user_id").map(UserId))
-                    .collect::<Result<_, _>>()?;
+            let mut members: Vec<UserId> = Vec::new();
+            let mut blocked_by: Option<UserId> = None;
+            for row in sqlx::query("SELECT user_id, blocked FROM conversation_members WHERE conversation_id = $1")
+                .bind(conversation_id.0)
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                let user = UserId(row.try_get::<Uuid, _>("user_id")?);
+                if row.try_get::<bool, _>("blocked")? {
+                    blocked_by = Some(user);
+                }
+                members.push(user);
+            }
             if !members.contains(&msg.sender) {
                 return Err(StoreError::NotMember);
+            }
+            // Only 1:1 members can block; a block stops messages both ways.
+            if let Some(blocker) = blocked_by.filter(|_| msg.kind == "text") {
+                return Err(StoreError::Blocked { by_sender: blocker == msg.sender });
             }
             if let Some(reply_to) = msg.reply_to {
                 let same = sqlx::query("SELECT 1 FROM messages WHERE id = $1 AND conversation_id = $2")

@@ -31,6 +31,7 @@ both_backends!(
     groups_have_roles_and_only_members_post,
     receipts_only_move_forward_and_drive_unread_counts,
     edits_deletions_and_reactions_change_messages_and_tell_members,
+    settings_filter_listings_and_blocks_stop_messages_both_ways,
 );
 
 async fn store(backend: Backend) -> Option<(Store, TestDatabase)> {
@@ -207,7 +208,7 @@ async fn conversations_list_newest_activity_first_with_members(backend: Backend)
     store.store_message(&msg(c, d, "3", 300)).await.expect("cd");
     let ab2 = store.store_message(&msg(b, a, "4", 400)).await.expect("ab2").into_inner().message;
 
-    let list = store.conversations_for(a, None, 10).await.expect("list");
+    let list = store.conversations_for(a, None, 10, &Default::default()).await.expect("list");
     let ids: Vec<_> = list.iter().map(|c| c.conversation.id).collect();
     assert_eq!(ids, vec![ab.conversation_id, ac.conversation_id], "newest first, only a's");
     assert_eq!(list[0].last_message.as_ref(), Some(&ab2));
@@ -223,7 +224,7 @@ async fn conversations_list_newest_activity_first_with_members(backend: Backend)
         last_activity_ms: list[0].conversation.last_activity_ms,
         id: list[0].conversation.id,
     };
-    let page2 = store.conversations_for(a, Some(cursor), 10).await.expect("page 2");
+    let page2 = store.conversations_for(a, Some(cursor), 10, &Default::default()).await.expect("page 2");
     assert_eq!(page2.iter().map(|c| c.conversation.id).collect::<Vec<_>>(), vec![ac.conversation_id]);
     assert!(store.is_member(ab.conversation_id, b).await.expect("member"));
     assert!(!store.is_member(ab.conversation_id, c).await.expect("not member"));
@@ -251,7 +252,7 @@ async fn unknown_recipient_is_a_missing_reference(backend: Backend) {
     let err = store.store_message(&msg(a, UserId::new(), "x", 1)).await.expect_err("no such user");
     assert!(matches!(err, StoreError::MissingReference), "{err:?}");
     assert_eq!(store.count_messages().await.expect("count"), 0);
-    assert!(store.conversations_for(a, None, 10).await.expect("list").is_empty());
+    assert!(store.conversations_for(a, None, 10, &Default::default()).await.expect("list").is_empty());
 }
 
 async fn every_member_gets_a_gapless_event_per_message(backend: Backend) {
@@ -433,4 +434,56 @@ async fn edits_deletions_and_reactions_change_messages_and_tell_members(backend:
     let kinds: Vec<String> =
         store.events_after(b, 0, 50).await.expect("events").events.into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, ["message", "message", "message_edited", "reaction", "reaction", "message_deleted"]);
+}
+
+async fn settings_filter_listings_and_blocks_stop_messages_both_ways(backend: Backend) {
+    use parley_store::{ConversationFilter, ListView, SettingsChange};
+    let Some((store, _db)) = store(backend).await else { return };
+    let mut ada = user("ada");
+    ada.display_name = Some("Ada Lovelace".into());
+    let a = store.insert_user(&ada).await.expect("a").id;
+    let b = store.insert_user(&user("bob")).await.expect("b").id;
+    let c = store.insert_user(&user("cy_100%")).await.expect("c").id;
+    let ab = store.store_message(&msg(a, b, "1", 10)).await.expect("ab").into_inner().message.conversation_id;
+    let cb = store.store_message(&msg(c, b, "2", 20)).await.expect("cb").into_inner().message.conversation_id;
+    let body = |_: &parley_store::MemberSettings| "{}".to_string();
+    let change = SettingsChange { pinned: Some(true), muted_until_ms: Some(Some(5_000)), ..Default::default() };
+    let (settings, seq) =
+        store.update_member_settings(ab, b, &change, 30, body).await.expect("update").expect("member");
+    assert!(settings.pinned && settings.muted_until.is_some() && !settings.archived);
+    assert!(seq > 0);
+    let unmute = SettingsChange { muted_until_ms: Some(None), archived: Some(true), ..Default::default() };
+    let (settings, _) = store.update_member_settings(ab, b, &unmute, 31, body).await.expect("update").expect("member");
+    assert!(settings.pinned && settings.muted_until.is_none() && settings.archived, "{settings:?}");
+    assert!(store.update_member_settings(ab, c, &unmute, 31, body).await.expect("update").is_none(), "not a member");
+
+    let list = |view: ListView, query: Option<&str>| {
+        let store = store.clone();
+        let filter = ConversationFilter { view, query: query.map(str::to_string) };
+        async move {
+            store
+                .conversations_for(b, None, 10, &filter)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|c| c.conversation.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(ListView::All, None).await, vec![cb], "archived ones are not in the main list");
+    assert_eq!(list(ListView::Archived, None).await, vec![ab]);
+    assert_eq!(list(ListView::Pinned, None).await, vec![ab]);
+    assert_eq!(list(ListView::Unread, None).await, vec![cb]);
+    assert_eq!(list(ListView::Archived, Some("LOVELACE")).await, vec![ab], "by display name");
+    assert_eq!(list(ListView::All, Some("100%")).await, vec![cb], "a % in the query is literal");
+    assert!(list(ListView::All, Some("1%0")).await.is_empty());
+
+    let block = SettingsChange { blocked: Some(true), ..Default::default() };
+    store.update_member_settings(ab, b, &block, 40, body).await.expect("block").expect("member");
+    assert!(matches!(store.store_message(&msg(a, b, "3", 50)).await, Err(StoreError::Blocked { by_sender: false })));
+    assert!(matches!(store.store_message(&msg(b, a, "4", 51)).await, Err(StoreError::Blocked { by_sender: true })));
+    assert_eq!(store.count_messages().await.expect("count"), 2, "nothing stored either way");
+    let unblock = SettingsChange { blocked: Some(false), ..Default::default() };
+    store.update_member_settings(ab, b, &unblock, 60, body).await.expect("unblock").expect("member");
+    assert!(store.store_message(&msg(a, b, "5", 61)).await.is_ok());
 }

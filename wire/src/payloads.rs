@@ -308,3 +308,37 @@ pub struct GatePresence {
     #[serde(default)]
     pub devices: i64,
 }
+
+/// `from/{uid}/settings` and `PATCH /v1/conversations/{id}/settings`: change some
+/// of the member's own settings. Absent fields stay as they are; `null` clears
+/// `muted_until` and `ringtone`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SettingsUpdate {
+    /// Echoed in errors (MQTT).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Required over MQTT; the path names it over HTTP.
+    #[serde(default)]
+    pub conversation_id: Option<ConversationId>,
+    #[serde(default)]
+    pub pinned: Option<bool>,
+    #[serde(default)]
+    pub archived: Option<bool>,
+    #[serde(default)]
+    pub favourite: Option<bool>,
+    /// Muted until this time; `null` unmutes.
+    #[serde(default, deserialize_with = "present")]
+    pub muted_until: Option<Option<DateTime<Utc>>>,
+    /// A ringtone name for this conversation; `null` for the default.
+    #[serde(default, deserialize_with = "present")]
+    pub ringtone: Option<Option<String>>,
+    /// 1:1 only: block (or unblock) the other member.
+    #[serde(default)]
+    pub blocked: Option<bool>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}

@@ -44,6 +44,7 @@ pub const DELETE: &str = "delete";
 pub const REACT: &str = "react";
 pub const TYPING: &str = "typing";
 pub const PRESENCE: &str = "presence";
+pub const SETTINGS: &str = "settings";
 
 /// The filter with which the bridges share all uplinks.
 pub const BRIDGE_UPLINK_FILTER: &str = "$share/parley-bridge/from/#";

@@ -4,9 +4,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use parley_domain::{
-    ConversationCursor, ConversationDetails, ConversationRecord, ConversationSummary, MemberRecord, NewConversation,
+    ConversationCursor, ConversationDetails, ConversationFilter, ConversationRecord, ConversationSummary, ListView,
+    MemberRecord, MemberSettings, NewConversation,
 };
-use parley_wire::payloads::Message;
+use parley_wire::payloads::{Message, SettingsUpdate};
 use parley_wire::{ConversationId, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -21,6 +22,10 @@ pub struct ListParams {
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// `all` (not archived; default), `unread`, `pinned`, `archived` or `favourites`.
+    pub filter: Option<String>,
+    /// Text in the title or in another member's username or display name.
+    pub q: Option<String>,
 }
 
 /// A member and its receipt watermarks: every message up to `last_delivered_seq`
@@ -54,6 +59,31 @@ impl From<MemberRecord> for MemberView {
     }
 }
 
+/// The caller's own settings for a conversation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SettingsView {
+    pub pinned: bool,
+    pub archived: bool,
+    pub favourite: bool,
+    pub muted_until: Option<DateTime<Utc>>,
+    pub ringtone: Option<String>,
+    /// 1:1 only: the caller blocked the other member.
+    pub blocked: bool,
+}
+
+impl From<MemberSettings> for SettingsView {
+    fn from(s: MemberSettings) -> Self {
+        Self {
+            pinned: s.pinned,
+            archived: s.archived,
+            favourite: s.favourite,
+            muted_until: s.muted_until,
+            ringtone: s.ringtone,
+            blocked: s.blocked,
+        }
+    }
+}
+
 /// What a conversation belongs to (a consultation, a service request…).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ContextView {
@@ -82,17 +112,23 @@ pub struct ConversationView {
     /// Messages from others the caller has not read (listing only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unread: Option<i64>,
+    /// The caller's own settings for this conversation.
+    pub settings: SettingsView,
     pub created_at: DateTime<Utc>,
 }
 
 impl ConversationView {
+    /// The view for `caller`: its own settings, nobody else's.
     fn new(
+        caller: UserId,
         c: ConversationRecord,
         members: Vec<MemberRecord>,
         last_message: Option<Message>,
         unread: Option<i64>,
     ) -> Self {
+        let settings = members.iter().find(|m| m.user_id == caller).map(|m| m.settings.clone()).unwrap_or_default();
         Self {
+            settings: settings.into(),
             id: c.id,
             kind: c.kind,
             title: c.title,
@@ -108,15 +144,13 @@ impl ConversationView {
     }
 }
 
-impl From<ConversationSummary> for ConversationView {
-    fn from(s: ConversationSummary) -> Self {
-        Self::new(s.conversation, s.members, s.last_message, Some(s.unread))
+impl ConversationView {
+    pub fn listed(caller: UserId, s: ConversationSummary) -> Self {
+        Self::new(caller, s.conversation, s.members, s.last_message, Some(s.unread))
     }
-}
 
-impl From<ConversationDetails> for ConversationView {
-    fn from(d: ConversationDetails) -> Self {
-        Self::new(d.conversation, d.members, None, None)
+    pub fn details(caller: UserId, d: ConversationDetails) -> Self {
+        Self::new(caller, d.conversation, d.members, None, None)
     }
 }
 
@@ -168,9 +202,25 @@ pub async fn list(
 ) -> Result<Json<ConversationList>, ApiError> {
     let cursor = params.cursor.as_deref().map(decode_cursor).transpose()?;
     let limit = params.limit.unwrap_or(50).clamp(1, 200);
-    let page = state.domain.conversations(user, cursor, Some(limit)).await?;
+    let view = match params.filter.as_deref() {
+        None | Some("all") => ListView::All,
+        Some("unread") => ListView::Unread,
+        Some("pinned") => ListView::Pinned,
+        Some("archived") => ListView::Archived,
+        Some("favourites") => ListView::Favourites,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_filter",
+                "filter is all, unread, pinned, archived or favourites",
+            ))
+        }
+    };
+    let filter = ConversationFilter { view, query: params.q.filter(|q| !q.trim().is_empty()) };
+    let page = state.domain.conversations(user, cursor, Some(limit), &filter).await?;
     let next_cursor = (page.len() == limit as usize).then(|| page.last().map(encode_cursor)).flatten();
-    Ok(Json(ConversationList { conversations: page.into_iter().map(Into::into).collect(), next_cursor }))
+    let conversations = page.into_iter().map(|c| ConversationView::listed(user, c)).collect();
+    Ok(Json(ConversationList { conversations, next_cursor }))
 }
 
 /// Create a group, or open the 1:1 conversation with someone.
@@ -196,7 +246,7 @@ pub async fn create(
     };
     let (details, outgoing) = state.domain.create_conversation(user, new).await?;
     state.publish(outgoing).await;
-    Ok((StatusCode::CREATED, Json(details.into())))
+    Ok((StatusCode::CREATED, Json(ConversationView::details(user, details))))
 }
 
 /// A conversation with its members, their receipt watermarks and presence. Members only.
@@ -207,7 +257,7 @@ pub async fn get(
     Caller(user): Caller,
     Path(id): Path<ConversationId>,
 ) -> Result<Json<ConversationView>, ApiError> {
-    let mut view: ConversationView = state.domain.conversation(user, id).await?.into();
+    let mut view = ConversationView::details(user, state.domain.conversation(user, id).await?);
     let ids: Vec<UserId> = view.members.iter().map(|m| m.user_id).collect();
     for p in state.domain.presence(&ids).await? {
         if let Some(m) = view.members.iter_mut().find(|m| m.user_id == p.user_id) {
@@ -230,5 +280,28 @@ pub async fn rename(
 ) -> Result<Json<ConversationView>, ApiError> {
     let outgoing = state.domain.rename_conversation(user, id, req.title).await?;
     state.publish(outgoing).await;
-    Ok(Json(state.domain.conversation(user, id).await?.into()))
+    Ok(Json(ConversationView::details(user, state.domain.conversation(user, id).await?)))
+}
+
+/// Change your own settings for a conversation (pin, mute, archive, favourite,
+/// ringtone; block in a 1:1). Your devices get a `settings` event.
+#[utoipa::path(patch, path = "/v1/conversations/{id}/settings", tag = "conversations", params(("id" = ConversationId, Path)),
+    request_body = SettingsUpdate, security(("bearer" = [])),
+    responses((status = 200, body = SettingsView), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+pub async fn settings(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<ConversationId>,
+    Json(update): Json<SettingsUpdate>,
+) -> Result<Json<SettingsView>, ApiError> {
+    if update.conversation_id.is_some_and(|c| c != id) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            "conversation_id differs from the path",
+        ));
+    }
+    let (settings, outgoing) = state.domain.update_settings(user, id, parley_domain::settings_change(&update)).await?;
+    state.publish(outgoing).await;
+    Ok(Json(settings.into()))
 }

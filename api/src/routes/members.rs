@@ -37,7 +37,7 @@ pub async fn add(
 ) -> Result<(StatusCode, Json<ConversationView>), ApiError> {
     let outgoing = state.domain.add_member(caller, id, req.user_id, req.role).await?;
     state.publish(outgoing).await;
-    Ok((StatusCode::CREATED, Json(state.domain.conversation(caller, id).await?.into())))
+    Ok((StatusCode::CREATED, Json(ConversationView::details(caller, state.domain.conversation(caller, id).await?))))
 }
 
 /// Remove a member, or leave (your own user id).
@@ -66,5 +66,5 @@ pub async fn set_role(
 ) -> Result<Json<ConversationView>, ApiError> {
     let outgoing = state.domain.set_member_role(caller, id, user, req.role).await?;
     state.publish(outgoing).await;
-    Ok(Json(state.domain.conversation(caller, id).await?.into()))
+    Ok(Json(ConversationView::details(caller, state.domain.conversation(caller, id).await?)))
 }
