@@ -10,7 +10,7 @@ use parley_api::{AppState, Publisher, ReadinessCheck};
 use parley_broker::bus::{self, BusProbe};
 use parley_broker::gate::{self, GateHandle, GateSettings};
 use parley_config::Settings;
-use parley_domain::{Domain, Limits, Store, TokenSettings, Tokens};
+use parley_domain::{Domain, Limits, Rate, Store, TokenSettings, Tokens};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -68,8 +68,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             refresh_ttl: Duration::from_secs(settings.auth.refresh_token_ttl_secs),
         },
     );
-    let domain =
-        Domain::new(store.clone(), tokens.clone(), Limits { max_text_chars: settings.messages.max_text_chars });
+    let domain = Domain::new(store.clone(), tokens.clone(), limits(&settings.messages));
 
     let mqtt = bind(&settings.mqtt.listen, "mqtt.listen", "PARLEY_MQTT__LISTEN").await?;
     let http = bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?;
@@ -174,5 +173,13 @@ fn describe(
         }
         Ok((name, Err(e))) => Err(e.context(format!("{name} failed"))),
         Err(e) => Err(anyhow!("a part panicked: {e}")),
+    }
+}
+
+fn limits(m: &parley_config::MessageSettings) -> Limits {
+    Limits {
+        max_text_chars: m.max_text_chars,
+        user_rate: Rate { per_sec: m.user_rate_per_sec, burst: m.user_burst },
+        conversation_rate: Rate { per_sec: m.conversation_rate_per_sec, burst: m.conversation_burst },
     }
 }

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 both_backends!(
     bad_messages_get_an_error_ack_and_change_nothing,
-    a_client_id_used_by_another_user_is_a_different_message
+    a_client_id_used_by_another_user_is_a_different_message,
+    senders_over_their_rate_are_told_when_to_retry,
 );
 
 async fn bad_messages_get_an_error_ack_and_change_nothing(backend: Backend) {
@@ -85,5 +86,41 @@ async fn a_client_id_used_by_another_user_is_a_different_message(backend: Backen
     let got = a.next_message_from(&alice.id, &bob.id).await;
     assert_eq!((got["text"].as_str(), got["sender_id"].as_str()), (Some("from bob"), Some(bob.id.as_str())));
     assert_eq!(app.message_rows().await, 2);
+    app.stop().await;
+}
+
+async fn senders_over_their_rate_are_told_when_to_retry(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |s| {
+        s.messages.user_rate_per_sec = 2;
+        s.messages.user_burst = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.device(&alice, "alice-phone").await;
+    for i in 0..5 {
+        a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": format!("m{i}"), "to": bob.id, "text": "hey"}))
+            .await;
+    }
+    let mut refused = Vec::new();
+    for _ in 0..5 {
+        let ack = a.next_on(&format!("to/{}/ack", alice.id)).await;
+        if ack.get("error").is_some() {
+            assert_eq!(ack["error"]["code"], "rate_limited", "{ack}");
+            let wait = ack["error"]["retry_after_ms"].as_u64().expect("retry_after_ms");
+            assert!(wait > 0 && wait <= 1000, "{wait}");
+            refused.push((ack["id"].as_str().expect("id").to_string(), wait));
+        }
+    }
+    assert_eq!(refused.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["m3", "m4"], "a burst of 3 passes");
+    assert_eq!(app.message_rows().await, 3);
+    // After the advised wait, the same message goes through.
+    tokio::time::sleep(std::time::Duration::from_millis(refused[0].1 + 50)).await;
+    a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "m3", "to": bob.id, "text": "hey"})).await;
+    let ack = a.next_on(&format!("to/{}/ack", alice.id)).await;
+    assert_eq!((ack["id"].as_str(), ack["seq"].as_i64()), (Some("m3"), Some(4)), "{ack}");
     app.stop().await;
 }

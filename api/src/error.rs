@@ -65,6 +65,7 @@ impl From<DomainError> for ApiError {
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Internal => return ApiError::internal(&e),
         };
         ApiError::new(status, e.code(), e.public_message())

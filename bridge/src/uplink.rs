@@ -142,12 +142,16 @@ fn refusal(sender: UserId, channel: &'static str, id: Option<String>, e: &Domain
     if matches!(e, DomainError::Store(_) | DomainError::Internal(_)) {
         tracing::error!(user_id = %sender, error = %e, "uplink failed");
     }
-    error(sender, channel, id, e.code(), e.public_message())
+    let mut out = error(sender, channel, id, e.code(), e.public_message());
+    if let (Some(wait), Some(error)) = (e.retry_after(), out.body.get_mut("error")) {
+        error["retry_after_ms"] = serde_json::json!(wait.as_millis().max(1) as u64);
+    }
+    out
 }
 
 fn error(sender: UserId, channel: &'static str, id: Option<String>, code: &str, message: String) -> Outgoing {
     if channel == topics::ACK {
-        let body = AckError { id, error: ErrorBody { code: code.to_string(), message } };
+        let body = AckError { id, error: ErrorBody { code: code.to_string(), message, retry_after_ms: None } };
         return Outgoing::new(sender, channel, &body);
     }
     Outgoing::new(sender, channel, &json!({ "id": id, "error": { "code": code, "message": message } }))

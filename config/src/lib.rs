@@ -91,6 +91,12 @@ pub struct MessageSettings {
     pub max_text_chars: usize,
     /// Days each user's event log is kept for sync; a device away longer resets from a snapshot.
     pub event_retention_days: u32,
+    /// Messages one user may send per second, sustained, and in a burst.
+    pub user_rate_per_sec: u32,
+    pub user_burst: u32,
+    /// Messages one conversation may take per second, sustained, and in a burst.
+    pub conversation_rate_per_sec: u32,
+    pub conversation_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,7 +170,14 @@ impl Default for AuthSettings {
 
 impl Default for MessageSettings {
     fn default() -> Self {
-        Self { max_text_chars: 4000, event_retention_days: 30 }
+        Self {
+            max_text_chars: 4000,
+            event_retention_days: 30,
+            user_rate_per_sec: 20,
+            user_burst: 200,
+            conversation_rate_per_sec: 50,
+            conversation_burst: 500,
+        }
     }
 }
 

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     NotFound,
     /// The write collides with existing data.
     Conflict,
+    /// Too many requests; the caller may retry after a while.
+    RateLimited,
     /// Our fault; the caller may retry.
     Internal,
 }
@@ -25,6 +27,8 @@ pub enum ErrorKind {
 pub enum DomainError {
     #[error("{message}")]
     Rule { kind: ErrorKind, code: &'static str, message: String },
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: std::time::Duration },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
     #[error("internal failure: {0}")]
@@ -55,7 +59,16 @@ impl DomainError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Rule { kind, .. } => *kind,
+            Self::RateLimited { .. } => ErrorKind::RateLimited,
             Self::Store(_) | Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// How long to wait before trying again, when rate limited.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -63,6 +76,7 @@ impl DomainError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Rule { code, .. } => code,
+            Self::RateLimited { .. } => "rate_limited",
             Self::Store(_) | Self::Internal(_) => "internal",
         }
     }
@@ -70,7 +84,7 @@ impl DomainError {
     /// The sentence safe to show a client: internal details are never included.
     pub fn public_message(&self) -> String {
         match self {
-            Self::Rule { message, .. } => message.clone(),
+            Self::Rule { message, .. } | Self::RateLimited { message, .. } => message.clone(),
             Self::Store(_) | Self::Internal(_) => "internal error; try again later".into(),
         }
     }

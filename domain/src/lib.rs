@@ -9,6 +9,7 @@ mod error;
 mod keys;
 mod messaging;
 mod presence;
+mod ratelimit;
 mod receipts;
 mod settings;
 mod sync;
@@ -32,15 +33,25 @@ pub use settings::settings_change;
 pub use sync::MAX_SYNC_GAP;
 pub use tokens::{AccessClaims, TokenError, TokenSettings, Tokens};
 
+pub use ratelimit::Rate;
+
 /// Limits the rules enforce, from configuration.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_text_chars: usize,
+    /// Messages per user.
+    pub user_rate: Rate,
+    /// Messages per conversation.
+    pub conversation_rate: Rate,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_text_chars: 4000 }
+        Self {
+            max_text_chars: 4000,
+            user_rate: Rate { per_sec: 20, burst: 200 },
+            conversation_rate: Rate { per_sec: 50, burst: 500 },
+        }
     }
 }
 
@@ -55,11 +66,13 @@ struct Inner {
     tokens: Tokens,
     limits: Limits,
     typing: typing::TypingThrottle,
+    sending: ratelimit::SendLimits,
 }
 
 impl Domain {
     pub fn new(store: Store, tokens: Tokens, limits: Limits) -> Self {
-        Self { inner: Arc::new(Inner { store, tokens, limits, typing: Default::default() }) }
+        let sending = ratelimit::SendLimits::new(limits.user_rate, limits.conversation_rate);
+        Self { inner: Arc::new(Inner { store, tokens, limits, typing: Default::default(), sending }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -72,6 +85,10 @@ impl Domain {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    pub(crate) fn send_limits(&self) -> &ratelimit::SendLimits {
+        &self.inner.sending
     }
 
     pub(crate) fn typing_throttle(&self) -> &typing::TypingThrottle {

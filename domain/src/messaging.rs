@@ -8,6 +8,7 @@ use parley_store::{
 use parley_wire::payloads::{Event, Outgoing, SendMessage};
 use parley_wire::{topics, ConversationId, UserId};
 
+use crate::ratelimit::ConversationKey;
 use crate::{now_ms, Domain, DomainError};
 
 /// Longest client message id accepted, in bytes.
@@ -53,6 +54,17 @@ impl Domain {
             }
         };
         self.check_text(&msg.text)?;
+        let key = match target {
+            Target::Direct(to) => ConversationKey::pair(sender, to),
+            Target::Conversation(c) => ConversationKey::Id(c),
+        };
+        if let Err((scope, wait)) = self.send_limits().check(sender, key) {
+            tracing::info!(user_id = %sender, scope, wait_ms = wait.as_millis() as u64, "message rate limited");
+            return Err(DomainError::RateLimited {
+                message: format!("too many messages for this {scope}; retry in {} ms", wait.as_millis().max(1)),
+                retry_after: wait,
+            });
+        }
         let new = NewMessage {
             sender,
             target,

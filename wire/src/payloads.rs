@@ -53,6 +53,9 @@ pub struct AckError {
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
+    /// With `rate_limited`: milliseconds to wait before sending again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// A stored message, as devices receive it on `to/{uid}/msg` and as history returns it.
