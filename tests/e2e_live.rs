@@ -13,6 +13,7 @@ both_backends!(
     typing_reaches_only_the_other_members_throttled_and_unstored,
     presence_follows_the_devices_and_reaches_partners_only,
     senders_change_their_messages_and_members_react,
+    search_finds_only_what_the_caller_can_read,
 );
 
 /// The next presence signal about `user` on `topic` (devices also hear their own user's).
@@ -266,5 +267,44 @@ async fn senders_change_their_messages_and_members_react(backend: Backend) {
         .await
         .expect("http");
     assert_eq!(resp.status().as_u16(), 409);
+    app.stop().await;
+}
+
+async fn search_finds_only_what_the_caller_can_read(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let (ann, ben, eve) = (app.user("ann").await, app.user("ben").await, app.user("eve").await);
+    let mut a = app.device(&ann, "ann-phone").await;
+    let mut e = app.device(&eve, "eve-phone").await;
+    for (i, text) in ["The quarterly report is late", "report: figures attached", "lunch?"].iter().enumerate() {
+        a.publish_json(&format!("from/{}/msg", ann.id), &json!({"id": format!("m{i}"), "to": ben.id, "text": text}))
+            .await;
+        a.next_on(&format!("to/{}/ack", ann.id)).await;
+    }
+    e.publish_json(&format!("from/{}/msg", eve.id), &json!({"id": "e1", "to": ann.id, "text": "my own report"})).await;
+    let eve_conversation =
+        e.next_on(&format!("to/{}/ack", eve.id)).await["conversation_id"].as_str().expect("id").to_string();
+
+    let (status, found) = app.get("/v1/search?q=Report", Some(&ben.access_token)).await;
+    assert_eq!(status, 200, "{found}");
+    let texts: Vec<&str> = found["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["message"]["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(texts, ["report: figures attached", "The quarterly report is late"], "newest first, none of eve's");
+    assert!(found["results"][1]["highlight"].as_str().expect("highlight").contains("<mark>report</mark>"));
+    let (_, page) = app.get("/v1/search?q=report&limit=1", Some(&ben.access_token)).await;
+    let cursor = page["next_cursor"].as_str().expect("cursor").to_string();
+    let (_, next) = app.get(&format!("/v1/search?q=report&limit=1&cursor={cursor}"), Some(&ben.access_token)).await;
+    assert_eq!(next["results"][0]["message"]["text"], "The quarterly report is late");
+    let (_, anns) =
+        app.get(&format!("/v1/search?q=report&conversation_id={eve_conversation}"), Some(&ann.access_token)).await;
+    assert_eq!(anns["results"].as_array().map(Vec::len), Some(1));
+    let (status, denied) =
+        app.get(&format!("/v1/search?q=report&conversation_id={eve_conversation}"), Some(&ben.access_token)).await;
+    assert_eq!((status, code(&denied)), (404, "conversation_not_found"));
+    let (status, empty) = app.get("/v1/search?q=%20", Some(&ben.access_token)).await;
+    assert_eq!((status, code(&empty)), (422, "invalid_query"));
     app.stop().await;
 }

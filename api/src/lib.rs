@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sync", get(sync::sync))
         .route("/v1/unread", get(sync::unread))
         .route("/v1/presence", get(sync::presence))
+        .route("/v1/search", get(sync::search))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(TraceLayer::new_for_http())

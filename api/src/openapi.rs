@@ -14,7 +14,7 @@ use crate::routes::{auth, conversations, members, messages, ops, sync};
         members::add, members::remove, members::set_role,
         messages::history, messages::mark_read,
         messages::edit, messages::delete, messages::react, messages::unreact, messages::reactions, messages::edits,
-        sync::sync, sync::unread, sync::presence,
+        sync::sync, sync::unread, sync::presence, sync::search,
         ops::healthz, ops::readyz,
     ),
     components(schemas(crate::ErrorResponse, crate::error::ErrorDetail)),

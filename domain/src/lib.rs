@@ -11,6 +11,7 @@ mod messaging;
 mod presence;
 mod ratelimit;
 mod receipts;
+mod search;
 mod settings;
 mod sync;
 mod tokens;
@@ -23,12 +24,12 @@ pub use conversations::{ConversationDetails, NewConversation, MAX_GROUP_MEMBERS}
 pub use error::{DomainError, ErrorKind};
 pub use keys::load_or_create_signing_key;
 pub use messaging::{message_outgoing, HistoryQuery, MAX_CLIENT_ID_LEN};
-pub use parley_store::EditRecord;
 pub use parley_store::UserRecord as StoreUser;
 pub use parley_store::{
     ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, MemberRecord,
     MemberSettings, MessagePage, Posted, SettingsChange, Store, StoreError, Stored,
 };
+pub use parley_store::{EditRecord, SearchCursor, SearchHit};
 pub use settings::settings_change;
 pub use sync::MAX_SYNC_GAP;
 pub use tokens::{AccessClaims, TokenError, TokenSettings, Tokens};

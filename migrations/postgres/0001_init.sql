@@ -82,9 +82,13 @@ CREATE TABLE messages (
     edited_at       BIGINT,
     deleted_at      BIGINT,
     created_at      BIGINT NOT NULL,
+    -- Full-text search over live text messages.
+    search          TSVECTOR GENERATED ALWAYS AS
+                      (to_tsvector('simple', CASE WHEN kind = 'text' AND deleted_at IS NULL THEN body ELSE '' END)) STORED,
     UNIQUE (conversation_id, seq),
     UNIQUE (sender_id, client_id)
 );
+CREATE INDEX messages_search ON messages USING GIN (search);
 
 -- Earlier texts of edited messages, oldest first.
 CREATE TABLE message_edits (

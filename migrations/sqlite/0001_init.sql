@@ -86,6 +86,20 @@ CREATE TABLE messages (
     UNIQUE (sender_id, client_id)
 );
 
+-- Full-text search over live text messages, kept by triggers; rowid = messages.rowid.
+CREATE VIRTUAL TABLE message_search USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
+CREATE TRIGGER message_search_insert AFTER INSERT ON messages WHEN new.kind = 'text' BEGIN
+    INSERT INTO message_search (rowid, body) VALUES (new.rowid, new.body);
+END;
+CREATE TRIGGER message_search_update AFTER UPDATE OF body, deleted_at ON messages BEGIN
+    DELETE FROM message_search WHERE rowid = old.rowid;
+    INSERT INTO message_search (rowid, body)
+        SELECT new.rowid, new.body WHERE new.kind = 'text' AND new.deleted_at IS NULL;
+END;
+CREATE TRIGGER message_search_delete AFTER DELETE ON messages BEGIN
+    DELETE FROM message_search WHERE rowid = old.rowid;
+END;
+
 -- Earlier texts of edited messages, oldest first.
 CREATE TABLE message_edits (
     message_id BLOB NOT NULL REFERENCES messages(id) ON DELETE CASCADE,

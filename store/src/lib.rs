@@ -12,6 +12,7 @@ mod members;
 mod messages;
 mod presence;
 mod reactions;
+mod search;
 mod tokens;
 mod users;
 
@@ -28,6 +29,7 @@ pub use members::{MemberRecord, MemberSettings, SettingsChange};
 pub use messages::{hide, MessagePage, MessageRange, NewMessage, Posted, Stored, Target};
 pub use presence::PresenceRecord;
 pub use reactions::{Change, EditRecord};
+pub use search::{SearchCursor, SearchHit};
 pub use users::{NewUser, UserRecord};
 
 /// Milliseconds since the epoch → UTC time (out-of-range values clamp to the epoch).

@@ -32,6 +32,7 @@ both_backends!(
     receipts_only_move_forward_and_drive_unread_counts,
     edits_deletions_and_reactions_change_messages_and_tell_members,
     settings_filter_listings_and_blocks_stop_messages_both_ways,
+    search_finds_what_the_reader_may_see_as_it_is_now,
 );
 
 async fn store(backend: Backend) -> Option<(Store, TestDatabase)> {
@@ -486,4 +487,57 @@ async fn settings_filter_listings_and_blocks_stop_messages_both_ways(backend: Ba
     let unblock = SettingsChange { blocked: Some(false), ..Default::default() };
     store.update_member_settings(ab, b, &unblock, 60, body).await.expect("unblock").expect("member");
     assert!(store.store_message(&msg(a, b, "5", 61)).await.is_ok());
+}
+
+async fn search_finds_what_the_reader_may_see_as_it_is_now(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else { return };
+    let a = store.insert_user(&user("a")).await.expect("a").id;
+    let b = store.insert_user(&user("b")).await.expect("b").id;
+    let c = store.insert_user(&user("c")).await.expect("c").id;
+    let say = |from: UserId, to: UserId, id: &str, text: &str, at: i64| {
+        let mut m = msg(from, to, id, at);
+        m.body = text.to_string();
+        let store = store.clone();
+        async move { store.store_message(&m).await.expect("store").into_inner().message }
+    };
+    let pizza = say(a, b, "1", "Pizza tonight at eight?", 10).await;
+    let later = say(b, a, "2", "pizza is fine, eight works", 20).await;
+    say(a, b, "3", "see you", 30).await;
+    let secret = say(c, b, "4", "pizza party secret", 40).await;
+    let ids = |hits: Vec<parley_store::SearchHit>| hits.into_iter().map(|h| h.message.id).collect::<Vec<_>>();
+
+    let found = store.search_messages(a, "PIZZA eight", None, None, 10).await.expect("search");
+    assert_eq!(
+        found.iter().map(|h| h.message.id).collect::<Vec<_>>(),
+        vec![later.id, pizza.id],
+        "newest first, a's conversations only"
+    );
+    assert!(found[1].highlight.to_lowercase().contains("<mark>pizza</mark>"), "{}", found[1].highlight);
+    assert_eq!(
+        ids(store.search_messages(b, "pizza", None, None, 10).await.expect("b")),
+        vec![secret.id, later.id, pizza.id]
+    );
+    assert_eq!(
+        ids(store.search_messages(b, "pizza", Some(pizza.conversation_id), None, 10).await.expect("one")),
+        vec![later.id, pizza.id]
+    );
+    let cursor = parley_store::SearchCursor { sent_at_ms: later.sent_at.timestamp_millis(), id: later.id };
+    assert_eq!(ids(store.search_messages(a, "pizza", None, Some(cursor), 10).await.expect("page 2")), vec![pizza.id]);
+    assert!(store
+        .search_messages(a, "OR \"* NEAR(", None, None, 10)
+        .await
+        .expect("operators are plain text")
+        .is_empty());
+
+    store.edit_message(pizza.id, a, "Burgers tonight?", 50).await.expect("edit").expect("edited");
+    assert_eq!(ids(store.search_messages(b, "burgers", None, None, 10).await.expect("new text")), vec![pizza.id]);
+    assert_eq!(
+        ids(store.search_messages(b, "tonight pizza", None, None, 10).await.expect("old text")),
+        Vec::<parley_wire::MessageId>::new()
+    );
+    store.hide_message(&later, a, "{}", 60).await.expect("hide");
+    assert!(ids(store.search_messages(a, "eight", None, None, 10).await.expect("hidden")).is_empty(), "hidden for a");
+    assert_eq!(ids(store.search_messages(b, "eight", None, None, 10).await.expect("b still")), vec![later.id]);
+    store.delete_message(later.id, b, "{}", 70).await.expect("delete").expect("deleted");
+    assert!(store.search_messages(b, "eight", None, None, 10).await.expect("deleted").is_empty());
 }

@@ -1,11 +1,12 @@
-//! Gap-free sync over HTTP, and unread counts.
+//! Gap-free sync over HTTP, unread counts, presence and message search.
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use parley_wire::payloads::Presence;
-use parley_wire::UserId;
+use parley_domain::SearchCursor;
+use parley_wire::payloads::{Message, Presence};
+use parley_wire::{ConversationId, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -87,4 +88,55 @@ pub async fn presence(
         return Err(bad("give 1 to 200 user ids"));
     }
     Ok(Json(state.domain.presence_seen_by(caller, &ids).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// Words that must all appear (1–200 characters).
+    pub q: String,
+    /// Only this conversation.
+    pub conversation_id: Option<ConversationId>,
+    /// 1–100, default 20.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResult {
+    pub message: Message,
+    /// The text with each match between `<mark>` and `</mark>`.
+    pub highlight: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResults {
+    pub results: Vec<SearchResult>,
+    pub next_cursor: Option<String>,
+}
+
+/// Full-text search over the messages the caller can read, newest first.
+#[utoipa::path(get, path = "/v1/search", tag = "sync", params(SearchParams), security(("bearer" = [])),
+    responses((status = 200, body = SearchResults), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+pub async fn search(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(params): Query<SearchParams>,
+) -> Result<Json<SearchResults>, ApiError> {
+    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "cursor is not one this API returned");
+    let cursor = match params.cursor.as_deref() {
+        Some(text) => {
+            let (ms, id) = text.split_once('_').ok_or_else(bad)?;
+            Some(SearchCursor { sent_at_ms: ms.parse().map_err(|_| bad())?, id: id.parse().map_err(|_| bad())? })
+        }
+        None => None,
+    };
+    let limit = params.limit.unwrap_or(20).clamp(1, 100);
+    let hits = state.domain.search(caller, &params.q, params.conversation_id, cursor, Some(limit)).await?;
+    let next_cursor = (hits.len() == limit as usize)
+        .then(|| hits.last().map(|h| format!("{}_{}", h.message.sent_at.timestamp_millis(), h.message.id)))
+        .flatten();
+    let results = hits.into_iter().map(|h| SearchResult { message: h.message, highlight: h.highlight }).collect();
+    Ok(Json(SearchResults { results, next_cursor }))
 }

@@ -1,0 +1,117 @@
+//! Full-text search over the messages a user can read: SQLite FTS5 and
+//! PostgreSQL `tsvector`, the one place where the two dialects differ outright.
+
+use parley_wire::payloads::Message;
+use parley_wire::{ConversationId, MessageId, UserId};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::backend::Backend;
+use crate::messages::{message_columns, message_from_row};
+use crate::{Store, StoreError};
+
+/// A message that matched, with its text marked up: matches between `<mark>` and `</mark>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchHit {
+    pub message: Message,
+    pub highlight: String,
+}
+
+/// Where a search page ends: strictly older than this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchCursor {
+    pub sent_at_ms: i64,
+    pub id: MessageId,
+}
+
+/// The words of a query as FTS5 phrases: operators typed by people stay plain text.
+fn fts5_query(text: &str) -> String {
+    text.split_whitespace().map(|w| format!("\"{}\"", w.replace('"', "\"\""))).collect::<Vec<_>>().join(" ")
+}
+
+const READABLE: &str = "JOIN conversation_members cm ON cm.conversation_id = m.conversation_id AND cm.user_id = $1 \
+     LEFT JOIN message_hidden h ON h.message_id = m.id AND h.user_id = $1 \
+     WHERE h.user_id IS NULL AND m.deleted_at IS NULL AND m.kind = 'text' \
+       AND (m.created_at < $3 OR (m.created_at = $3 AND m.id < $4)) \
+       AND ($5 = 0 OR m.conversation_id = $6)";
+
+impl Store {
+    /// Newest first, the live text messages `user` can read that contain every word
+    /// of `text`, optionally in one conversation.
+    #[tracing::instrument(skip_all)]
+    pub async fn search_messages(
+        &self,
+        user: UserId,
+        text: &str,
+        conversation: Option<ConversationId>,
+        cursor: Option<SearchCursor>,
+        limit: u32,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let (before_ms, before_id) = match cursor {
+            Some(c) => (c.sent_at_ms, c.id.0),
+            None => (i64::MAX, Uuid::max()),
+        };
+        let only = i64::from(conversation.is_some());
+        let in_conversation = conversation.map_or(Uuid::nil(), |c| c.0);
+        let mut hits = Vec::new();
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {}, highlight(message_search, 0, '<mark>', '</mark>') AS highlight \
+                     FROM message_search JOIN messages m ON m.rowid = message_search.rowid {READABLE} \
+                       AND message_search MATCH $2 \
+                     ORDER BY m.created_at DESC, m.id DESC LIMIT $7",
+                    message_columns!("m", "")
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(user.0)
+                    .bind(fts5_query(text))
+                    .bind(before_ms)
+                    .bind(before_id)
+                    .bind(only)
+                    .bind(in_conversation)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?;
+                for row in rows {
+                    hits.push(SearchHit { message: message_from_row!(row), highlight: row.try_get("highlight")? });
+                }
+            }
+            Backend::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {}, ts_headline('simple', m.body, plainto_tsquery('simple', $2), \
+                                            'StartSel=<mark>, StopSel=</mark>, HighlightAll=true') AS highlight \
+                     FROM messages m {READABLE} AND m.search @@ plainto_tsquery('simple', $2) \
+                     ORDER BY m.created_at DESC, m.id DESC LIMIT $7",
+                    message_columns!("m", "")
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(user.0)
+                    .bind(text)
+                    .bind(before_ms)
+                    .bind(before_id)
+                    .bind(only)
+                    .bind(in_conversation)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?;
+                for row in rows {
+                    hits.push(SearchHit { message: message_from_row!(row), highlight: row.try_get("highlight")? });
+                }
+            }
+        }
+        Ok(hits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_words_become_literal_phrases() {
+        assert_eq!(fts5_query("hello  world"), "\"hello\" \"world\"");
+        assert_eq!(fts5_query("a OR b*"), "\"a\" \"OR\" \"b*\"");
+        assert_eq!(fts5_query("say \"hi\""), "\"say\" \"\"\"hi\"\"\"");
+    }
+}
