@@ -45,3 +45,10 @@ fn printed_settings_hide_secrets() {
     assert!(shown.contains("postgres://app:[redacted]@db:5432/parley"), "{shown}");
     assert_eq!(s.database_url_for_logs(), "postgres://app:[redacted]@db:5432/parley");
 }
+
+#[test]
+fn the_example_file_lists_exactly_the_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/parley.toml");
+    let loaded = Settings::load(Some(&path)).expect("example parses");
+    assert_eq!(loaded.to_string(), Settings::default().to_string());
+}
