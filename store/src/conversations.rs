@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::backend::on_pool;
 use crate::members::MemberRecord;
-use crate::messages::{hide, message_columns, message_from_row};
+use crate::messages::{message_columns, optional_message_from_row};
 use crate::{time_from_ms, Store, StoreError};
 
 /// A conversation's own fields.
@@ -270,16 +270,7 @@ impl Store {
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let conversation = conversation_from_row!(row);
-                let last_message = match row.try_get::<Option<Uuid>, _>("m_id")? {
-                    Some(_) => {
-                        let mut m = message_from_row!(row, "m_");
-                        if row.try_get::<Option<Uuid>, _>("hidden_for")?.is_some() {
-                            hide(&mut m);
-                        }
-                        Some(m)
-                    }
-                    None => None,
-                };
+                let last_message = optional_message_from_row!(row, "m_");
                 out.push(ConversationSummary {
                     conversation,
                     members: Vec::new(),

@@ -9,7 +9,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::backend::on_pool;
-use crate::messages::{hide, message_columns, message_from_row};
+use crate::messages::{message_columns, optional_message_from_row};
 use crate::{Store, StoreError};
 
 /// One event of a user's log as stored.
@@ -131,16 +131,7 @@ impl Store {
             let rows = sqlx::query(sql).bind(user.0).bind(after).bind(i64::from(limit)).fetch_all(pool).await?;
             let mut events = Vec::with_capacity(rows.len());
             for row in rows {
-                let message = match row.try_get::<Option<Uuid>, _>("m_id")? {
-                    Some(_) => {
-                        let mut m = message_from_row!(row, "m_");
-                        if row.try_get::<Option<Uuid>, _>("hidden_for")?.is_some() {
-                            hide(&mut m);
-                        }
-                        Some(m)
-                    }
-                    None => None,
-                };
+                let message = optional_message_from_row!(row, "m_");
                 events.push(EventRecord {
                     seq: row.try_get("seq")?,
                     kind: row.try_get("kind")?,

@@ -156,6 +156,24 @@ macro_rules! message_from_row {
 }
 pub(crate) use message_from_row;
 
+/// Like [`message_from_row!`] for a LEFT JOINed message that may be absent (its id
+/// column NULL); a `hidden_for` column, when not NULL, hides it from the reader.
+macro_rules! optional_message_from_row {
+    ($row:expr, $p:literal) => {
+        match sqlx::Row::try_get::<Option<uuid::Uuid>, _>(&$row, concat!($p, "id"))? {
+            Some(_) => {
+                let mut m = $crate::messages::message_from_row!($row, $p);
+                if sqlx::Row::try_get::<Option<uuid::Uuid>, _>(&$row, "hidden_for")?.is_some() {
+                    $crate::messages::hide(&mut m);
+                }
+                Some(m)
+            }
+            None => None,
+        }
+    };
+}
+pub(crate) use optional_message_from_row;
+
 /// How the transaction finds the conversation it writes to.
 enum ConversationKey {
     Direct(String),

@@ -6,7 +6,7 @@ use parley_wire::{ConversationId, MessageId, UserId};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::backend::Backend;
+use crate::backend::{on_pool, Backend};
 use crate::messages::{message_columns, message_from_row};
 use crate::{Store, StoreError};
 
@@ -53,54 +53,45 @@ impl Store {
         };
         let only = i64::from(conversation.is_some());
         let in_conversation = conversation.map_or(Uuid::nil(), |c| c.0);
-        let mut hits = Vec::new();
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let sql = format!(
+        let (sql, query) = match &self.backend {
+            Backend::Sqlite(_) => (
+                format!(
                     "SELECT {}, highlight(message_search, 0, '<mark>', '</mark>') AS highlight \
                      FROM message_search JOIN messages m ON m.rowid = message_search.rowid {READABLE} \
                        AND message_search MATCH $2 \
                      ORDER BY m.created_at DESC, m.id DESC LIMIT $7",
                     message_columns!("m", "")
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(user.0)
-                    .bind(fts5_query(text))
-                    .bind(before_ms)
-                    .bind(before_id)
-                    .bind(only)
-                    .bind(in_conversation)
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await?;
-                for row in rows {
-                    hits.push(SearchHit { message: message_from_row!(row), highlight: row.try_get("highlight")? });
-                }
-            }
-            Backend::Postgres(pool) => {
-                let sql = format!(
+                ),
+                fts5_query(text),
+            ),
+            Backend::Postgres(_) => (
+                format!(
                     "SELECT {}, ts_headline('simple', m.body, plainto_tsquery('simple', $2), \
                                             'StartSel=<mark>, StopSel=</mark>, HighlightAll=true') AS highlight \
                      FROM messages m {READABLE} AND m.search @@ plainto_tsquery('simple', $2) \
                      ORDER BY m.created_at DESC, m.id DESC LIMIT $7",
                     message_columns!("m", "")
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(user.0)
-                    .bind(text)
-                    .bind(before_ms)
-                    .bind(before_id)
-                    .bind(only)
-                    .bind(in_conversation)
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await?;
-                for row in rows {
-                    hits.push(SearchHit { message: message_from_row!(row), highlight: row.try_get("highlight")? });
-                }
+                ),
+                text.to_string(),
+            ),
+        };
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(user.0)
+                .bind(&query)
+                .bind(before_ms)
+                .bind(before_id)
+                .bind(only)
+                .bind(in_conversation)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            let mut hits = Vec::with_capacity(rows.len());
+            for row in rows {
+                hits.push(SearchHit { message: message_from_row!(row), highlight: row.try_get("highlight")? });
             }
-        }
-        Ok(hits)
+            Ok(hits)
+        })
     }
 }
 
