@@ -68,7 +68,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             refresh_ttl: Duration::from_secs(settings.auth.refresh_token_ttl_secs),
         },
     );
-    let domain = Domain::new(store.clone(), tokens.clone(), limits(&settings.messages));
+    let domain = Domain::new(store.clone(), tokens.clone(), limits(&settings.messages, &settings.data_dir));
 
     let mqtt = bind(&settings.mqtt.listen, "mqtt.listen", "PARLEY_MQTT__LISTEN").await?;
     let http = bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?;
@@ -176,10 +176,12 @@ fn describe(
     }
 }
 
-fn limits(m: &parley_config::MessageSettings) -> Limits {
+fn limits(m: &parley_config::MessageSettings, data_dir: &std::path::Path) -> Limits {
     Limits {
         max_text_chars: m.max_text_chars,
         user_rate: Rate { per_sec: m.user_rate_per_sec, burst: m.user_burst },
         conversation_rate: Rate { per_sec: m.conversation_rate_per_sec, burst: m.conversation_burst },
+        uploads_dir: data_dir.join("uploads"),
+        max_upload_bytes: m.max_upload_bytes,
     }
 }

@@ -14,6 +14,7 @@ both_backends!(
     presence_follows_the_devices_and_reaches_partners_only,
     senders_change_their_messages_and_members_react,
     search_finds_only_what_the_caller_can_read,
+    media_messages_carry_uploads_that_members_can_fetch,
 );
 
 /// The next presence signal about `user` on `topic` (devices also hear their own user's).
@@ -306,5 +307,92 @@ async fn search_finds_only_what_the_caller_can_read(backend: Backend) {
     assert_eq!((status, code(&denied)), (404, "conversation_not_found"));
     let (status, empty) = app.get("/v1/search?q=%20", Some(&ben.access_token)).await;
     assert_eq!((status, code(&empty)), (422, "invalid_query"));
+    app.stop().await;
+}
+
+async fn media_messages_carry_uploads_that_members_can_fetch(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |s| s.messages.max_upload_bytes = 1024).await else { return };
+    let (ann, ben, eve) = (app.user("ann").await, app.user("ben").await, app.user("eve").await);
+    let mut a = app.device(&ann, "ann-phone").await;
+    let mut b = app.device(&ben, "ben-phone").await;
+    let upload = |who: &common::TestUser, content_type: Option<&str>, body: Vec<u8>| {
+        let mut req = app
+            .client
+            .post(format!("{}/v1/uploads?filename=cat.png", app.http))
+            .bearer_auth(&who.access_token)
+            .body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        async move {
+            let resp = req.send().await.expect("http");
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let png = b"\x89PNG\r\n\x1a\n tiny cat".to_vec();
+    let (status, uploaded) = upload(&ann, Some("image/png"), png.clone()).await;
+    assert_eq!(status, 201, "{uploaded}");
+    assert_eq!(
+        (uploaded["content_type"].as_str(), uploaded["size"].as_i64(), uploaded["filename"].as_str()),
+        (Some("image/png"), Some(png.len() as i64), Some("cat.png"))
+    );
+    let id = uploaded["id"].as_str().expect("id").to_string();
+    let (status, big) = upload(&ann, Some("image/png"), vec![0u8; 2048]).await;
+    assert_eq!((status, code(&big)), (413, "too_large"));
+    let (status, untyped) = upload(&ann, None, png.clone()).await;
+    assert_eq!((status, code(&untyped)), (422, "invalid_content_type"));
+
+    a.publish_json(
+        &format!("from/{}/msg", ann.id),
+        &json!({"id": "p1", "to": ben.id, "kind": "image", "attachment_id": id, "text": "look"}),
+    )
+    .await;
+    let ack = a.next_on(&format!("to/{}/ack", ann.id)).await;
+    assert!(ack.get("error").is_none(), "{ack}");
+    let got = b.next_message_from(&ben.id, &ann.id).await;
+    assert_eq!(
+        (got["kind"].as_str(), got["text"].as_str(), got["attachment"]["id"].as_str()),
+        (Some("image"), Some("look"), Some(id.as_str()))
+    );
+    let resp = app
+        .client
+        .get(format!("{}/v1/uploads/{id}", app.http))
+        .bearer_auth(&ben.access_token)
+        .send()
+        .await
+        .expect("http");
+    assert_eq!((resp.status().as_u16(), resp.headers()["content-type"].to_str().ok()), (200, Some("image/png")));
+    assert_eq!(resp.bytes().await.expect("bytes").to_vec(), png);
+    let (status, _) = app.get(&format!("/v1/uploads/{id}"), Some(&eve.access_token)).await;
+    assert_eq!(status, 404, "eve is in no conversation with it");
+
+    for (body, expected) in [
+        (json!({"id": "p2", "to": ann.id, "kind": "image", "attachment_id": id}), "invalid_attachment"),
+        (json!({"id": "p3", "to": ann.id, "kind": "image", "text": "no file"}), "invalid_attachment"),
+        (json!({"id": "p4", "to": ann.id, "kind": "sticker", "text": "?"}), "invalid_kind"),
+        (json!({"id": "p5", "to": ann.id, "text": "x", "attachment_id": id}), "invalid_attachment"),
+    ] {
+        b.publish_json(&format!("from/{}/msg", ben.id), &body).await;
+        assert_eq!(code(&b.next_on(&format!("to/{}/ack", ben.id)).await), expected, "{body}");
+    }
+    // Deleted for everyone, the message no longer carries (or shares) the file.
+    let message = ack["message_id"].as_str().expect("id");
+    let resp = app
+        .client
+        .delete(format!("{}/v1/messages/{message}?for=everyone", app.http))
+        .bearer_auth(&ann.access_token)
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 204);
+    let (status, _) = app.get(&format!("/v1/uploads/{id}"), Some(&ben.access_token)).await;
+    assert_eq!(status, 404);
+    let (_, page) = app
+        .get(
+            &format!("/v1/conversations/{}/messages", ack["conversation_id"].as_str().expect("id")),
+            Some(&ben.access_token),
+        )
+        .await;
+    assert!(page["messages"][0].get("attachment").is_none(), "{page}");
     app.stop().await;
 }

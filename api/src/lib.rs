@@ -46,7 +46,8 @@ impl AppState {
 /// All routes, with JSON answers for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
     use axum::routing::patch;
-    use routes::{auth, conversations, members, messages, ops, sync};
+    use routes::{auth, conversations, members, messages, ops, sync, uploads};
+    let upload_limit = state.domain.limits().max_upload_bytes;
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -71,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/unread", get(sync::unread))
         .route("/v1/presence", get(sync::presence))
         .route("/v1/search", get(sync::search))
+        .route("/v1/uploads", post(uploads::create).layer(axum::extract::DefaultBodyLimit::max(upload_limit)))
+        .route("/v1/uploads/{id}", get(uploads::fetch))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(TraceLayer::new_for_http())

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, conversations, members, messages, ops, sync};
+use crate::routes::{auth, conversations, members, messages, ops, sync, uploads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use crate::routes::{auth, conversations, members, messages, ops, sync};
         messages::history, messages::mark_read,
         messages::edit, messages::delete, messages::react, messages::unreact, messages::reactions, messages::edits,
         sync::sync, sync::unread, sync::presence, sync::search,
+        uploads::create, uploads::fetch,
         ops::healthz, ops::readyz,
     ),
     components(schemas(crate::ErrorResponse, crate::error::ErrorDetail)),

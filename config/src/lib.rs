@@ -97,6 +97,8 @@ pub struct MessageSettings {
     /// Messages one conversation may take per second, sustained, and in a burst.
     pub conversation_rate_per_sec: u32,
     pub conversation_burst: u32,
+    /// Largest file accepted by `POST /v1/uploads`, in bytes.
+    pub max_upload_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,6 +179,7 @@ impl Default for MessageSettings {
             user_burst: 200,
             conversation_rate_per_sec: 50,
             conversation_burst: 500,
+            max_upload_bytes: 25 * 1024 * 1024,
         }
     }
 }

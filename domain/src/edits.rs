@@ -123,7 +123,7 @@ impl Domain {
 }
 
 fn check_own_live(message: &Message, caller: UserId) -> Result<(), DomainError> {
-    if message.sender_id != caller || message.kind != "text" {
+    if message.sender_id != caller || message.kind == "system" {
         return Err(DomainError::forbidden("not_sender", "only the sender can change this message"));
     }
     if message.deleted {

@@ -16,6 +16,7 @@ mod settings;
 mod sync;
 mod tokens;
 mod typing;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -44,6 +45,9 @@ pub struct Limits {
     pub user_rate: Rate,
     /// Messages per conversation.
     pub conversation_rate: Rate,
+    /// Where uploaded files are kept, and the largest accepted.
+    pub uploads_dir: std::path::PathBuf,
+    pub max_upload_bytes: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +56,8 @@ impl Default for Limits {
             max_text_chars: 4000,
             user_rate: Rate { per_sec: 20, burst: 200 },
             conversation_rate: Rate { per_sec: 50, burst: 500 },
+            uploads_dir: std::path::PathBuf::from("parley-data/uploads"),
+            max_upload_bytes: 25 * 1024 * 1024,
         }
     }
 }

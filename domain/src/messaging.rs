@@ -53,7 +53,7 @@ impl Domain {
                 ))
             }
         };
-        self.check_text(&msg.text)?;
+        let (kind, attachment) = self.check_content(sender, &msg).await?;
         let key = match target {
             Target::Direct(to) => ConversationKey::pair(sender, to),
             Target::Conversation(c) => ConversationKey::Id(c),
@@ -69,9 +69,10 @@ impl Domain {
             sender,
             target,
             client_id: msg.id,
-            kind: "text",
+            kind,
             body: msg.text,
             reply_to: msg.reply_to,
+            attachment,
             now_ms: now_ms(),
         };
         self.post(new).await
@@ -91,6 +92,7 @@ impl Domain {
             kind: "system",
             body: body.to_string(),
             reply_to: None,
+            attachment: None,
             now_ms: now_ms(),
         };
         Ok(self.post(new).await?.into_inner())
@@ -113,6 +115,41 @@ impl Domain {
                 Err(DomainError::invalid("invalid_reply", "reply_to is not a message of this conversation"))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The message's kind, its text rules, and its attachment (an upload of the
+    /// sender's, required for the media kinds).
+    async fn check_content(
+        &self,
+        sender: UserId,
+        msg: &SendMessage,
+    ) -> Result<(&'static str, Option<parley_wire::payloads::Attachment>), DomainError> {
+        let kind = match msg.kind.as_deref().unwrap_or("text") {
+            "text" => "text",
+            "image" => "image",
+            "audio" => "audio",
+            "video" => "video",
+            "file" => "file",
+            _ => return Err(DomainError::invalid("invalid_kind", "kind is text, image, audio, video or file")),
+        };
+        if kind == "text" {
+            if msg.attachment_id.is_some() {
+                return Err(DomainError::invalid("invalid_attachment", "a text message has no attachment"));
+            }
+            self.check_text(&msg.text)?;
+            return Ok((kind, None));
+        }
+        let max = self.limits().max_text_chars;
+        if msg.text.chars().count() > max {
+            return Err(DomainError::invalid("text_too_long", format!("text is longer than {max} characters")));
+        }
+        let Some(id) = msg.attachment_id else {
+            return Err(DomainError::invalid("invalid_attachment", "a media message needs attachment_id"));
+        };
+        match self.store().upload_for(id, sender).await? {
+            Some(upload) if upload.owner == sender => Ok((kind, Some(upload.attachment))),
+            _ => Err(DomainError::invalid("invalid_attachment", "attachment_id is not an upload of yours")),
         }
     }
 

@@ -29,6 +29,16 @@ CREATE TABLE refresh_tokens (
 );
 CREATE INDEX refresh_tokens_by_user ON refresh_tokens(user_id);
 
+-- Uploaded files (the bytes live in the data directory's uploads/ folder).
+CREATE TABLE uploads (
+    id           UUID PRIMARY KEY,
+    owner_id     UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    content_type TEXT NOT NULL,
+    size         BIGINT NOT NULL CHECK (size >= 0),
+    filename     TEXT,
+    created_at   BIGINT NOT NULL
+);
+
 CREATE TABLE conversations (
     id              UUID PRIMARY KEY,
     kind            TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
@@ -75,16 +85,20 @@ CREATE TABLE messages (
     seq             BIGINT NOT NULL CHECK (seq > 0),
     sender_id       UUID NOT NULL REFERENCES users(id),
     client_id       TEXT NOT NULL,
-    kind            TEXT NOT NULL DEFAULT 'text' CHECK (kind IN ('text', 'system')),
+    kind            TEXT NOT NULL DEFAULT 'text'
+                      CHECK (kind IN ('text', 'image', 'audio', 'video', 'file', 'system')),
     -- Emptied when deleted for everyone: the row stays as a tombstone so seqs have no holes.
     body            TEXT NOT NULL,
     reply_to        UUID REFERENCES messages(id) ON DELETE SET NULL,
+    -- For image, audio, video and file messages: the upload, and its description as JSON.
+    attachment_id   UUID REFERENCES uploads(id),
+    attachment      TEXT,
     edited_at       BIGINT,
     deleted_at      BIGINT,
     created_at      BIGINT NOT NULL,
     -- Full-text search over live text messages.
     search          TSVECTOR GENERATED ALWAYS AS
-                      (to_tsvector('simple', CASE WHEN kind = 'text' AND deleted_at IS NULL THEN body ELSE '' END)) STORED,
+                      (to_tsvector('simple', CASE WHEN kind <> 'system' AND deleted_at IS NULL THEN body ELSE '' END)) STORED,
     UNIQUE (conversation_id, seq),
     UNIQUE (sender_id, client_id)
 );

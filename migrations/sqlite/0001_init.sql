@@ -29,6 +29,16 @@ CREATE TABLE refresh_tokens (
 );
 CREATE INDEX refresh_tokens_by_user ON refresh_tokens(user_id);
 
+-- Uploaded files (the bytes live in the data directory's uploads/ folder).
+CREATE TABLE uploads (
+    id           BLOB PRIMARY KEY NOT NULL,
+    owner_id     BLOB NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    content_type TEXT NOT NULL,
+    size         INTEGER NOT NULL CHECK (size >= 0),
+    filename     TEXT,
+    created_at   INTEGER NOT NULL
+);
+
 CREATE TABLE conversations (
     id              BLOB PRIMARY KEY NOT NULL,
     kind            TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
@@ -75,10 +85,14 @@ CREATE TABLE messages (
     seq             INTEGER NOT NULL CHECK (seq > 0),
     sender_id       BLOB NOT NULL REFERENCES users(id),
     client_id       TEXT NOT NULL,
-    kind            TEXT NOT NULL DEFAULT 'text' CHECK (kind IN ('text', 'system')),
+    kind            TEXT NOT NULL DEFAULT 'text'
+                      CHECK (kind IN ('text', 'image', 'audio', 'video', 'file', 'system')),
     -- Emptied when deleted for everyone: the row stays as a tombstone so seqs have no holes.
     body            TEXT NOT NULL,
     reply_to        BLOB REFERENCES messages(id) ON DELETE SET NULL,
+    -- For image, audio, video and file messages: the upload, and its description as JSON.
+    attachment_id   BLOB REFERENCES uploads(id),
+    attachment      TEXT,
     edited_at       INTEGER,
     deleted_at      INTEGER,
     created_at      INTEGER NOT NULL,
@@ -88,13 +102,13 @@ CREATE TABLE messages (
 
 -- Full-text search over live text messages, kept by triggers; rowid = messages.rowid.
 CREATE VIRTUAL TABLE message_search USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
-CREATE TRIGGER message_search_insert AFTER INSERT ON messages WHEN new.kind = 'text' BEGIN
+CREATE TRIGGER message_search_insert AFTER INSERT ON messages WHEN new.kind <> 'system' BEGIN
     INSERT INTO message_search (rowid, body) VALUES (new.rowid, new.body);
 END;
 CREATE TRIGGER message_search_update AFTER UPDATE OF body, deleted_at ON messages BEGIN
     DELETE FROM message_search WHERE rowid = old.rowid;
     INSERT INTO message_search (rowid, body)
-        SELECT new.rowid, new.body WHERE new.kind = 'text' AND new.deleted_at IS NULL;
+        SELECT new.rowid, new.body WHERE new.kind <> 'system' AND new.deleted_at IS NULL;
 END;
 CREATE TRIGGER message_search_delete AFTER DELETE ON messages BEGIN
     DELETE FROM message_search WHERE rowid = old.rowid;

@@ -14,6 +14,7 @@ mod presence;
 mod reactions;
 mod search;
 mod tokens;
+mod uploads;
 mod users;
 
 #[cfg(feature = "testing")]
@@ -30,6 +31,7 @@ pub use messages::{hide, MessagePage, MessageRange, NewMessage, Posted, Stored, 
 pub use presence::PresenceRecord;
 pub use reactions::{Change, EditRecord};
 pub use search::{SearchCursor, SearchHit};
+pub use uploads::UploadRecord;
 pub use users::{NewUser, UserRecord};
 
 /// Milliseconds since the epoch → UTC time (out-of-range values clamp to the epoch).

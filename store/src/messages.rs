@@ -31,6 +31,8 @@ pub struct NewMessage {
     pub body: String,
     /// A message of the same conversation this one answers (checked in the transaction).
     pub reply_to: Option<MessageId>,
+    /// The uploaded file of a media message.
+    pub attachment: Option<parley_wire::payloads::Attachment>,
     pub now_ms: i64,
 }
 
@@ -74,53 +76,16 @@ pub struct MessagePage {
 }
 
 /// The columns of a message row of table (or alias) `$t`, each aliased `$p…`.
+#[rustfmt::skip]
 macro_rules! message_columns {
     ($t:literal, $p:literal) => {
         concat!(
-            $t,
-            ".id AS ",
-            $p,
-            "id, ",
-            $t,
-            ".conversation_id AS ",
-            $p,
-            "conversation_id, ",
-            $t,
-            ".seq AS ",
-            $p,
-            "seq, ",
-            $t,
-            ".sender_id AS ",
-            $p,
-            "sender_id, ",
-            $t,
-            ".client_id AS ",
-            $p,
-            "client_id, ",
-            $t,
-            ".kind AS ",
-            $p,
-            "kind, ",
-            $t,
-            ".body AS ",
-            $p,
-            "body, ",
-            $t,
-            ".reply_to AS ",
-            $p,
-            "reply_to, ",
-            $t,
-            ".edited_at AS ",
-            $p,
-            "edited_at, ",
-            $t,
-            ".deleted_at AS ",
-            $p,
-            "deleted_at, ",
-            $t,
-            ".created_at AS ",
-            $p,
-            "created_at"
+            $t, ".id AS ", $p, "id, ", $t, ".conversation_id AS ", $p, "conversation_id, ",
+            $t, ".seq AS ", $p, "seq, ", $t, ".sender_id AS ", $p, "sender_id, ",
+            $t, ".client_id AS ", $p, "client_id, ", $t, ".kind AS ", $p, "kind, ",
+            $t, ".body AS ", $p, "body, ", $t, ".reply_to AS ", $p, "reply_to, ",
+            $t, ".edited_at AS ", $p, "edited_at, ", $t, ".deleted_at AS ", $p, "deleted_at, ",
+            $t, ".attachment AS ", $p, "attachment, ", $t, ".created_at AS ", $p, "created_at"
         )
     };
 }
@@ -150,6 +115,8 @@ macro_rules! message_from_row {
                 .map(parley_wire::MessageId),
             edited_at: sqlx::Row::try_get::<Option<i64>, _>(&$row, concat!($p, "edited_at"))?.map($crate::time_from_ms),
             deleted: sqlx::Row::try_get::<Option<i64>, _>(&$row, concat!($p, "deleted_at"))?.is_some(),
+            attachment: sqlx::Row::try_get::<Option<String>, _>(&$row, concat!($p, "attachment"))?
+                .and_then(|json| serde_json::from_str(&json).ok()),
             reactions: std::collections::BTreeMap::new(),
         }
     };
@@ -185,6 +152,7 @@ pub fn hide(message: &mut Message) {
     message.deleted = true;
     message.text.clear();
     message.reactions.clear();
+    message.attachment = None;
 }
 
 impl Store {
@@ -302,8 +270,9 @@ impl Store {
                 }
             }
             let inserted = sqlx::query(
-                "INSERT INTO messages (id, conversation_id, seq, sender_id, client_id, kind, body, reply_to, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO messages \
+                 (id, conversation_id, seq, sender_id, client_id, kind, body, reply_to, attachment_id, attachment, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(message_id.0)
             .bind(conversation_id.0)
@@ -313,6 +282,8 @@ impl Store {
             .bind(msg.kind)
             .bind(&msg.body)
             .bind(msg.reply_to.map(|r| r.0))
+            .bind(msg.attachment.as_ref().map(|a| a.id))
+            .bind(msg.attachment.as_ref().and_then(|a| serde_json::to_string(a).ok()))
             .bind(msg.now_ms)
             .execute(&mut *tx)
             .await;
@@ -343,6 +314,7 @@ impl Store {
                 text: msg.body.clone(),
                 sent_at: time_from_ms(msg.now_ms),
                 reply_to: msg.reply_to,
+                attachment: msg.attachment.clone(),
                 edited_at: None,
                 deleted: false,
                 reactions: Default::default(),

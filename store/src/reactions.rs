@@ -30,7 +30,7 @@ pub struct Change {
     pub counts: BTreeMap<String, i64>,
 }
 
-const EDITABLE: &str = "sender_id = $2 AND deleted_at IS NULL AND kind = 'text'";
+const EDITABLE: &str = "sender_id = $2 AND deleted_at IS NULL AND kind <> 'system'";
 
 impl Store {
     /// Replaces the text of `id` (its sender's, not deleted) and keeps the old text;
@@ -88,7 +88,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<Posted>, StoreError> {
         let update = format!(
-            "UPDATE messages SET body = '', deleted_at = $3 WHERE id = $1 AND {EDITABLE} RETURNING {}",
+            "UPDATE messages SET body = '', attachment = NULL, deleted_at = $3 WHERE id = $1 AND {EDITABLE} RETURNING {}",
             message_columns!("messages", "")
         );
         on_pool!(self, |pool| {

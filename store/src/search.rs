@@ -31,7 +31,7 @@ fn fts5_query(text: &str) -> String {
 
 const READABLE: &str = "JOIN conversation_members cm ON cm.conversation_id = m.conversation_id AND cm.user_id = $1 \
      LEFT JOIN message_hidden h ON h.message_id = m.id AND h.user_id = $1 \
-     WHERE h.user_id IS NULL AND m.deleted_at IS NULL AND m.kind = 'text' \
+     WHERE h.user_id IS NULL AND m.deleted_at IS NULL AND m.kind <> 'system' \
        AND (m.created_at < $3 OR (m.created_at = $3 AND m.id < $4)) \
        AND ($5 = 0 OR m.conversation_id = $6)";
 

@@ -62,6 +62,7 @@ fn msg(from: UserId, to: UserId, client_id: &str, now_ms: i64) -> NewMessage {
         kind: "text",
         body: format!("text {client_id}"),
         reply_to: None,
+        attachment: None,
         now_ms,
     }
 }

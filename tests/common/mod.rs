@@ -61,6 +61,8 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
+        // Failures show the platform's warnings and errors next to the assertion.
+        parley::telemetry::init("warn", "text");
         let db = TestDatabase::create(backend).await?;
         let data = tempfile::tempdir().expect("data dir");
         let mut settings = Settings { data_dir: data.path().to_path_buf(), ..Settings::default() };

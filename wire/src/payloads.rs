@@ -17,10 +17,18 @@ pub struct SendMessage {
     pub to: Option<UserId>,
     #[serde(default)]
     pub conversation_id: Option<ConversationId>,
+    /// Required for `text`; an optional caption for the media kinds.
+    #[serde(default)]
     pub text: String,
     /// A message of the same conversation this one answers.
     #[serde(default)]
     pub reply_to: Option<MessageId>,
+    /// `text` (default), `image`, `audio`, `video` or `file`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// For the media kinds: an upload of the sender's (`POST /v1/uploads`).
+    #[serde(default)]
+    pub attachment_id: Option<uuid::Uuid>,
 }
 
 /// `to/{uid}/ack`: the message is stored ("sent", one tick).
@@ -83,6 +91,9 @@ pub struct Message {
     /// that keeps its place (`seq`) in the conversation.
     #[serde(default)]
     pub deleted: bool,
+    /// For `image`, `audio`, `video` and `file` messages: the uploaded file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
     /// Emoji → how many members reacted with it (history and sync; absent when none).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub reactions: std::collections::BTreeMap<String, i64>,
@@ -344,4 +355,15 @@ pub struct SettingsUpdate {
 /// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
 fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// An uploaded file as messages carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Attachment {
+    /// Download it at `GET /v1/uploads/{id}`.
+    pub id: uuid::Uuid,
+    pub content_type: String,
+    pub size: i64,
+    pub filename: Option<String>,
 }

@@ -6,3 +6,4 @@ pub mod members;
 pub mod messages;
 pub mod ops;
 pub mod sync;
+pub mod uploads;
