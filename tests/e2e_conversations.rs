@@ -251,6 +251,21 @@ async fn receipts_move_ticks_and_unread_counts(backend: Backend) {
     }
     let (_, unread) = app.get("/v1/unread", Some(&ben.access_token)).await;
     assert_eq!(unread["total"], 1);
+
+    // Per message: delivered to Ben up to 3, read up to 2.
+    let (_, page) = app.get(&format!("/v1/conversations/{conversation}/messages"), Some(&ann.access_token)).await;
+    let ids: Vec<String> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_string())
+        .collect();
+    let (_, second) = app.get(&format!("/v1/messages/{}/receipts", ids[1]), Some(&ann.access_token)).await;
+    assert_eq!(second, json!({"delivered": [ben.id], "read": [ben.id]}));
+    let (_, third) = app.get(&format!("/v1/messages/{}/receipts", ids[2]), Some(&ann.access_token)).await;
+    assert_eq!(third, json!({"delivered": [ben.id], "read": []}));
+    let (status, _) = app.get(&format!("/v1/messages/{}/receipts", ids[2]), Some(&eve.access_token)).await;
+    assert_eq!(status, 404);
     app.stop().await;
 }
 

@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/settings", patch(conversations::settings))
         .route("/v1/messages/{id}", patch(messages::edit).delete(messages::delete))
         .route("/v1/messages/{id}/edits", get(messages::edits))
+        .route("/v1/messages/{id}/receipts", get(messages::receipts))
         .route("/v1/messages/{id}/reactions", get(messages::reactions))
         .route("/v1/messages/{id}/reactions/{emoji}", axum::routing::put(messages::react).delete(messages::unreact))
         .route("/v1/sync", get(sync::sync))

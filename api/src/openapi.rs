@@ -13,7 +13,7 @@ use crate::routes::{auth, conversations, members, messages, ops, sync, uploads};
         conversations::list, conversations::create, conversations::get, conversations::rename, conversations::settings,
         members::add, members::remove, members::set_role,
         messages::history, messages::mark_read,
-        messages::edit, messages::delete, messages::react, messages::unreact, messages::reactions, messages::edits,
+        messages::edit, messages::delete, messages::react, messages::unreact, messages::reactions, messages::edits, messages::receipts,
         sync::sync, sync::unread, sync::presence, sync::search,
         uploads::create, uploads::fetch,
         ops::healthz, ops::readyz,

@@ -31,6 +31,7 @@ pub use parley_store::{
     MemberSettings, MessagePage, Posted, SettingsChange, Store, StoreError, Stored,
 };
 pub use parley_store::{EditRecord, SearchCursor, SearchHit};
+pub use receipts::MessageReceipts;
 pub use settings::settings_change;
 pub use sync::MAX_SYNC_GAP;
 pub use tokens::{AccessClaims, TokenError, TokenSettings, Tokens};

@@ -58,3 +58,27 @@ impl Domain {
         Ok((counts, total))
     }
 }
+
+/// Who, besides its sender, got and read one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageReceipts {
+    pub delivered: Vec<UserId>,
+    pub read: Vec<UserId>,
+}
+
+impl Domain {
+    /// The members whose watermarks passed a message (members only ask).
+    pub async fn message_receipts(
+        &self,
+        caller: UserId,
+        id: parley_wire::MessageId,
+    ) -> Result<MessageReceipts, DomainError> {
+        let message = self.visible_message(caller, id).await?;
+        let members = self.store().members(message.conversation_id).await?;
+        let others = members.iter().filter(|m| m.user_id != message.sender_id);
+        Ok(MessageReceipts {
+            delivered: others.clone().filter(|m| m.last_delivered_seq >= message.seq).map(|m| m.user_id).collect(),
+            read: others.filter(|m| m.last_read_seq >= message.seq).map(|m| m.user_id).collect(),
+        })
+    }
+}

@@ -183,3 +183,22 @@ pub async fn edits(
     let list = state.domain.message_edits(user, id).await?;
     Ok(Json(list.into_iter().map(|e| EditView { text: e.text, replaced_at: e.replaced_at }).collect()))
 }
+
+/// Who got and who read a message (its sender excluded): the ticks of a group message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReceiptsView {
+    pub delivered: Vec<parley_wire::UserId>,
+    pub read: Vec<parley_wire::UserId>,
+}
+
+/// Who got and read a message, from the members' watermarks.
+#[utoipa::path(get, path = "/v1/messages/{id}/receipts", tag = "messages", params(("id" = MessageId, Path)),
+    security(("bearer" = [])), responses((status = 200, body = ReceiptsView), (status = 404, body = ErrorResponse)))]
+pub async fn receipts(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<MessageId>,
+) -> Result<Json<ReceiptsView>, ApiError> {
+    let r = state.domain.message_receipts(user, id).await?;
+    Ok(Json(ReceiptsView { delivered: r.delivered, read: r.read }))
+}
