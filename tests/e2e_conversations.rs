@@ -20,16 +20,6 @@ fn code(body: &Value) -> &str {
 }
 
 impl TestApp {
-    async fn send(&self, method: reqwest::Method, path: &str, user: &TestUser, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.http)).bearer_auth(&user.access_token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("http");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
     async fn group(&self, owner: &TestUser, title: &str, members: &[&TestUser]) -> String {
         let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
         let (status, body) = self

@@ -173,10 +173,7 @@ async fn publishing_as_another_user_is_refused_and_reported(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let mut a = app.device(&alice, "alice-phone").await;
-    let mut b = app.device(&bob, "bob-phone").await;
+    let (alice, bob, mut a, mut b) = app.pair().await;
     let forged = json!({"id": "f1", "to": alice.id, "text": "I am bob"});
     a.publish_json(&format!("from/{}/msg", bob.id), &forged).await;
     a.publish_json(&format!("to/{}/msg", bob.id), &forged).await;

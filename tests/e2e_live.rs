@@ -206,14 +206,10 @@ async fn senders_change_their_messages_and_members_react(backend: Backend) {
 
     // Reactions over HTTP, one of each emoji per user, counted per emoji.
     for who in [&ann, &ben, &ben] {
-        let resp = app
-            .client
-            .put(format!("{}/v1/messages/{message}/reactions/👍", app.http))
-            .bearer_auth(&who.access_token)
-            .send()
-            .await
-            .expect("http");
-        assert_eq!(resp.status().as_u16(), 204);
+        assert_eq!(
+            app.send(reqwest::Method::PUT, &format!("/v1/messages/{message}/reactions/👍"), who, None).await.0,
+            204
+        );
     }
     let (_, page) = app
         .get(&format!("/v1/conversations/{}/messages", conversation.as_str().expect("id")), Some(&ann.access_token))
@@ -224,14 +220,7 @@ async fn senders_change_their_messages_and_members_react(backend: Backend) {
     assert_eq!(who.as_array().map(Vec::len), Some(2));
 
     // Ben hides it for himself; Ann deletes it for everyone: a tombstone keeps seq 1.
-    let resp = app
-        .client
-        .delete(format!("{}/v1/messages/{message}?for=me", app.http))
-        .bearer_auth(&ben.access_token)
-        .send()
-        .await
-        .expect("http");
-    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(app.send(reqwest::Method::DELETE, &format!("/v1/messages/{message}?for=me"), &ben, None).await.0, 204);
     let (_, bens) = app
         .get(&format!("/v1/conversations/{}/messages", conversation.as_str().expect("id")), Some(&ben.access_token))
         .await;
@@ -243,14 +232,10 @@ async fn senders_change_their_messages_and_members_react(backend: Backend) {
         .get(&format!("/v1/conversations/{}/messages", conversation.as_str().expect("id")), Some(&ann.access_token))
         .await;
     assert_eq!(anns["messages"][0]["text"], "first", "only ben's view changed");
-    let resp = app
-        .client
-        .delete(format!("{}/v1/messages/{message}?for=everyone", app.http))
-        .bearer_auth(&ann.access_token)
-        .send()
-        .await
-        .expect("http");
-    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(
+        app.send(reqwest::Method::DELETE, &format!("/v1/messages/{message}?for=everyone"), &ann, None).await.0,
+        204
+    );
     let (_, anns) = app
         .get(&format!("/v1/conversations/{}/messages", conversation.as_str().expect("id")), Some(&ann.access_token))
         .await;
@@ -259,15 +244,12 @@ async fn senders_change_their_messages_and_members_react(backend: Backend) {
         (tomb["seq"].as_i64(), tomb["deleted"].as_bool(), tomb["text"].as_str(), tomb.get("reactions")),
         (Some(1), Some(true), Some(""), None)
     );
-    let resp = app
-        .client
-        .patch(format!("{}/v1/messages/{message}", app.http))
-        .bearer_auth(&ann.access_token)
-        .json(&json!({"text": "zombie"}))
-        .send()
-        .await
-        .expect("http");
-    assert_eq!(resp.status().as_u16(), 409);
+    assert_eq!(
+        app.send(reqwest::Method::PATCH, &format!("/v1/messages/{message}"), &ann, Some(json!({"text": "zombie"})))
+            .await
+            .0,
+        409
+    );
     app.stop().await;
 }
 
@@ -377,14 +359,10 @@ async fn media_messages_carry_uploads_that_members_can_fetch(backend: Backend) {
     }
     // Deleted for everyone, the message no longer carries (or shares) the file.
     let message = ack["message_id"].as_str().expect("id");
-    let resp = app
-        .client
-        .delete(format!("{}/v1/messages/{message}?for=everyone", app.http))
-        .bearer_auth(&ann.access_token)
-        .send()
-        .await
-        .expect("http");
-    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(
+        app.send(reqwest::Method::DELETE, &format!("/v1/messages/{message}?for=everyone"), &ann, None).await.0,
+        204
+    );
     let (status, _) = app.get(&format!("/v1/uploads/{id}"), Some(&ben.access_token)).await;
     assert_eq!(status, 404);
     let (_, page) = app

@@ -89,10 +89,7 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let mut a = app.device(&alice, "alice-phone").await;
-    let mut b = app.device(&bob, "bob-phone").await;
+    let (alice, bob, mut a, mut b) = app.pair().await;
 
     tokio::join!(
         send_with_retries(&a, &alice.id, &bob.id, "a", 100),

@@ -18,10 +18,7 @@ async fn bad_messages_get_an_error_ack_and_change_nothing(backend: Backend) {
     let Some(app) = TestApp::spawn_with(backend, |s| s.messages.max_text_chars = 10).await else {
         return;
     };
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let mut a = app.device(&alice, "alice-phone").await;
-    let mut b = app.device(&bob, "bob-phone").await;
+    let (alice, bob, mut a, mut b) = app.pair().await;
     let send = format!("from/{}/msg", alice.id);
     let ack = format!("to/{}/ack", alice.id);
 
@@ -71,10 +68,7 @@ async fn a_client_id_used_by_another_user_is_a_different_message(backend: Backen
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let mut a = app.device(&alice, "alice-phone").await;
-    let mut b = app.device(&bob, "bob-phone").await;
+    let (alice, bob, mut a, mut b) = app.pair().await;
     a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "shared-1", "to": bob.id, "text": "from alice"}))
         .await;
     let a_ack = a.next_on(&format!("to/{}/ack", alice.id)).await;

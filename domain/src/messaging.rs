@@ -39,12 +39,8 @@ impl Domain {
             (Some(to), None) if to == sender => {
                 return Err(DomainError::invalid("invalid_recipient", "a message cannot be sent to oneself"))
             }
-            (Some(to), None) => {
-                if !self.store().user_exists(to).await? {
-                    return Err(DomainError::not_found("unknown_recipient", "no such recipient"));
-                }
-                Target::Direct(to)
-            }
+            // An unknown recipient fails the store's foreign key: `unknown_recipient`, no extra query.
+            (Some(to), None) => Target::Direct(to),
             (None, Some(conversation)) => Target::Conversation(conversation),
             _ => {
                 return Err(DomainError::invalid(

@@ -110,6 +110,32 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Any request as `user`, with an optional JSON body; the status and the JSON answer.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &TestUser,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.http)).bearer_auth(&user.access_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("http");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Two users with a connected device each: (alice, bob, alice's device, bob's device).
+    pub async fn pair(&self) -> (TestUser, TestUser, Device, Device) {
+        let alice = self.user("alice").await;
+        let bob = self.user("bob").await;
+        let a = self.device(&alice, "alice-phone").await;
+        let b = self.device(&bob, "bob-phone").await;
+        (alice, bob, a, b)
+    }
+
     /// Registers `username` with a password, then logs in by username.
     pub async fn user(&self, username: &str) -> TestUser {
         let password = format!("pw-{username}-long-enough");
