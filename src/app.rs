@@ -10,7 +10,7 @@ use parley_api::{AppState, Publisher, ReadinessCheck};
 use parley_broker::bus::{self, BusProbe};
 use parley_broker::gate::{self, GateHandle, GateSettings};
 use parley_config::Settings;
-use parley_domain::{Domain, Limits, Rate, Store, TokenSettings, Tokens};
+use parley_domain::{Auth, AuthPolicy, Delivery, DeliveryConfig, Domain, Limits, Rate, Store, TokenSettings, Tokens};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -68,7 +68,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             refresh_ttl: Duration::from_secs(settings.auth.refresh_token_ttl_secs),
         },
     );
-    let domain = Domain::new(store.clone(), tokens.clone(), limits(&settings.messages, &settings.data_dir));
+    let auth = auth(&settings).context("invalid [delivery] settings")?;
+    let domain = Domain::new(store.clone(), tokens.clone(), limits(&settings.messages, &settings.data_dir), auth);
 
     let mqtt = bind(&settings.mqtt.listen, "mqtt.listen", "PARLEY_MQTT__LISTEN").await?;
     let http = bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?;
@@ -79,13 +80,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let mut parts = JoinSet::new();
     let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
     {
-        let (settings, tokens, bus, shutdown) =
-            (GateSettings::from_config(&settings.mqtt), tokens, bus.clone(), shutdown.clone());
+        let (settings, domain, bus, shutdown) =
+            (GateSettings::from_config(&settings.mqtt), domain.clone(), bus.clone(), shutdown.clone());
         parts.spawn(async move {
             let ready = move |h| {
                 let _ = gate_tx.send(h);
             };
-            ("gate", gate::serve(mqtt, settings, tokens, &bus, shutdown, ready).await)
+            ("gate", gate::serve(mqtt, settings, domain, &bus, shutdown, ready).await)
         });
     }
     {
@@ -114,7 +115,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             }
         })
     });
-    let state = AppState { domain: domain.clone(), readiness: Arc::new(readiness), publisher };
+    let state = AppState {
+        domain: domain.clone(),
+        readiness: Arc::new(readiness),
+        publisher,
+        cookie_secure: settings.auth.cookie_secure,
+    };
     {
         let shutdown = shutdown.clone();
         parts.spawn(async move { ("api", parley_api::serve(http, state, shutdown).await.map_err(Into::into)) });
@@ -184,4 +190,35 @@ fn limits(m: &parley_config::MessageSettings, data_dir: &std::path::Path) -> Lim
         uploads_dir: data_dir.join("uploads"),
         max_upload_bytes: m.max_upload_bytes,
     }
+}
+
+fn auth(settings: &Settings) -> anyhow::Result<Auth> {
+    let a = &settings.auth;
+    let d = &settings.delivery;
+    let production = match d.mode.as_str() {
+        "production" => true,
+        "development" => false,
+        other => return Err(anyhow!("delivery.mode is `development` or `production`, not `{other}`")),
+    };
+    let delivery = Delivery::new(&DeliveryConfig {
+        production,
+        smtp_url: d.smtp_url.as_ref().map(|s| s.expose().to_string()),
+        mail_from: d.mail_from.clone(),
+        sms_url: d.sms_url.clone(),
+        sms_token: d.sms_token.as_ref().map(|s| s.expose().to_string()),
+    })?;
+    let secs = Duration::from_secs;
+    let policy = AuthPolicy {
+        session_lifetime: secs(a.session_lifetime_secs),
+        reuse_grace: secs(a.refresh_reuse_grace_secs),
+        code_ttl: secs(a.code_ttl_secs),
+        code_max_attempts: a.code_max_attempts.max(1),
+        code_resend_interval: secs(a.code_resend_interval_secs),
+        codes_per_identifier_per_hour: a.codes_per_identifier_per_hour.max(1),
+        codes_per_address_per_hour: a.codes_per_address_per_hour.max(1),
+        login_failures_per_account: a.login_failures_per_account.max(1),
+        login_failures_per_address: a.login_failures_per_address.max(1),
+        login_window: secs(a.login_window_secs),
+    };
+    Ok(Auth { policy, delivery })
 }

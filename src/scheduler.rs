@@ -25,11 +25,15 @@ pub async fn run(domain: Domain, event_retention_days: u32, shutdown: Cancellati
     let purge = Job::new_async("0 */10 * * * *", move |_, _| {
         let domain = domain.clone();
         Box::pin(async move {
-            // Keep used tokens a day, so a replayed one is still recognised as used.
+            // Ended sign-ins are kept a day (a replayed token is still recognised), as are
+            // one-time codes and failed logins (the hourly throttles need the last hour).
             let cutoff = now_ms() - 24 * 3600 * 1000;
             match domain.store().delete_stale_refresh_tokens(cutoff).await {
                 Ok(n) => tracing::info!(deleted = n, "stale refresh tokens purged"),
                 Err(e) => tracing::warn!(error = %e, "refresh token purge failed"),
+            }
+            if let Err(e) = domain.store().delete_stale_auth_records(cutoff).await {
+                tracing::warn!(error = %e, "one-time code and failed-login purge failed");
             }
         })
     })

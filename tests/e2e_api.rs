@@ -29,7 +29,9 @@ async fn registration_validates_and_refuses_taken_identifiers(backend: Backend) 
         (json!({"email": "not-an-email", "password": "long enough pw"}), 422, "invalid_email"),
         (json!({"phone": "5551234", "password": "long enough pw"}), 422, "invalid_phone"),
         (json!({"username": "ada", "password": "short"}), 422, "weak_password"),
-        (json!({"username": "ada", "password": "long enough pw", "role": "admin"}), 422, "invalid_json"),
+        (json!({"username": "ada", "password": "long enough pw", "role": "admin"}), 403, "role_not_allowed"),
+        (json!({"username": "ada", "password": "long enough pw", "role": "device"}), 403, "role_not_allowed"),
+        (json!({"username": "ada", "password": "long enough pw", "verified": true}), 422, "invalid_json"),
     ];
     for (body, status, expected) in &cases {
         let (got, resp) = app.post("/v1/auth/register", body.clone()).await;
@@ -54,13 +56,18 @@ async fn registration_validates_and_refuses_taken_identifiers(backend: Backend) 
 }
 
 async fn login_works_with_any_identifier_and_hides_which_part_was_wrong(backend: Backend) {
-    let Some(app) = TestApp::spawn(backend).await else {
+    let Some((app, outbox)) = TestApp::spawn_with_outbox(backend, |_| {}).await else {
         return;
     };
     let (status, _) = app
         .post("/v1/auth/register", json!({"username": "lin", "email": "lin@example.com", "phone": "+15550001111", "password": "long enough pw"}))
         .await;
     assert_eq!(status, 201);
+    for identifier in ["lin@example.com", "+15550001111"] {
+        let code = outbox.code(identifier, 1).await;
+        let (status, _) = app.post("/v1/auth/verify", json!({"identifier": identifier, "code": code})).await;
+        assert_eq!(status, 200);
+    }
     let mut ids = Vec::new();
     for login in ["lin", "LIN@example.com", "+1 555 000 1111"] {
         let user = app.login(login, "long enough pw").await;
@@ -89,8 +96,15 @@ async fn refresh_tokens_rotate_and_are_single_use(backend: Backend) {
     assert_ne!(fresh["refresh_token"], json!(ada.refresh_token));
     let (status, me) = app.get("/v1/me", fresh["access_token"].as_str()).await;
     assert_eq!((status, me["id"].as_str()), (200, Some(ada.id.as_str())));
+    let (status, fresher) = app.post("/v1/auth/refresh", json!({"refresh_token": fresh["refresh_token"]})).await;
+    assert_eq!(status, 200, "{fresher}");
+    // The first token again, after its successor was used: theft. The sign-in ends.
     let (status, reused) = app.post("/v1/auth/refresh", json!({"refresh_token": ada.refresh_token})).await;
-    assert_eq!((status, code(&reused)), (401, "invalid_refresh_token"));
+    assert_eq!((status, code(&reused)), (401, "refresh_token_reused"));
+    let (status, after) = app.post("/v1/auth/refresh", json!({"refresh_token": fresher["refresh_token"]})).await;
+    assert_eq!((status, code(&after)), (401, "invalid_refresh_token"));
+    let (status, me) = app.get("/v1/me", fresher["access_token"].as_str()).await;
+    assert_eq!((status, code(&me)), (401, "session_revoked"));
     let (status, bogus) = app.post("/v1/auth/refresh", json!({"refresh_token": "made-up"})).await;
     assert_eq!((status, code(&bogus)), (401, "invalid_refresh_token"));
     app.stop().await;

@@ -48,14 +48,22 @@ async fn bad_tokens_are_refused_with_the_connack_code_and_change_nothing(backend
     let bob = app.user("bob").await;
     let mut watcher = app.device(&bob, "bob-phone").await;
 
-    let foreign = parley_domain::Tokens::new(&[7u8; 64], token_settings())
-        .issue_access(alice.id.parse().expect("uuid"), now_secs());
-    let expired = app.token_issued_at(&alice.id, now_secs() - 3600);
+    let (alice_id, alice_sid) = (alice.id.parse().expect("uuid"), alice.session_id.parse().expect("uuid"));
+    let foreign =
+        parley_domain::Tokens::new(&[7u8; 64], token_settings()).issue_access(alice_id, alice_sid, now_secs());
+    let key = parley_domain::load_or_create_signing_key(&app.settings.data_dir.join("signing.key")).expect("key");
+    let other_audience = parley_domain::Tokens::new(
+        &key,
+        parley_domain::TokenSettings { audience: "elsewhere".into(), ..token_settings() },
+    )
+    .issue_access(alice_id, alice_sid, now_secs());
+    let expired = app.token_issued_at(&alice, now_secs() - 3600);
     let cases = [
         ("no password", alice.id.clone(), String::new(), ConnectReturnCode::BadUserNamePassword),
         ("garbage", alice.id.clone(), "not-a-jwt".to_string(), ConnectReturnCode::BadUserNamePassword),
         ("expired", alice.id.clone(), expired, ConnectReturnCode::BadUserNamePassword),
         ("wrong key", alice.id.clone(), foreign, ConnectReturnCode::BadUserNamePassword),
+        ("wrong audience", alice.id.clone(), other_audience, ConnectReturnCode::BadUserNamePassword),
         ("alg none", alice.id.clone(), unsigned_token(&alice.id), ConnectReturnCode::BadUserNamePassword),
         (
             "refresh token as password",

@@ -16,6 +16,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     error_id: Option<String>,
+    retry_after: Option<std::time::Duration>,
 }
 
 /// The error body.
@@ -32,11 +33,14 @@ pub struct ErrorDetail {
     /// Present on internal errors: quote it when reporting a problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_id: Option<String>,
+    /// On 429: milliseconds to wait before trying again (also in `Retry-After`, in seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), error_id: None }
+        Self { status, code, message: message.into(), error_id: None, retry_after: None }
     }
 
     /// 401 for a missing or unusable access token.
@@ -53,6 +57,7 @@ impl ApiError {
             code: "internal",
             message: "internal error; try again later".into(),
             error_id: Some(id),
+            retry_after: None,
         }
     }
 }
@@ -68,7 +73,7 @@ impl From<DomainError> for ApiError {
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Internal => return ApiError::internal(&e),
         };
-        ApiError::new(status, e.code(), e.public_message())
+        ApiError { retry_after: e.retry_after(), ..ApiError::new(status, e.code(), e.public_message()) }
     }
 }
 
@@ -98,9 +103,18 @@ impl From<PathRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorResponse {
-            error: ErrorDetail { code: self.code.to_string(), message: self.message, error_id: self.error_id },
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                error_id: self.error_id,
+                retry_after_ms: self.retry_after.map(|d| d.as_millis().max(1) as u64),
+            },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }

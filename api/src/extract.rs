@@ -1,11 +1,14 @@
 //! Extractors whose failures are [`ApiError`]s, and the authenticated caller.
 
-use axum::extract::{FromRequest, FromRequestParts};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
+use parley_domain::ClientInfo;
 use parley_wire::UserId;
 
-use crate::{ApiError, AppState};
+use crate::{cookies, ApiError, AppState};
 
 /// `axum::Json`, with errors in the API's shape.
 #[derive(FromRequest)]
@@ -28,7 +31,60 @@ pub struct Query<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
 
-/// The caller, proven by `Authorization: Bearer <access token>`.
+/// A signed-in caller: the access token (bearer header, or the `parley_access`
+/// cookie with the CSRF header on unsafe methods) is valid and its sign-in live.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedIn {
+    pub user: UserId,
+    pub session: uuid::Uuid,
+    /// Whether the token came from a cookie (so the answer should refresh or clear cookies).
+    pub via_cookie: bool,
+}
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (token, via_cookie) = match parts.headers.get(header::AUTHORIZATION) {
+            Some(value) => {
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+                    .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'"))?;
+                (token.trim().to_string(), false)
+            }
+            None => match cookies::get(&parts.headers, cookies::ACCESS) {
+                Some(token) => {
+                    cookies::check_csrf(&parts.method, &parts.headers)?;
+                    (token, true)
+                }
+                None => {
+                    return Err(ApiError::unauthenticated(
+                        "an Authorization: Bearer access token (or the session cookie) is required",
+                    ))
+                }
+            },
+        };
+        let claims = state
+            .domain
+            .tokens()
+            .verify_access(&token)
+            .map_err(|e| ApiError::unauthenticated(format!("access token refused: {e}")))?;
+        let user = claims.user().map_err(|_| ApiError::unauthenticated("access token names no user"))?;
+        let session = claims.session().map_err(|_| ApiError::unauthenticated("access token names no sign-in"))?;
+        if !state.domain.session_live(user, session).await? {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "session_revoked",
+                "this sign-in has ended (logged out, password changed or token reuse); log in again",
+            ));
+        }
+        Ok(SignedIn { user, session, via_cookie })
+    }
+}
+
+/// The caller, proven as [`SignedIn`] describes.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller(pub UserId);
 
@@ -36,21 +92,20 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthenticated("an Authorization: Bearer access token is required"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'"))?;
-        let claims = state
-            .domain
-            .tokens()
-            .verify_access(token.trim())
-            .map_err(|e| ApiError::unauthenticated(format!("access token refused: {e}")))?;
-        let user = claims.user().map_err(|_| ApiError::unauthenticated("access token names no user"))?;
-        Ok(Caller(user))
+        SignedIn::from_request_parts(parts, state).await.map(|s| Caller(s.user))
+    }
+}
+
+/// Where the request came from: the peer address and the user agent.
+#[derive(Debug, Clone)]
+pub struct Client(pub ClientInfo);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Ok(Client(ClientInfo { addr, user_agent }))
     }
 }

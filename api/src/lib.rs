@@ -1,6 +1,7 @@
 //! The HTTP API (axum): accounts, conversations and history, operations
 //! endpoints and the OpenAPI document. Every route returns JSON, errors included.
 
+pub mod cookies;
 mod error;
 pub mod extract;
 pub mod openapi;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub domain: Domain,
     pub readiness: Arc<Vec<(&'static str, ReadinessCheck)>>,
     pub publisher: Publisher,
+    /// Mark auth cookies `Secure` (`auth.cookie_secure`).
+    pub cookie_secure: bool,
 }
 
 impl AppState {
@@ -46,7 +49,7 @@ impl AppState {
 /// All routes, with JSON answers for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
     use axum::routing::patch;
-    use routes::{auth, conversations, members, messages, ops, sync, uploads};
+    use routes::{auth, contacts, conversations, members, messages, ops, sync, uploads, users};
     let upload_limit = state.domain.limits().max_upload_bytes;
     Router::new()
         .route("/healthz", get(ops::healthz))
@@ -56,7 +59,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/register", post(auth::register))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/refresh", post(auth::refresh))
-        .route("/v1/me", get(auth::me))
+        .route("/v1/auth/verify", post(auth::verify))
+        .route("/v1/auth/verify/resend", post(auth::resend))
+        .route("/v1/auth/password", post(auth::change_password))
+        .route("/v1/auth/password/forgot", post(auth::forgot))
+        .route("/v1/auth/password/reset", post(auth::reset))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/auth/logout-all", post(auth::logout_all))
+        .route("/v1/auth/sessions", get(auth::sessions))
+        .route("/v1/auth/sessions/{id}", axum::routing::delete(auth::end_session))
+        .route("/v1/me", get(users::me).patch(users::update_me))
+        .route("/v1/users", get(users::search))
+        .route("/v1/users/{id}", get(users::get))
+        .route("/v1/admin/users/{id}", patch(users::admin_update))
+        .route("/v1/contacts", get(contacts::list).post(contacts::request))
+        .route("/v1/contacts/requests", get(contacts::requests))
+        .route("/v1/contacts/{user_id}", axum::routing::delete(contacts::remove))
+        .route("/v1/contacts/{user_id}/accept", post(contacts::accept))
+        .route("/v1/contacts/{user_id}/decline", post(contacts::decline))
         .route("/v1/conversations", get(conversations::list).post(conversations::create))
         .route("/v1/conversations/{id}", get(conversations::get).patch(conversations::rename))
         .route("/v1/conversations/{id}/members", post(members::add))
@@ -84,5 +104,6 @@ pub fn router(state: AppState) -> Router {
 /// Serves the API on `listener` until `shutdown`, letting requests in progress finish.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

@@ -27,6 +27,7 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     pub bus: BusSettings,
     pub auth: AuthSettings,
+    pub delivery: DeliverySettings,
     pub messages: MessageSettings,
     pub log: LogSettings,
 }
@@ -81,7 +82,46 @@ pub struct AuthSettings {
     pub issuer: String,
     pub audience: String,
     pub access_token_ttl_secs: u64,
+    /// A refresh token not used within this time stops working.
     pub refresh_token_ttl_secs: u64,
+    /// A sign-in ends this long after the login, however often it is refreshed.
+    pub session_lifetime_secs: u64,
+    /// A used refresh token presented again within this time (its response was lost)
+    /// gets a fresh one instead of revoking the sign-in.
+    pub refresh_reuse_grace_secs: u64,
+    /// How long a one-time code (verification, password reset) is valid.
+    pub code_ttl_secs: u64,
+    /// Wrong guesses that use up a code.
+    pub code_max_attempts: u32,
+    /// Least time between two codes to one email or phone.
+    pub code_resend_interval_secs: u64,
+    /// Most codes to one email or phone per hour.
+    pub codes_per_identifier_per_hour: u32,
+    /// Most codes requested from one client address per hour.
+    pub codes_per_address_per_hour: u32,
+    /// Failed logins tolerated per account, and per client address, within `login_window_secs`.
+    pub login_failures_per_account: u32,
+    pub login_failures_per_address: u32,
+    pub login_window_secs: u64,
+    /// Mark auth cookies `Secure` (browsers then send them over HTTPS only).
+    pub cookie_secure: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    /// `development` logs one-time codes when no mail or SMS delivery is configured;
+    /// `production` refuses to start without them.
+    pub mode: String,
+    /// SMTP server for one-time codes by email: `smtps://user:pass@host:465`,
+    /// `smtp://user:pass@host:587?tls=required` or `smtp://host:25` (no TLS).
+    pub smtp_url: Option<Secret>,
+    /// The sender of those mails.
+    pub mail_from: String,
+    /// HTTP endpoint of the SMS provider: Parley POSTs `{"to", "text"}` as JSON.
+    pub sms_url: Option<String>,
+    /// Sent as `Authorization: Bearer …` to the SMS provider.
+    pub sms_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +159,7 @@ impl Default for Settings {
             mqtt: MqttSettings::default(),
             bus: BusSettings::default(),
             auth: AuthSettings::default(),
+            delivery: DeliverySettings::default(),
             messages: MessageSettings::default(),
             log: LogSettings::default(),
         }
@@ -166,6 +207,29 @@ impl Default for AuthSettings {
             audience: "parley".into(),
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
+            session_lifetime_secs: 90 * 24 * 3600,
+            refresh_reuse_grace_secs: 30,
+            code_ttl_secs: 10 * 60,
+            code_max_attempts: 5,
+            code_resend_interval_secs: 60,
+            codes_per_identifier_per_hour: 5,
+            codes_per_address_per_hour: 20,
+            login_failures_per_account: 10,
+            login_failures_per_address: 50,
+            login_window_secs: 15 * 60,
+            cookie_secure: true,
+        }
+    }
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            mode: "development".into(),
+            smtp_url: None,
+            mail_from: "Parley <no-reply@localhost>".into(),
+            sms_url: None,
+            sms_token: None,
         }
     }
 }

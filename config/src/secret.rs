@@ -10,6 +10,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Secret(pub SecretString);
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(SecretString::from(value.into()))
+    }
+
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }

@@ -39,7 +39,10 @@ fn printed_settings_hide_secrets() {
     let mut s = Settings::default();
     s.database.url = Some(DatabaseUrl::new("postgres://app:hunter2@db:5432/parley"));
     s.auth.signing_key = Some(Secret(SecretString::from("topsecretkey")));
+    s.delivery.smtp_url = Some(Secret(SecretString::from("smtps://mailer:mailpass@smtp.example.com")));
+    s.delivery.sms_token = Some(Secret(SecretString::from("smstoken123")));
     let shown = format!("{s} {s:?}");
+    assert!(!shown.contains("mailpass") && !shown.contains("smstoken123"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(!shown.contains("topsecretkey"), "{shown}");
     assert!(shown.contains("postgres://app:[redacted]@db:5432/parley"), "{shown}");

@@ -1,4 +1,4 @@
-//! Accounts: registration, password login and refresh-token rotation.
+//! Accounts: registration, password login (throttled) and password changes.
 //! Identifiers are normalised before they are stored or looked up, so
 //! `Ada@Example.com` and `ada@example.com` are the same account.
 
@@ -7,9 +7,10 @@ use std::sync::OnceLock;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use parley_store::{NewUser, StoreError, UserRecord};
-use parley_wire::UserId;
+use parley_wire::{Role, UserId};
 
-use crate::{now_ms, Domain, DomainError, Tokens};
+use crate::sessions::Session;
+use crate::{now_ms, Domain, DomainError};
 
 /// What a new account is registered with: at least one identifier, and a password.
 #[derive(Debug, Clone, Default)]
@@ -19,83 +20,157 @@ pub struct Registration {
     pub phone: Option<String>,
     pub display_name: Option<String>,
     pub password: String,
+    /// `user` (the default) or `provider`; other roles are granted by an admin.
+    pub role: Option<Role>,
 }
 
-/// What a successful login or refresh hands the client.
+/// Where a request came from, for throttling and the list of sign-ins.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub addr: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    /// The address throttles count against (`unknown` when the adapter has none).
+    pub(crate) fn addr_key(&self) -> &str {
+        self.addr.as_deref().unwrap_or("unknown")
+    }
+}
+
+/// What registration did: the account, and where verification codes went.
 #[derive(Debug, Clone)]
-pub struct Session {
-    pub access_token: String,
-    pub refresh_token: String,
-    /// Seconds until the access token expires.
-    pub expires_in: u64,
+pub struct Registered {
     pub user: UserRecord,
+    /// The identifiers a code was sent to.
+    pub codes_sent: Vec<String>,
 }
 
 const MIN_PASSWORD_CHARS: usize = 8;
 const MAX_PASSWORD_BYTES: usize = 1024;
 
 impl Domain {
-    /// Creates an account. Refuses a missing identifier, malformed fields, a weak
-    /// password and identifiers that are taken.
+    /// Creates an account and sends a verification code to its email and phone.
+    /// Refuses a missing identifier, malformed fields, a weak password, a role one
+    /// may not choose, and identifiers that are taken.
     #[tracing::instrument(skip_all)]
-    pub async fn register(&self, reg: Registration) -> Result<UserRecord, DomainError> {
+    pub async fn register(&self, reg: Registration, client: &ClientInfo) -> Result<Registered, DomainError> {
         let username = reg.username.as_deref().map(normalize_username).transpose()?;
         let email = reg.email.as_deref().map(normalize_email).transpose()?;
         let phone = reg.phone.as_deref().map(normalize_phone).transpose()?;
         if username.is_none() && email.is_none() && phone.is_none() {
             return Err(DomainError::invalid("identifier_required", "give at least one of username, email or phone"));
         }
-        let display_name = match reg.display_name.map(|n| n.trim().to_string()) {
-            Some(n) if n.chars().count() > 64 => {
-                return Err(DomainError::invalid("invalid_display_name", "display_name is at most 64 characters"))
+        if email.is_some() && !self.delivery().reaches(true) || phone.is_some() && !self.delivery().reaches(false) {
+            return Err(DomainError::invalid(
+                "channel_unavailable",
+                "this deployment cannot send codes to that kind of identifier; use another",
+            ));
+        }
+        let role = match reg.role {
+            None | Some(Role::User) => Role::User,
+            Some(Role::Provider) => Role::Provider,
+            Some(_) => {
+                return Err(DomainError::forbidden(
+                    "role_not_allowed",
+                    "sign-up creates `user` or `provider` accounts; other roles are granted by an admin",
+                ))
             }
-            Some(n) if n.is_empty() => None,
-            other => other,
         };
+        let display_name = crate::profiles::clean_text("display_name", reg.display_name, 64)?;
         check_password(&reg.password)?;
         let password_hash = hash_password(reg.password).await?;
-        let user =
-            NewUser { id: UserId::new(), username, email, phone, display_name, password_hash, created_at_ms: now_ms() };
-        match self.store().insert_user(&user).await {
-            Ok(user) => {
-                tracing::info!(user_id = %user.id, "account registered");
-                Ok(user)
-            }
+        let user = NewUser {
+            id: UserId::new(),
+            username,
+            email: email.clone(),
+            phone: phone.clone(),
+            display_name,
+            password_hash,
+            role,
+            created_at_ms: now_ms(),
+        };
+        let user = match self.store().insert_user(&user).await {
+            Ok(user) => user,
             Err(StoreError::Conflict(field)) => {
-                Err(DomainError::conflict("identifier_taken", format!("this {field} is already registered")))
+                return Err(DomainError::conflict("identifier_taken", format!("this {field} is already registered")))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(user_id = %user.id, role = role.as_str(), "account registered");
+        let mut codes_sent = Vec::new();
+        for identifier in [email, phone].into_iter().flatten() {
+            // A fresh account cannot be throttled yet; a failure here is not the client's.
+            match self.send_verification(&identifier, client).await {
+                Ok(()) => codes_sent.push(identifier),
+                Err(e) => tracing::warn!(user_id = %user.id, error = %e, "verification code not sent"),
+            }
         }
+        Ok(Registered { user, codes_sent })
     }
 
     /// Checks a password for the account named by `login` (username, email or phone)
     /// and opens a session. Unknown accounts cost the same time and get the same
-    /// answer as a wrong password.
+    /// answer as a wrong password; failures are throttled per account and per address.
     #[tracing::instrument(skip_all)]
-    pub async fn login(&self, login: &str, password: String) -> Result<Session, DomainError> {
+    pub async fn login(&self, login: &str, password: String, client: &ClientInfo) -> Result<Session, DomainError> {
         let refused = || DomainError::unauthorized("invalid_credentials", "login or password is wrong");
         let key = normalize_login(login);
-        let user = match key {
-            Some(key) => self.store().find_user_by_login(&key).await?,
+        let user = match &key {
+            Some(key) => self.store().find_user_by_login(key).await?,
             None => None,
         };
+        // Unknown names are throttled too, under their own name, so throttling reveals nothing.
+        let account_key = match (&user, &key) {
+            (Some(u), _) => u.id.to_string(),
+            (None, Some(k)) => k.clone(),
+            (None, None) => login.trim().to_lowercase(),
+        };
+        self.check_login_throttle(&account_key, client).await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         if !verify_password(password, hash).await? {
+            self.store().record_login_failure(&account_key, client.addr_key(), now_ms()).await?;
             return Err(refused());
         }
         let user = user.ok_or_else(refused)?;
+        if user.role == Role::Device {
+            return Err(refused());
+        }
+        // An email or phone nobody proved does not identify anyone yet.
+        let unproven = match key.as_deref() {
+            Some(k) if user.email.as_deref() == Some(k) => user.email_verified_at.is_none(),
+            Some(k) if user.phone.as_deref() == Some(k) => user.phone_verified_at.is_none(),
+            _ => false,
+        };
+        if unproven {
+            return Err(DomainError::forbidden(
+                "verification_required",
+                "confirm this email or phone with the code sent to it (POST /v1/auth/verify), or log in with another identifier",
+            ));
+        }
+        self.store().clear_login_failures(&account_key).await?;
         tracing::info!(user_id = %user.id, "logged in");
-        self.open_session(user).await
+        self.open_session(user, client).await
     }
 
-    /// Exchanges a refresh token for a new session; the old token stops working.
+    /// Changes the password after checking the current one; every other sign-in ends.
     #[tracing::instrument(skip_all)]
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, DomainError> {
-        let refused = || DomainError::unauthorized("invalid_refresh_token", "refresh token is invalid or expired");
-        let hash = Tokens::hash_refresh_token(refresh_token);
-        let user_id = self.store().take_refresh_token(&hash, now_ms()).await?.ok_or_else(refused)?;
-        let user = self.store().get_user(user_id).await?.ok_or_else(refused)?;
-        self.open_session(user).await
+    pub async fn change_password(
+        &self,
+        user: UserId,
+        current_session: uuid::Uuid,
+        current: String,
+        new: String,
+    ) -> Result<crate::sessions::Revoked, DomainError> {
+        let account = self.user(user).await?;
+        check_password(&new)?;
+        if !verify_password(current, Some(account.password_hash)).await? {
+            return Err(DomainError::unauthorized("invalid_credentials", "the current password is wrong"));
+        }
+        let hash = hash_password(new).await?;
+        self.store().set_password_hash(user, &hash, now_ms()).await?;
+        tracing::info!(user_id = %user, "password changed");
+        self.revoke_sessions(user, None, Some(current_session), "password_changed").await
     }
 
     /// The account behind a verified access token.
@@ -103,18 +178,26 @@ impl Domain {
         self.store().get_user(id).await?.ok_or_else(|| DomainError::not_found("user_not_found", "no such user"))
     }
 
-    async fn open_session(&self, user: UserRecord) -> Result<Session, DomainError> {
-        let now = now_ms();
-        let settings = self.tokens().settings();
-        let access_token = self.tokens().issue_access(user.id, now / 1000);
-        let (refresh_token, hash) = Tokens::new_refresh_token();
-        let expires_at = now + settings.refresh_ttl.as_millis() as i64;
-        self.store().insert_refresh_token(user.id, &hash, now, expires_at).await?;
-        Ok(Session { access_token, refresh_token, expires_in: settings.access_ttl.as_secs(), user })
+    async fn check_login_throttle(&self, account_key: &str, client: &ClientInfo) -> Result<(), DomainError> {
+        let policy = &self.auth().policy;
+        let window = policy.login_window;
+        let since = now_ms() - window.as_millis() as i64;
+        let (account, addr) = self.store().login_failures(account_key, client.addr_key(), since).await?;
+        if account >= i64::from(policy.login_failures_per_account)
+            || addr >= i64::from(policy.login_failures_per_address)
+        {
+            tracing::warn!(addr = client.addr_key(), "login throttled");
+            return Err(DomainError::throttled(
+                "too_many_attempts",
+                "too many failed logins; wait before trying again, or reset the password",
+                window,
+            ));
+        }
+        Ok(())
     }
 }
 
-fn normalize_username(raw: &str) -> Result<String, DomainError> {
+pub(crate) fn normalize_username(raw: &str) -> Result<String, DomainError> {
     let name = raw.trim().to_lowercase();
     let ok = (3..=32).contains(&name.len())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
@@ -129,7 +212,7 @@ fn normalize_username(raw: &str) -> Result<String, DomainError> {
     }
 }
 
-fn normalize_email(raw: &str) -> Result<String, DomainError> {
+pub(crate) fn normalize_email(raw: &str) -> Result<String, DomainError> {
     let email = raw.trim().to_lowercase();
     let valid = email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -152,7 +235,7 @@ fn normalize_email(raw: &str) -> Result<String, DomainError> {
 
 /// Phones are kept in E.164 (`+` and 8 to 15 digits); spaces, dashes, dots and
 /// parentheses are dropped.
-fn normalize_phone(raw: &str) -> Result<String, DomainError> {
+pub(crate) fn normalize_phone(raw: &str) -> Result<String, DomainError> {
     let kept: String = raw.trim().chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
     match kept.strip_prefix('+') {
         Some(digits) if (8..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) => Ok(kept),
@@ -164,7 +247,7 @@ fn normalize_phone(raw: &str) -> Result<String, DomainError> {
 }
 
 /// A login names an account by any of its identifiers; each is normalised the way it was stored.
-fn normalize_login(raw: &str) -> Option<String> {
+pub(crate) fn normalize_login(raw: &str) -> Option<String> {
     let raw = raw.trim();
     if raw.contains('@') {
         normalize_email(raw).ok()
@@ -175,7 +258,7 @@ fn normalize_login(raw: &str) -> Option<String> {
     }
 }
 
-fn check_password(password: &str) -> Result<(), DomainError> {
+pub(crate) fn check_password(password: &str) -> Result<(), DomainError> {
     if password.chars().count() < MIN_PASSWORD_CHARS || password.len() > MAX_PASSWORD_BYTES {
         return Err(DomainError::invalid(
             "weak_password",
@@ -186,7 +269,7 @@ fn check_password(password: &str) -> Result<(), DomainError> {
 }
 
 /// Argon2id with the OWASP minimum (19 MiB, 2 passes, 1 lane), off the async threads.
-async fn hash_password(password: String) -> Result<String, DomainError> {
+pub(crate) async fn hash_password(password: String) -> Result<String, DomainError> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         Argon2::default()
@@ -200,7 +283,7 @@ async fn hash_password(password: String) -> Result<String, DomainError> {
 
 /// Verifies against `hash`, or against a fixed dummy hash when there is no account,
 /// so both paths take the same time.
-async fn verify_password(password: String, hash: Option<String>) -> Result<bool, DomainError> {
+pub(crate) async fn verify_password(password: String, hash: Option<String>) -> Result<bool, DomainError> {
     static DUMMY: OnceLock<String> = OnceLock::new();
     let known = hash.is_some();
     let hash = match hash {

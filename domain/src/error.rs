@@ -28,7 +28,7 @@ pub enum DomainError {
     #[error("{message}")]
     Rule { kind: ErrorKind, code: &'static str, message: String },
     #[error("{message}")]
-    RateLimited { message: String, retry_after: std::time::Duration },
+    RateLimited { code: &'static str, message: String, retry_after: std::time::Duration },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
     #[error("internal failure: {0}")]
@@ -56,6 +56,11 @@ impl DomainError {
         Self::Rule { kind: ErrorKind::Conflict, code, message: message.into() }
     }
 
+    /// Too many attempts: `code` says of what; retry after `retry_after`.
+    pub fn throttled(code: &'static str, message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self::RateLimited { code, message: message.into(), retry_after }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Rule { kind, .. } => *kind,
@@ -76,7 +81,7 @@ impl DomainError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Rule { code, .. } => code,
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited { code, .. } => code,
             Self::Store(_) | Self::Internal(_) => "internal",
         }
     }

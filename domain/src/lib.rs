@@ -3,15 +3,20 @@
 //! [`Domain`]; the domain calls the store; nothing here knows MQTT or HTTP.
 
 mod accounts;
+mod codes;
+mod contacts;
 mod conversations;
+mod delivery;
 mod edits;
 mod error;
 mod keys;
 mod messaging;
 mod presence;
+mod profiles;
 mod ratelimit;
 mod receipts;
 mod search;
+mod sessions;
 mod settings;
 mod sync;
 mod tokens;
@@ -19,19 +24,25 @@ mod typing;
 mod uploads;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-pub use accounts::{Registration, Session};
+pub use accounts::{ClientInfo, Registered, Registration};
+pub use codes::constant_time_eq;
 pub use conversations::{ConversationDetails, NewConversation, MAX_GROUP_MEMBERS};
+pub use delivery::{Delivery, DeliveryConfig, DeliveryError};
 pub use error::{DomainError, ErrorKind};
 pub use keys::load_or_create_signing_key;
 pub use messaging::{message_outgoing, HistoryQuery, MAX_CLIENT_ID_LEN};
 pub use parley_store::UserRecord as StoreUser;
+pub use parley_store::{ContactRecord, ContactState, Profile, ProfileChange, SessionRecord, UserQuery};
 pub use parley_store::{
     ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, MemberRecord,
     MemberSettings, MessagePage, Posted, SettingsChange, Store, StoreError, Stored,
 };
 pub use parley_store::{EditRecord, SearchCursor, SearchHit};
+pub use profiles::MAX_SEARCH_PAGE;
 pub use receipts::MessageReceipts;
+pub use sessions::{Revoked, Session, SessionsRevoked};
 pub use settings::settings_change;
 pub use sync::MAX_SYNC_GAP;
 pub use tokens::{AccessClaims, TokenError, TokenSettings, Tokens};
@@ -63,6 +74,45 @@ impl Default for Limits {
     }
 }
 
+/// The rules of accounts and sign-ins, from the `[auth]` settings.
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    pub session_lifetime: Duration,
+    pub reuse_grace: Duration,
+    pub code_ttl: Duration,
+    pub code_max_attempts: u32,
+    pub code_resend_interval: Duration,
+    pub codes_per_identifier_per_hour: u32,
+    pub codes_per_address_per_hour: u32,
+    pub login_failures_per_account: u32,
+    pub login_failures_per_address: u32,
+    pub login_window: Duration,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        Self {
+            session_lifetime: Duration::from_secs(90 * 24 * 3600),
+            reuse_grace: Duration::from_secs(30),
+            code_ttl: Duration::from_secs(600),
+            code_max_attempts: 5,
+            code_resend_interval: Duration::from_secs(60),
+            codes_per_identifier_per_hour: 5,
+            codes_per_address_per_hour: 20,
+            login_failures_per_account: 10,
+            login_failures_per_address: 50,
+            login_window: Duration::from_secs(900),
+        }
+    }
+}
+
+/// Accounts: the policy and where one-time codes go.
+#[derive(Clone, Default)]
+pub struct Auth {
+    pub policy: AuthPolicy,
+    pub delivery: Delivery,
+}
+
 /// The domain services. Cheap to clone; every part of the process shares one.
 #[derive(Clone)]
 pub struct Domain {
@@ -73,14 +123,15 @@ struct Inner {
     store: Store,
     tokens: Tokens,
     limits: Limits,
+    auth: Auth,
     typing: typing::TypingThrottle,
     sending: ratelimit::SendLimits,
 }
 
 impl Domain {
-    pub fn new(store: Store, tokens: Tokens, limits: Limits) -> Self {
+    pub fn new(store: Store, tokens: Tokens, limits: Limits, auth: Auth) -> Self {
         let sending = ratelimit::SendLimits::new(limits.user_rate, limits.conversation_rate);
-        Self { inner: Arc::new(Inner { store, tokens, limits, typing: Default::default(), sending }) }
+        Self { inner: Arc::new(Inner { store, tokens, limits, auth, typing: Default::default(), sending }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -93,6 +144,14 @@ impl Domain {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    pub(crate) fn delivery(&self) -> &Delivery {
+        &self.inner.auth.delivery
     }
 
     pub(crate) fn send_limits(&self) -> &ratelimit::SendLimits {

@@ -57,6 +57,7 @@ impl Domain {
         if let Err((scope, wait)) = self.send_limits().check(sender, key) {
             tracing::info!(user_id = %sender, scope, wait_ms = wait.as_millis() as u64, "message rate limited");
             return Err(DomainError::RateLimited {
+                code: "rate_limited",
                 message: format!("too many messages for this {scope}; retry in {} ms", wait.as_millis().max(1)),
                 retry_after: wait,
             });

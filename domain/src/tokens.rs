@@ -28,12 +28,19 @@ pub struct AccessClaims {
     pub aud: String,
     pub iat: i64,
     pub exp: i64,
+    /// The sign-in the token belongs to; revoking it ends the token early.
+    pub sid: String,
 }
 
 impl AccessClaims {
     /// The user the token was issued to.
     pub fn user(&self) -> Result<UserId, TokenError> {
         self.sub.parse().map_err(|_| TokenError::Invalid)
+    }
+
+    /// The sign-in the token belongs to.
+    pub fn session(&self) -> Result<uuid::Uuid, TokenError> {
+        uuid::Uuid::try_parse(&self.sid).map_err(|_| TokenError::Invalid)
     }
 }
 
@@ -55,6 +62,8 @@ pub struct Tokens {
     decoding: DecodingKey,
     validation: Validation,
     settings: TokenSettings,
+    /// Derived from the signing key; keys the hashes of one-time codes.
+    code_key: [u8; 32],
 }
 
 /// Seconds a token may be past `exp` and still pass, for clock skew between parts.
@@ -67,21 +76,34 @@ impl Tokens {
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Self { encoding: EncodingKey::from_secret(key), decoding: DecodingKey::from_secret(key), validation, settings }
+        let code_key = Sha256::new().chain_update(b"parley one-time codes\0").chain_update(key).finalize().into();
+        Self {
+            encoding: EncodingKey::from_secret(key),
+            decoding: DecodingKey::from_secret(key),
+            validation,
+            settings,
+            code_key,
+        }
     }
 
     pub fn settings(&self) -> &TokenSettings {
         &self.settings
     }
 
-    /// A signed access token for `user`, issued at `now_secs`.
-    pub fn issue_access(&self, user: UserId, now_secs: i64) -> String {
+    /// The key one-time codes are hashed with.
+    pub(crate) fn code_key(&self) -> &[u8] {
+        &self.code_key
+    }
+
+    /// A signed access token for `user`'s sign-in `session`, issued at `now_secs`.
+    pub fn issue_access(&self, user: UserId, session: uuid::Uuid, now_secs: i64) -> String {
         let claims = AccessClaims {
             sub: user.to_string(),
             iss: self.settings.issuer.clone(),
             aud: self.settings.audience.clone(),
             iat: now_secs,
             exp: now_secs + self.settings.access_ttl.as_secs() as i64,
+            sid: session.to_string(),
         };
         // HMAC signing of a small struct cannot fail.
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
@@ -136,7 +158,7 @@ mod tests {
     fn a_fresh_token_names_its_user() {
         let tokens = Tokens::new(b"key-one-key-one-key-one-key-one!", settings());
         let user = UserId::new();
-        let claims = tokens.verify_access(&tokens.issue_access(user, now())).expect("valid");
+        let claims = tokens.verify_access(&tokens.issue_access(user, uuid::Uuid::now_v7(), now())).expect("valid");
         assert_eq!(claims.user(), Ok(user));
         assert_eq!(claims.exp - claims.iat, 900);
     }
@@ -144,7 +166,7 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused() {
         let tokens = Tokens::new(b"key-one-key-one-key-one-key-one!", settings());
-        let token = tokens.issue_access(UserId::new(), now() - 1000);
+        let token = tokens.issue_access(UserId::new(), uuid::Uuid::now_v7(), now() - 1000);
         assert_eq!(tokens.verify_access(&token), Err(TokenError::Expired));
     }
 
@@ -152,7 +174,7 @@ mod tests {
     fn tokens_signed_with_another_key_are_refused() {
         let ours = Tokens::new(b"key-one-key-one-key-one-key-one!", settings());
         let theirs = Tokens::new(b"key-two-key-two-key-two-key-two!", settings());
-        let token = theirs.issue_access(UserId::new(), now());
+        let token = theirs.issue_access(UserId::new(), uuid::Uuid::now_v7(), now());
         assert_eq!(ours.verify_access(&token), Err(TokenError::Invalid));
     }
 
@@ -162,7 +184,10 @@ mod tests {
         let ours = Tokens::new(key, settings());
         let other_aud = Tokens::new(key, TokenSettings { audience: "other".into(), ..settings() });
         let other_iss = Tokens::new(key, TokenSettings { issuer: "other".into(), ..settings() });
-        for token in [other_aud.issue_access(UserId::new(), now()), other_iss.issue_access(UserId::new(), now())] {
+        for token in [
+            other_aud.issue_access(UserId::new(), uuid::Uuid::now_v7(), now()),
+            other_iss.issue_access(UserId::new(), uuid::Uuid::now_v7(), now()),
+        ] {
             assert_eq!(ours.verify_access(&token), Err(TokenError::Invalid));
         }
     }

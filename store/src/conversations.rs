@@ -238,10 +238,7 @@ impl Store {
         } else {
             ""
         };
-        let pattern = filter.query.as_deref().map(|q| {
-            let escaped = q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            format!("%{escaped}%")
-        });
+        let pattern = filter.query.as_deref().map(crate::users::like_pattern);
         let sql = format!(
             "SELECT {CONVERSATION_COLUMNS}, {}, h.user_id AS hidden_for, \
                     (SELECT COUNT(*) FROM messages u WHERE u.conversation_id = c.id \

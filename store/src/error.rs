@@ -18,6 +18,9 @@ pub enum StoreError {
     /// A referenced row does not exist.
     #[error("a referenced record does not exist")]
     MissingReference,
+    /// A stored value is not one the code knows (names the column).
+    #[error("unexpected value in {0}")]
+    Corrupt(&'static str),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

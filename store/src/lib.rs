@@ -5,6 +5,8 @@
 //! Times are stored as milliseconds since the epoch in both backends.
 
 mod backend;
+mod codes;
+mod contacts;
 mod conversations;
 mod error;
 mod events;
@@ -21,6 +23,8 @@ mod users;
 pub mod testing;
 
 pub use backend::Store;
+pub use codes::{Attempt, Issue, NewCode, SendLimits};
+pub use contacts::{ContactChange, ContactRecord, ContactState};
 pub use conversations::{
     ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, NewGroup,
 };
@@ -31,8 +35,9 @@ pub use messages::{hide, MessagePage, MessageRange, NewMessage, Posted, Stored, 
 pub use presence::PresenceRecord;
 pub use reactions::{Change, EditRecord};
 pub use search::{SearchCursor, SearchHit};
+pub use tokens::{NewSession, Rotation, SessionRecord};
 pub use uploads::UploadRecord;
-pub use users::{NewUser, UserRecord};
+pub use users::{IdentifierKind, NewUser, Profile, ProfileChange, UserQuery, UserRecord};
 
 /// Milliseconds since the epoch → UTC time (out-of-range values clamp to the epoch).
 pub(crate) fn time_from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {

@@ -129,14 +129,15 @@ impl Store {
         })
     }
 
-    /// Everyone who shares a conversation with `user`.
+    /// Everyone who shares a conversation with `user`, and `user`'s contacts.
     #[tracing::instrument(skip_all)]
     pub async fn partners_of(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
         on_pool!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT DISTINCT other.user_id FROM conversation_members mine \
+                "SELECT other.user_id FROM conversation_members mine \
                  JOIN conversation_members other ON other.conversation_id = mine.conversation_id \
-                 WHERE mine.user_id = $1 AND other.user_id <> $1",
+                 WHERE mine.user_id = $1 AND other.user_id <> $1 \
+                 UNION SELECT contact_id FROM contacts WHERE user_id = $1",
             )
             .bind(user.0)
             .fetch_all(pool)

@@ -36,14 +36,15 @@ impl Store {
         })
     }
 
-    /// An upload, if `reader` owns it or belongs to a conversation where a message
-    /// carries it.
+    /// An upload, if `reader` owns it, belongs to a conversation where a message
+    /// carries it, or it is someone's profile photo (those are public to users).
     #[tracing::instrument(skip_all)]
     pub async fn upload_for(&self, id: Uuid, reader: UserId) -> Result<Option<UploadRecord>, StoreError> {
         let sql = "SELECT u.id, u.owner_id, u.content_type, u.size, u.filename FROM uploads u WHERE u.id = $1 \
                    AND (u.owner_id = $2 OR EXISTS (SELECT 1 FROM messages m JOIN conversation_members cm \
                         ON cm.conversation_id = m.conversation_id AND cm.user_id = $2 \
-                        WHERE m.attachment_id = u.id AND m.deleted_at IS NULL))";
+                        WHERE m.attachment_id = u.id AND m.deleted_at IS NULL) \
+                        OR EXISTS (SELECT 1 FROM users p WHERE p.photo_id = u.id))";
         on_pool!(self, |pool| {
             let row = sqlx::query(sql).bind(id).bind(reader.0).fetch_optional(pool).await?;
             Ok(match row {

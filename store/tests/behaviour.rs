@@ -25,7 +25,6 @@ both_backends!(
     another_senders_client_id_is_a_different_message,
     message_pages_read_forward_and_backward,
     conversations_list_newest_activity_first_with_members,
-    refresh_tokens_are_taken_once,
     unknown_recipient_is_a_missing_reference,
     every_member_gets_a_gapless_event_per_message,
     groups_have_roles_and_only_members_post,
@@ -50,6 +49,7 @@ fn user(name: &str) -> NewUser {
         phone: None,
         display_name: None,
         password_hash: "hash".into(),
+        role: parley_wire::Role::User,
         created_at_ms: 1_000,
     }
 }
@@ -230,20 +230,6 @@ async fn conversations_list_newest_activity_first_with_members(backend: Backend)
     assert_eq!(page2.iter().map(|c| c.conversation.id).collect::<Vec<_>>(), vec![ac.conversation_id]);
     assert!(store.is_member(ab.conversation_id, b).await.expect("member"));
     assert!(!store.is_member(ab.conversation_id, c).await.expect("not member"));
-}
-
-async fn refresh_tokens_are_taken_once(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else {
-        return;
-    };
-    let a = store.insert_user(&user("a")).await.expect("a").id;
-    store.insert_refresh_token(a, b"hash-1", 10, 1_000).await.expect("insert");
-    store.insert_refresh_token(a, b"hash-2", 10, 20).await.expect("insert");
-    assert_eq!(store.take_refresh_token(b"hash-1", 50).await.expect("take"), Some(a));
-    assert_eq!(store.take_refresh_token(b"hash-1", 60).await.expect("again"), None, "used");
-    assert_eq!(store.take_refresh_token(b"hash-2", 50).await.expect("expired"), None, "expired");
-    assert_eq!(store.take_refresh_token(b"nope", 50).await.expect("unknown"), None);
-    assert_eq!(store.delete_stale_refresh_tokens(2_000).await.expect("purge"), 2);
 }
 
 async fn unknown_recipient_is_a_missing_reference(backend: Backend) {

@@ -3,6 +3,8 @@
 //! clients (rumqttc) talking to it over TCP.
 #![allow(dead_code)]
 
+pub mod outbox;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,6 +54,8 @@ pub struct TestUser {
     pub password: String,
     pub access_token: String,
     pub refresh_token: String,
+    /// The sign-in the tokens belong to.
+    pub session_id: String,
 }
 
 impl TestApp {
@@ -82,6 +86,48 @@ impl TestApp {
             _db: db,
             _data: data,
         })
+    }
+
+    /// Starts Parley with mail and SMS delivery going to fakes; `tweak` adjusts the rest.
+    pub async fn spawn_with_outbox(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Option<(TestApp, outbox::Outbox)> {
+        let (outbox, smtp_url, sms_url) = outbox::Outbox::start().await;
+        let app = Self::spawn_with(backend, |s| {
+            s.delivery.mode = "production".into();
+            s.delivery.smtp_url = Some(parley_config::Secret::new(&smtp_url));
+            s.delivery.sms_url = Some(sms_url);
+            s.delivery.sms_token = Some(parley_config::Secret::new("sms-provider-token"));
+            tweak(s);
+        })
+        .await?;
+        Some((app, outbox))
+    }
+
+    /// Any request, with optional bearer token, JSON body and extra headers; the status, headers and JSON answer.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.http));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("http");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        (status, headers, resp.json().await.unwrap_or(Value::Null))
     }
 
     pub fn running(&self) -> &Running {
@@ -153,6 +199,7 @@ impl TestApp {
             password: password.to_string(),
             access_token: body["access_token"].as_str().expect("access token").to_string(),
             refresh_token: body["refresh_token"].as_str().expect("refresh token").to_string(),
+            session_id: body["session_id"].as_str().expect("session id").to_string(),
         }
     }
 
@@ -172,11 +219,11 @@ impl TestApp {
         d
     }
 
-    /// A token for `user_id` signed with this deployment's key, issued at `issued_at` (Unix seconds).
-    pub fn token_issued_at(&self, user_id: &str, issued_at: i64) -> String {
+    /// A token for `user`'s sign-in signed with this deployment's key, issued at `issued_at` (Unix seconds).
+    pub fn token_issued_at(&self, user: &TestUser, issued_at: i64) -> String {
         let key = parley_domain::load_or_create_signing_key(&self.settings.data_dir.join("signing.key")).expect("key");
         let tokens = parley_domain::Tokens::new(&key, token_settings());
-        tokens.issue_access(user_id.parse().expect("uuid"), issued_at)
+        tokens.issue_access(user.id.parse().expect("uuid"), user.session_id.parse().expect("uuid"), issued_at)
     }
 
     /// Stored messages, counted by the database itself.
@@ -237,6 +284,14 @@ impl Device {
             }
         });
         Ok(Device { client, session_present: connack.session_present, events, pending: VecDeque::new(), closed, task })
+    }
+
+    /// Waits until the gate closes the connection; returns why the client saw it end.
+    pub async fn closed_by_server(&self) -> String {
+        let mut closed = self.closed.clone();
+        let seen = tokio::time::timeout(DEADLINE, closed.wait_for(Option::is_some)).await.expect("closed in time");
+        let why = seen.expect("watch").clone().unwrap_or_default();
+        why
     }
 
     /// The next incoming packet matching `pick`, keeping the others for later calls.

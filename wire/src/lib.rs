@@ -9,4 +9,4 @@ pub mod ids;
 pub mod payloads;
 pub mod topics;
 
-pub use ids::{ConversationId, MessageId, UserId};
+pub use ids::{Availability, ConversationId, MessageId, Role, UserId};

@@ -45,6 +45,10 @@ pub const REACT: &str = "react";
 pub const TYPING: &str = "typing";
 pub const PRESENCE: &str = "presence";
 pub const SETTINGS: &str = "settings";
+pub const CONTACT: &str = "contact";
+/// Sign-in changes for the gates: revoked sessions whose devices must go. Never
+/// delivered to devices (the gate consumes it).
+pub const SESSION: &str = "session";
 
 /// The filter with which the bridges share all uplinks.
 pub const BRIDGE_UPLINK_FILTER: &str = "$share/parley-bridge/from/#";

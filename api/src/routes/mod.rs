@@ -1,9 +1,11 @@
 //! HTTP routes, one module per area.
 
 pub mod auth;
+pub mod contacts;
 pub mod conversations;
 pub mod members;
 pub mod messages;
 pub mod ops;
 pub mod sync;
 pub mod uploads;
+pub mod users;

@@ -103,6 +103,10 @@ pub enum CloseReason {
     TopicAliasInvalid,
     RetainNotSupported,
     QoSNotSupported,
+    /// The access token the device connected with has expired (v5: 0xA0, maximum connect time).
+    TokenExpired,
+    /// The device's sign-in was revoked (v5: 0x87, not authorized).
+    SessionRevoked,
 }
 
 /// Answer to one filter of a SUBSCRIBE.
@@ -500,6 +504,8 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
                 CloseReason::TopicAliasInvalid => D::TopicAliasInvalid,
                 CloseReason::RetainNotSupported => D::RetainNotSupported,
                 CloseReason::QoSNotSupported => D::QoSNotSupported,
+                CloseReason::TokenExpired => D::MaximumConnectTime,
+                CloseReason::SessionRevoked => D::NotAuthorized,
             };
             v5::Disconnect::new(code).write(out)
         }

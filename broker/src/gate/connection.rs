@@ -46,7 +46,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
     };
     let protocol = connect.protocol;
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    let accepted = match authorize(&shared, connect, id) {
+    let accepted = match authorize(&shared, connect, id).await {
         Ok(a) => a,
         Err(refusal) => {
             GateStats::bump(&shared.stats.connections_refused);
@@ -84,6 +84,10 @@ struct Accepted {
     present: bool,
     /// Cancelled when another connection takes the session over.
     kick: CancellationToken,
+    /// Cancelled when the sign-in behind the token is revoked.
+    revoked: CancellationToken,
+    /// When the access token expires (the device must reconnect with a fresh one).
+    token_expires: Instant,
     assigned_client_id: Option<String>,
     keep_alive: u16,
     will: Option<codec::Will>,
@@ -139,16 +143,28 @@ async fn read_connect(
     }
 }
 
-/// Checks credentials and the will, then attaches the session.
-fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<Accepted, Refusal> {
+/// Checks credentials (the token, and that its sign-in is live) and the will, then
+/// attaches the session.
+async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<Accepted, Refusal> {
     let (Some(username), Some(password)) = (c.username, c.password) else {
         return Err(Refusal::BadCredentials);
     };
-    let claims = shared.tokens.verify_access(&password).map_err(|_| Refusal::BadCredentials)?;
+    let claims = shared.domain.tokens().verify_access(&password).map_err(|_| Refusal::BadCredentials)?;
     let user = claims.user().map_err(|_| Refusal::BadCredentials)?;
+    let sign_in = claims.session().map_err(|_| Refusal::BadCredentials)?;
     if username != claims.sub {
         return Err(Refusal::NotAuthorized);
     }
+    match shared.domain.session_live(user, sign_in).await {
+        Ok(true) => {}
+        Ok(false) => return Err(Refusal::NotAuthorized),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check the sign-in of a CONNECT");
+            return Err(Refusal::ServerUnavailable);
+        }
+    }
+    let now_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let token_expires = Instant::now() + Duration::from_secs(u64::try_from(claims.exp - now_secs).unwrap_or(0));
     if let Some(will) = &c.will {
         if acl::publish(&username, &will.topic) != Verdict::Allowed {
             return Err(Refusal::NotAuthorized);
@@ -167,7 +183,7 @@ fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<Accepte
     };
     let attached = shared
         .registry
-        .attach(user, &client_id, connection, c.clean_start, expiry, shared.settings.max_sessions_per_user)
+        .attach(user, &client_id, connection, sign_in, c.clean_start, expiry, shared.settings.max_sessions_per_user)
         .ok_or(Refusal::QuotaExceeded)?;
     let window =
         usize::from(shared.settings.max_inflight.max(1)).min(usize::from(c.receive_maximum.unwrap_or(u16::MAX).max(1)));
@@ -178,6 +194,8 @@ fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<Accepte
         session: attached.session,
         present: attached.present,
         kick: attached.kick,
+        revoked: attached.revoked,
+        token_expires,
         assigned_client_id,
         keep_alive: c.keep_alive,
         will: c.will,
@@ -225,6 +243,8 @@ impl Connection {
         };
         self.send(Outbound::ConnAck { session_present: self.accepted.present, refusal: None, props });
         let kick = self.accepted.kick.clone();
+        let revoked = self.accepted.revoked.clone();
+        let token_expires = self.accepted.token_expires;
         self.resend_inflight();
         self.drain();
         if self.flush().await.is_err() {
@@ -246,6 +266,8 @@ impl Connection {
             let end = tokio::select! {
                 _ = shutdown.cancelled() => Some(End::Closed(CloseReason::ShuttingDown)),
                 _ = kick.cancelled() => Some(End::Closed(CloseReason::SessionTakenOver)),
+                _ = revoked.cancelled() => Some(End::Closed(CloseReason::SessionRevoked)),
+                _ = tokio::time::sleep_until(token_expires) => Some(End::Closed(CloseReason::TokenExpired)),
                 _ = idle => Some(End::Closed(CloseReason::KeepAliveTimeout)),
                 _ = session.notify.notified() => {
                     self.drain();

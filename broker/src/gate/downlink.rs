@@ -5,18 +5,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parley_domain::SessionsRevoked;
 use parley_wire::{topics, UserId};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 use super::session::{Delivery, GateStats, Registry, Session};
 
-/// Queues a downlink on every matching session of the topic's user.
+/// Queues a downlink on every matching session of the topic's user. Sign-in
+/// revocations (`to/{uid}/session`) are for the gate itself: they disconnect the
+/// devices of the revoked sign-ins and are never delivered.
 pub fn dispatch(registry: &Registry, stats: &GateStats, max_queued: usize, topic: &str, payload: Bytes, qos: u8) {
     let Some(user) = topics::downlink_user(topic).and_then(|u| u.parse::<UserId>().ok()) else {
         tracing::debug!(topic, "downlink for no user; ignored");
         return;
     };
+    if topic == topics::channel(user, topics::SESSION) {
+        match serde_json::from_slice::<SessionsRevoked>(&payload) {
+            Ok(r) => {
+                let n = registry.revoke(user, &r.revoked);
+                tracing::info!(user_id = %user, devices = n, "devices of revoked sign-ins disconnected");
+            }
+            Err(e) => tracing::warn!(user_id = %user, error = %e, "unreadable sign-in revocation"),
+        }
+        return;
+    }
     for session in registry.sessions_of(user) {
         offer(&session, stats, max_queued, topic, payload.clone(), qos);
     }

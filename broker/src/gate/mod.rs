@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parley_domain::Tokens;
+use parley_domain::{Domain, Tokens};
 use parley_wire::bus::BusEndpoint;
 use rumqttc::{AsyncClient, QoS};
 use tokio::net::TcpListener;
@@ -58,7 +58,7 @@ impl GateSettings {
 /// What every connection of the gate shares.
 pub(crate) struct Shared {
     settings: GateSettings,
-    tokens: Tokens,
+    domain: Domain,
     registry: Arc<Registry>,
     stats: Arc<GateStats>,
     bus: AsyncClient,
@@ -88,7 +88,7 @@ impl GateHandle {
 pub async fn serve(
     listener: TcpListener,
     settings: GateSettings,
-    tokens: Tokens,
+    domain: Domain,
     bus: &BusEndpoint,
     shutdown: CancellationToken,
     ready: impl FnOnce(GateHandle),
@@ -112,7 +112,7 @@ pub async fn serve(
     ready(GateHandle { stats: stats.clone(), registry: registry.clone() });
     let shared = Arc::new(Shared {
         settings,
-        tokens,
+        domain,
         registry: registry.clone(),
         stats,
         bus: client.clone(),
@@ -158,17 +158,19 @@ async fn purge_expired_sessions(registry: Arc<Registry>, shutdown: CancellationT
     }
 }
 
-/// Proves the gate accepts devices: a real MQTT CONNECT to `addr` with a token for
-/// a throwaway user id, answered by a successful CONNACK within `limit`.
+/// Proves the gate answers devices: a real MQTT CONNECT to `addr` with a validly
+/// signed token for a sign-in that does not exist, which the gate must refuse with
+/// "not authorized" (0x05) after checking the signature and looking the sign-in up
+/// in the database. A bad-credentials answer or none at all fails the check.
 pub async fn self_check(addr: std::net::SocketAddr, tokens: &Tokens, limit: Duration) -> Result<(), String> {
-    use rumqttc::{ConnectReturnCode, Event, MqttOptions, Packet};
+    use rumqttc::{ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet};
     let host = match addr.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
         std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
         ip => ip,
     };
     let user = parley_wire::UserId::new();
-    let token = tokens.issue_access(user, chrono_free_now_secs());
+    let token = tokens.issue_access(user, uuid::Uuid::now_v7(), chrono_free_now_secs());
     let mut options =
         MqttOptions::new(format!("parley-readyz-{}", uuid::Uuid::new_v4().simple()), host.to_string(), addr.port());
     options.set_credentials(user.to_string(), token).set_keep_alive(Duration::from_secs(5));
@@ -176,11 +178,13 @@ pub async fn self_check(addr: std::net::SocketAddr, tokens: &Tokens, limit: Dura
     let answer = tokio::time::timeout(limit, async {
         loop {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => return Ok(()),
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    return Err(format!("gate refused its own check: {:?}", ack.code))
+                Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::NotAuthorized => {
+                    return Ok(())
                 }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Err(format!("unexpected CONNACK: {:?}", ack.code)),
                 Ok(_) => {}
+                Err(ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)) => return Ok(()),
+                Err(ConnectionError::ConnectionRefused(code)) => return Err(format!("unexpected CONNACK: {code:?}")),
                 Err(e) => return Err(format!("gate unreachable: {e}")),
             }
         }

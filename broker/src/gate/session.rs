@@ -44,6 +44,10 @@ pub struct SessionState {
     pub owner: Option<u64>,
     /// Cancelled to push the owning connection out (takeover, shutdown).
     pub kick: CancellationToken,
+    /// The sign-in the owning connection's token belongs to.
+    pub sign_in: Option<uuid::Uuid>,
+    /// Cancelled when that sign-in is revoked.
+    pub revoked: CancellationToken,
     /// Whether the session survives its connection, and for how long.
     pub expiry: Option<Duration>,
     /// When an ownerless persistent session is forgotten.
@@ -119,6 +123,8 @@ pub struct Attached {
     pub present: bool,
     /// Cancelled when a later connection takes this session over.
     pub kick: CancellationToken,
+    /// Cancelled when the connection's sign-in is revoked.
+    pub revoked: CancellationToken,
 }
 
 impl Registry {
@@ -135,6 +141,7 @@ impl Registry {
         user: UserId,
         client_id: &str,
         connection: u64,
+        sign_in: uuid::Uuid,
         clean_start: bool,
         expiry: Option<Duration>,
         max_per_user: usize,
@@ -169,16 +176,18 @@ impl Registry {
                 (s, false)
             }
         };
-        let kick = {
+        let (kick, revoked) = {
             let mut st = session.state();
             st.kick.cancel();
             st.kick = CancellationToken::new();
             st.owner = Some(connection);
+            st.sign_in = Some(sign_in);
+            st.revoked = CancellationToken::new();
             st.expiry = expiry;
             st.expires_at = None;
-            st.kick.clone()
+            (st.kick.clone(), st.revoked.clone())
         };
-        Some(Attached { session, present, kick })
+        Some(Attached { session, present, kick, revoked })
     }
 
     /// Called when `connection` ends: a persistent session waits for its device,
@@ -197,6 +206,19 @@ impl Registry {
                 maps.remove(session);
             }
         }
+    }
+
+    /// Disconnects `user`'s devices connected under any of the `sign_ins`; returns how many.
+    pub fn revoke(&self, user: UserId, sign_ins: &[uuid::Uuid]) -> usize {
+        let mut count = 0;
+        for session in self.sessions_of(user) {
+            let st = session.state();
+            if st.owner.is_some() && st.sign_in.is_some_and(|s| sign_ins.contains(&s)) {
+                st.revoked.cancel();
+                count += 1;
+            }
+        }
+        count
     }
 
     /// The sessions of `user` (connected or waiting).
