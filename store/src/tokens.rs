@@ -129,7 +129,8 @@ impl Store {
             match used_at {
                 None if state.try_get::<i64, _>("expires_at")? <= now_ms => return Ok(Rotation::Refused),
                 None => {}
-                Some(used) if now_ms - used <= grace_ms && next_used.is_none() => {
+                // Only a token that was exchanged (not one retired unseen by a retry) may be retried.
+                Some(used) if now_ms - used <= grace_ms && replaced_by.is_some() && next_used.is_none() => {
                     // A retry of a response that was lost: the replacement it never saw is retired.
                     if let Some(unseen) = replaced_by {
                         sqlx::query("UPDATE refresh_tokens SET revoked_at = $2 WHERE id = $1")

@@ -507,7 +507,20 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
                 CloseReason::TokenExpired => D::MaximumConnectTime,
                 CloseReason::SessionRevoked => D::NotAuthorized,
             };
-            v5::Disconnect::new(code).write(out)
+            // Reason code plus an (explicit) property length: some clients, rumqttc among
+            // them, cannot read a DISCONNECT that stops after the reason code.
+            let reason_string = match reason {
+                CloseReason::TokenExpired => Some("access token expired; reconnect with a fresh one".to_string()),
+                CloseReason::SessionRevoked => Some("sign-in revoked; log in again".to_string()),
+                _ => None,
+            };
+            let properties = v5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string,
+                user_properties: Vec::new(),
+                server_reference: None,
+            };
+            v5::Disconnect { reason_code: code, properties: Some(properties) }.write(out)
         }
     }
 }
