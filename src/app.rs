@@ -37,6 +37,19 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Sets the role of the account named `login` (the operator's way to make the first admin).
+pub async fn set_role(
+    settings: &Settings,
+    login: &str,
+    role: parley_wire::Role,
+    verified: bool,
+) -> anyhow::Result<parley_domain::StoreUser> {
+    let store = open_store(settings).await?;
+    let result = parley_domain::set_role_by_login(&store, login, role, verified).await;
+    store.close().await;
+    result.map_err(|e| anyhow!("{}", e.public_message()))
+}
+
 async fn bind(addr: &str, setting: &str, env: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {

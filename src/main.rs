@@ -26,6 +26,16 @@ enum Command {
     Migrate,
     /// Print the effective settings (secrets redacted) and exit.
     Config,
+    /// Give an account a role (how the first admin is made), optionally marking it verified.
+    SetRole {
+        /// The account's username, email or phone.
+        login: String,
+        /// user, provider, institution or admin.
+        role: String,
+        /// Mark the account as checked by the platform.
+        #[arg(long)]
+        verified: bool,
+    },
 }
 
 #[tokio::main]
@@ -42,6 +52,18 @@ async fn main() -> anyhow::Result<()> {
             let store = parley::app::open_store(&settings).await?;
             tracing::info!(backend = store.backend_name(), "migrations applied");
             store.close().await;
+            Ok(())
+        }
+        Command::SetRole { login, role, verified } => {
+            let role = role.parse().map_err(|_| anyhow::anyhow!("role is user, provider, institution or admin"))?;
+            let user = parley::app::set_role(&settings, &login, role, verified).await?;
+            println!(
+                "{} ({}) is now {}{}",
+                login,
+                user.id,
+                user.role.as_str(),
+                if verified { ", verified" } else { "" }
+            );
             Ok(())
         }
         Command::Serve => {

@@ -40,7 +40,7 @@ pub use parley_store::{
     MemberSettings, MessagePage, Posted, SettingsChange, Store, StoreError, Stored,
 };
 pub use parley_store::{EditRecord, SearchCursor, SearchHit};
-pub use profiles::MAX_SEARCH_PAGE;
+pub use profiles::{set_role_by_login, MAX_SEARCH_PAGE};
 pub use receipts::MessageReceipts;
 pub use sessions::{Revoked, Session, SessionsRevoked};
 pub use settings::settings_change;

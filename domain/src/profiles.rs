@@ -97,12 +97,16 @@ impl Domain {
         Ok(self.store().get_users(ids).await?)
     }
 
-    /// Accounts matching `query` (a page of at most [`MAX_SEARCH_PAGE`]).
-    pub async fn search_users(&self, mut query: UserQuery) -> Result<Vec<UserRecord>, DomainError> {
+    /// Accounts matching `query` (a page of at most [`MAX_SEARCH_PAGE`]), and whether more follow.
+    pub async fn search_users(&self, mut query: UserQuery) -> Result<(Vec<UserRecord>, bool), DomainError> {
         query.name = clean_text("name", query.name, 64)?;
         query.specialty = clean_text("specialty", query.specialty, 64)?;
-        query.limit = query.limit.clamp(1, MAX_SEARCH_PAGE);
-        Ok(self.store().search_users(&query).await?)
+        let limit = query.limit.clamp(1, MAX_SEARCH_PAGE) as usize;
+        query.limit = limit as u32 + 1;
+        let mut users = self.store().search_users(&query).await?;
+        let more = users.len() > limit;
+        users.truncate(limit);
+        Ok((users, more))
     }
 }
 
@@ -130,4 +134,25 @@ impl Domain {
         tracing::info!(target_id = %target, role = role.as_str(), verified = verified_at.is_some(), "account updated by admin");
         self.user(target).await
     }
+}
+
+/// The operator's role change, by login (no admin needed: it runs on the server).
+/// Device accounts are made by provisioning, never by this.
+pub async fn set_role_by_login(
+    store: &parley_store::Store,
+    login: &str,
+    role: Role,
+    verified: bool,
+) -> Result<UserRecord, DomainError> {
+    if role == Role::Device {
+        return Err(DomainError::invalid("role_not_allowed", "device accounts are provisioned, not assigned"));
+    }
+    let key = crate::accounts::normalize_login(login)
+        .ok_or_else(|| DomainError::not_found("user_not_found", "no account with that login"))?;
+    let user = store
+        .find_user_by_login(&key)
+        .await?
+        .ok_or_else(|| DomainError::not_found("user_not_found", "no account with that login"))?;
+    store.set_role(user.id, role, verified.then(crate::now_ms)).await?;
+    store.get_user(user.id).await?.ok_or_else(|| DomainError::not_found("user_not_found", "no such user"))
 }

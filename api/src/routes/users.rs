@@ -227,9 +227,8 @@ pub async fn search(
         after: p.cursor,
         limit,
     };
-    let users = state.domain.search_users(query).await?;
-    let full = users.len() as u32 >= limit.clamp(1, parley_domain::MAX_SEARCH_PAGE);
-    let next_cursor = if full { users.last().map(|u| u.id) } else { None };
+    let (users, more) = state.domain.search_users(query).await?;
+    let next_cursor = if more { users.last().map(|u| u.id) } else { None };
     Ok(Json(UserPage { users: users.into_iter().map(Into::into).collect(), next_cursor }))
 }
 
