@@ -8,6 +8,20 @@ use sqlx::{Connection, Executor, PgConnection};
 /// The variable that names the PostgreSQL server for the PostgreSQL test runs.
 pub const POSTGRES_URL_VAR: &str = "PARLEY_TEST_POSTGRES_URL";
 
+/// Generates one `#[tokio::test]` per backend for each listed async fn taking a
+/// [`Backend`], in modules `sqlite` and `postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name($crate::testing::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name($crate::testing::Backend::Postgres).await })*
+        }
+    };
+}
+
 /// Which backend a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -6,18 +6,7 @@ use parley_store::{MessageRange, NewGroup, NewMessage, NewUser, Store, StoreErro
 use parley_wire::ConversationId;
 use parley_wire::UserId;
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
-both_backends!(
+parley_store::both_backends!(
     users_are_unique_by_each_identifier,
     users_are_found_by_any_login,
     messages_are_stored_once_per_sender_and_client_id,

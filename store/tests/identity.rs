@@ -8,18 +8,7 @@ use parley_store::{
 use parley_wire::{Availability, Role, UserId};
 use uuid::Uuid;
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
-both_backends!(
+parley_store::both_backends!(
     refresh_tokens_rotate_once_with_a_grace_window_and_reuse_revokes_the_sign_in,
     sign_ins_end_at_their_absolute_lifetime_and_on_revocation,
     codes_are_newest_only_attempt_limited_and_throttled,

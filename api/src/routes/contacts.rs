@@ -73,9 +73,7 @@ pub async fn accept(
     Caller(user): Caller,
     Path(from): Path<UserId>,
 ) -> Result<Json<ContactStateView>, ApiError> {
-    let (now, downlinks) = state.domain.answer_contact(user, from, true).await?;
-    state.publish(downlinks).await;
-    Ok(state_view(from, now))
+    answer(&state, user, from, true).await
 }
 
 /// Decline a pending request from a user.
@@ -87,7 +85,16 @@ pub async fn decline(
     Caller(user): Caller,
     Path(from): Path<UserId>,
 ) -> Result<Json<ContactStateView>, ApiError> {
-    let (now, downlinks) = state.domain.answer_contact(user, from, false).await?;
+    answer(&state, user, from, false).await
+}
+
+async fn answer(
+    state: &AppState,
+    user: UserId,
+    from: UserId,
+    accept: bool,
+) -> Result<Json<ContactStateView>, ApiError> {
+    let (now, downlinks) = state.domain.answer_contact(user, from, accept).await?;
     state.publish(downlinks).await;
     Ok(state_view(from, now))
 }
