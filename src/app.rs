@@ -133,6 +133,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         readiness: Arc::new(readiness),
         publisher,
         cookie_secure: settings.auth.cookie_secure,
+        trust_forwarded_for: settings.http.trust_forwarded_for,
     };
     {
         let shutdown = shutdown.clone();

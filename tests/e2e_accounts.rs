@@ -18,6 +18,7 @@ both_backends!(
     logins_are_throttled_per_account_and_per_address,
     a_password_reset_by_code_ends_every_sign_in,
     changing_the_password_ends_the_other_sign_ins,
+    behind_a_trusted_proxy_each_forwarded_address_is_throttled_alone,
 );
 
 fn code(body: &Value) -> &str {
@@ -302,5 +303,37 @@ async fn changing_the_password_ends_the_other_sign_ins(backend: Backend) {
     let (status, body) = app.get("/v1/me", Some(&there.access_token)).await;
     assert_eq!((status, code(&body)), (401, "session_revoked"));
     app.login("hal", "brand new password").await;
+    app.stop().await;
+}
+
+async fn behind_a_trusted_proxy_each_forwarded_address_is_throttled_alone(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |s| {
+        s.http.trust_forwarded_for = true;
+        s.auth.login_failures_per_address = 2;
+        s.auth.login_failures_per_account = 100;
+    })
+    .await
+    else {
+        return;
+    };
+    let ivy = app.user("ivy").await;
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    let wrong = json!({"login": "ivy", "password": "wrong password"});
+    for _ in 0..2 {
+        let (status, _, _) = app
+            .request(Method::POST, "/v1/auth/login", None, Some(wrong.clone()), &from("10.0.0.1, 203.0.113.7"))
+            .await;
+        assert_eq!(status, 401);
+    }
+    let right = json!({"login": "ivy", "password": ivy.password});
+    let (status, _, body) =
+        app.request(Method::POST, "/v1/auth/login", None, Some(right.clone()), &from("203.0.113.7")).await;
+    assert_eq!((status, code(&body)), (429, "too_many_attempts"), "that address is throttled");
+    let (status, _, body) = app.request(Method::POST, "/v1/auth/login", None, Some(right), &from("203.0.113.8")).await;
+    assert_eq!(status, 200, "another client behind the same proxy is not: {body}");
+    let token = body["access_token"].as_str().expect("token");
+    let (_, _, list) = app.request(Method::GET, "/v1/auth/sessions", Some(token), None, &[]).await;
+    let current = list["sessions"].as_array().expect("sessions").iter().find(|s| s["current"] == json!(true)).cloned();
+    assert_eq!(current.expect("current")["client_addr"], "203.0.113.8");
     app.stop().await;
 }

@@ -96,15 +96,25 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// Where the request came from: the peer address and the user agent.
+/// Where the request came from: the peer address (or, behind a trusted proxy, the
+/// forwarded one) and the user agent.
 #[derive(Debug, Clone)]
 pub struct Client(pub ClientInfo);
 
-impl<S: Send + Sync> FromRequestParts<S> for Client {
+impl FromRequestParts<AppState> for Client {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // Behind a trusted proxy the last X-Forwarded-For entry is the address the proxy saw.
+        let forwarded = state
+            .trust_forwarded_for
+            .then(|| parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).last())
+            .flatten()
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+            .map(|ip| ip.to_string());
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let addr = forwarded.or(peer);
         let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
         Ok(Client(ClientInfo { addr, user_agent }))
     }

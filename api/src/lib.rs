@@ -35,6 +35,8 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Mark auth cookies `Secure` (`auth.cookie_secure`).
     pub cookie_secure: bool,
+    /// Take client addresses from `X-Forwarded-For` (`http.trust_forwarded_for`).
+    pub trust_forwarded_for: bool,
 }
 
 impl AppState {

@@ -44,6 +44,9 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
     pub listen: String,
+    /// Behind a reverse proxy: take the client address (for throttles and the list
+    /// of sign-ins) from the last `X-Forwarded-For` entry instead of the peer.
+    pub trust_forwarded_for: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,7 +177,7 @@ impl Default for DatabaseSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:8080".into() }
+        Self { listen: "0.0.0.0:8080".into(), trust_forwarded_for: false }
     }
 }
 

@@ -159,3 +159,44 @@ impl Delivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(production: bool, smtp: bool, sms: bool) -> DeliveryConfig {
+        DeliveryConfig {
+            production,
+            smtp_url: smtp.then(|| "smtp://127.0.0.1:2525".to_string()),
+            mail_from: "Parley <no-reply@example.com>".into(),
+            sms_url: sms.then(|| "http://127.0.0.1:9/sms".to_string()),
+            sms_token: None,
+        }
+    }
+
+    #[test]
+    fn production_needs_a_real_channel_and_never_logs_codes() {
+        assert!(matches!(Delivery::new(&config(true, false, false)), Err(DeliveryError::MissingInProduction)));
+        let mail_only = Delivery::new(&config(true, true, false)).expect("mail only");
+        assert!(mail_only.reaches(true));
+        assert!(!mail_only.reaches(false), "no SMS provider and no log fallback in production");
+        assert_eq!(mail_only.fallback(), Err("no delivery configured for this channel".to_string()));
+    }
+
+    #[test]
+    fn development_logs_what_it_cannot_send() {
+        let dev = Delivery::new(&config(false, false, false)).expect("development");
+        assert!(dev.reaches(true) && dev.reaches(false));
+        assert_eq!(dev.fallback(), Ok(false));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_their_name() {
+        let mut bad = config(false, true, false);
+        bad.smtp_url = Some("not a url".into());
+        assert!(Delivery::new(&bad).err().is_some_and(|e| e.to_string().contains("delivery.smtp_url")));
+        let mut bad = config(false, true, false);
+        bad.mail_from = "no mailbox here".into();
+        assert!(Delivery::new(&bad).err().is_some_and(|e| e.to_string().contains("delivery.mail_from")));
+    }
+}
