@@ -120,13 +120,18 @@ async fn the_gate_disconnects_a_device_when_its_token_expires(backend: Backend) 
     let started = tokio::time::Instant::now();
     let why = a.closed_by_server().await;
     assert!(started.elapsed() < Duration::from_secs(6), "closed at expiry, not at some later check: {why}");
-    // The device refreshes and reconnects; its persistent state is whatever it asked for, and it works.
+    // The device refreshes, reconnects, and its messages are stored and acknowledged again.
     let (status, fresh) = refresh(&app, &alice.refresh_token).await;
     assert_eq!(status, 200);
     let token = fresh["access_token"].as_str().expect("token");
     let mut again = common::Device::connect(app.options("alice-phone-2", &alice.id, token)).await.expect("reconnect");
     again.subscribe(&format!("to/{}/#", alice.id)).await;
-    let _ = bob;
+    again
+        .publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "after-refresh", "to": bob.id, "text": "back"}))
+        .await;
+    let ack = again.next_on(&format!("to/{}/ack", alice.id)).await;
+    assert_eq!((ack["id"].as_str(), ack.get("error")), (Some("after-refresh"), None), "{ack}");
+    assert_eq!(app.message_rows().await, 1);
     // A token that expired before CONNECT is refused outright.
     let expired = app.token_issued_at(&alice, now_secs() - 3600);
     assert!(common::Device::connect(app.options("alice-old", &alice.id, &expired)).await.is_err());

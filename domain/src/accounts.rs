@@ -99,9 +99,10 @@ impl Domain {
         };
         tracing::info!(user_id = %user.id, role = role.as_str(), "account registered");
         let mut codes_sent = Vec::new();
-        for identifier in [email, phone].into_iter().flatten() {
-            // A fresh account cannot be throttled yet; a failure here is not the client's.
-            match self.send_verification(&identifier, client).await {
+        let identifiers = [email.map(|e| (e, true)), phone.map(|p| (p, false))];
+        for (identifier, is_email) in identifiers.into_iter().flatten() {
+            // Only the address throttle can refuse here; the account exists either way.
+            match self.send_first_verification(&user, &identifier, is_email, client).await {
                 Ok(()) => codes_sent.push(identifier),
                 Err(e) => tracing::warn!(user_id = %user.id, error = %e, "verification code not sent"),
             }

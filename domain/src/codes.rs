@@ -52,7 +52,7 @@ impl Domain {
     pub async fn verify_identifier(&self, identifier: &str, code: &str) -> Result<UserRecord, DomainError> {
         let (identifier, kind) = parse_identifier(identifier)?;
         let purpose = if kind == IdentifierKind::Email { VERIFY_EMAIL } else { VERIFY_PHONE };
-        let (user, _) = self.redeem_code(purpose, &identifier, code).await?;
+        let user = self.redeem_code(purpose, &identifier, code).await?;
         self.store().mark_identifier_verified(user, kind, &identifier, now_ms()).await?;
         tracing::info!(user_id = %user, "identifier verified");
         self.user(user).await
@@ -78,7 +78,7 @@ impl Domain {
     ) -> Result<crate::sessions::Revoked, DomainError> {
         let (identifier, kind) = parse_identifier(login)?;
         check_password(&new)?;
-        let (user, _) = self.redeem_code(RESET_PASSWORD, &identifier, code).await?;
+        let user = self.redeem_code(RESET_PASSWORD, &identifier, code).await?;
         let hash = hash_password(new).await?;
         let now = now_ms();
         self.store().set_password_hash(user, &hash, now).await?;
@@ -86,6 +86,18 @@ impl Domain {
         self.store().clear_login_failures(&user.to_string()).await?;
         tracing::info!(user_id = %user, "password reset");
         self.revoke_sessions(user, None, None, "password_reset").await
+    }
+
+    /// Sends the verification code of a just-registered account's email or phone.
+    pub(crate) async fn send_first_verification(
+        &self,
+        user: &UserRecord,
+        identifier: &str,
+        email: bool,
+        client: &ClientInfo,
+    ) -> Result<(), DomainError> {
+        let purpose = if email { VERIFY_EMAIL } else { VERIFY_PHONE };
+        self.issue_code(purpose, identifier, Some(user), client, CodePurpose::Verify).await
     }
 
     /// Records a code for `identifier` and sends it if there is an `owner`. Without
@@ -140,7 +152,7 @@ impl Domain {
         purpose: &str,
         identifier: &str,
         code: &str,
-    ) -> Result<(parley_wire::UserId, Uuid), DomainError> {
+    ) -> Result<parley_wire::UserId, DomainError> {
         let code = code.trim();
         if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(DomainError::invalid("invalid_code", "the code is six digits"));
@@ -151,7 +163,7 @@ impl Domain {
         let expected = self.hash_code(attempt.id, code);
         let matches = constant_time_eq(&expected, &attempt.code_hash);
         match attempt.user {
-            Some(user) if matches && self.store().consume_code(attempt.id, now).await? => Ok((user, attempt.id)),
+            Some(user) if matches && self.store().consume_code(attempt.id, now).await? => Ok(user),
             _ => {
                 tracing::info!(purpose, "wrong one-time code");
                 Err(invalid_code())
@@ -170,5 +182,5 @@ impl Domain {
 
 /// Equality whose time does not depend on where the inputs differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }

@@ -1,15 +1,15 @@
 //! Contacts: ask, accept, decline, remove. Each change reaches both users'
 //! devices on `to/{uid}/contact` as a numbered event of their logs.
 
-use parley_store::{ContactChange, ContactRecord, ContactState, StoreError};
+use parley_store::{ContactChange, ContactRecord, ContactState};
 use parley_wire::payloads::{Event, Outgoing};
-use parley_wire::{topics, Role, UserId};
+use parley_wire::{topics, UserId};
 
 use crate::{now_ms, Domain, DomainError};
 
 /// The body of a `contact` event: who, and where the receiver now stands with them.
 #[derive(Debug, Clone, serde::Serialize)]
-struct ContactEvent {
+struct ContactEventBody {
     user_id: UserId,
     state: &'static str,
 }
@@ -25,15 +25,10 @@ impl Domain {
         if user == other {
             return Err(DomainError::invalid("invalid_contact", "you cannot add yourself"));
         }
-        match self.public_profile(other).await {
-            Ok(u) if u.role != Role::Device => {}
-            _ => return Err(DomainError::not_found("user_not_found", "no such user")),
-        }
-        let change = self.store().request_contact(user, other, now_ms()).await.map_err(|e| match e {
-            StoreError::MissingReference => DomainError::not_found("user_not_found", "no such user"),
-            e => e.into(),
-        })?;
-        Ok((change.state, contact_events(user, other, &change)))
+        // Devices and unknown ids are `user_not_found` alike.
+        self.public_profile(other).await?;
+        let change = self.store().request_contact(user, other, now_ms()).await?;
+        Ok((change.state, contact_events(&change)))
     }
 
     /// `user` answers the request `from` made.
@@ -48,7 +43,7 @@ impl Domain {
             self.store().answer_contact(user, from, accept, now_ms()).await?.ok_or_else(|| {
                 DomainError::not_found("request_not_found", "that user has no pending request to you")
             })?;
-        Ok((change.state, contact_events(user, from, &change)))
+        Ok((change.state, contact_events(&change)))
     }
 
     /// Ends contact (or a pending request either way) between `user` and `other`.
@@ -57,7 +52,7 @@ impl Domain {
         if !change.changed {
             return Err(DomainError::not_found("contact_not_found", "no contact or request with that user"));
         }
-        Ok(contact_events(user, other, &change))
+        Ok(contact_events(&change))
     }
 
     /// `user`'s contacts, or its pending requests both ways.
@@ -71,20 +66,14 @@ impl Domain {
     }
 }
 
-/// The events a change wrote, as downlinks: each names the other side and the
-/// receiver's own state with it.
-fn contact_events(a: UserId, b: UserId, change: &ContactChange) -> Vec<Outgoing> {
+/// The events a change wrote, as downlinks on each receiver's `contact` channel.
+fn contact_events(change: &ContactChange) -> Vec<Outgoing> {
     change
         .events
         .iter()
-        .map(|(receiver, seq)| {
-            let other = if *receiver == a { b } else { a };
-            let state = match (change.state, *receiver == a) {
-                (ContactState::Requested, false) => ContactState::Incoming,
-                (state, _) => state,
-            };
-            let event = Event::new(*seq, "contact", &ContactEvent { user_id: other, state: state.as_str() });
-            Outgoing::new(*receiver, topics::CONTACT, &event)
+        .map(|e| {
+            let event = Event::new(e.seq, "contact", &ContactEventBody { user_id: e.other, state: e.state.as_str() });
+            Outgoing::new(e.user, topics::CONTACT, &event)
         })
         .collect()
 }

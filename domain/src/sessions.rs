@@ -64,7 +64,7 @@ impl Domain {
     /// outside the grace window revokes its sign-in (and the gates are told, through
     /// the returned downlinks, even though the caller gets an error).
     #[tracing::instrument(skip_all)]
-    pub async fn refresh(&self, refresh_token: &str) -> Result<(Session, Vec<Outgoing>), (DomainError, Vec<Outgoing>)> {
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, (DomainError, Vec<Outgoing>)> {
         let refused = || DomainError::unauthorized("invalid_refresh_token", "refresh token is invalid or expired");
         let now = now_ms();
         let settings = self.tokens().settings().clone();
@@ -84,14 +84,13 @@ impl Domain {
             Rotation::Rotated { user, session } => {
                 let account = self.user(user).await.map_err(|_| (refused(), Vec::new()))?;
                 let access_token = self.tokens().issue_access(user, session, now / 1000);
-                let pair = Session {
+                Ok(Session {
                     access_token,
                     refresh_token: token,
                     expires_in: settings.access_ttl.as_secs(),
                     session_id: session,
                     user: account,
-                };
-                Ok((pair, Vec::new()))
+                })
             }
             Rotation::Refused => Err((refused(), Vec::new())),
             Rotation::Reused { user, session } => {

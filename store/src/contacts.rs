@@ -41,21 +41,33 @@ pub struct ContactRecord {
     pub since: chrono::DateTime<chrono::Utc>,
 }
 
-/// What a contact change did, with the event numbers it took: `(user, seq)`.
+/// One `contact` event a change wrote: `user`'s event `seq` says it now stands at
+/// `state` with `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContactEvent {
+    pub user: UserId,
+    pub seq: i64,
+    pub other: UserId,
+    pub state: ContactState,
+}
+
+/// What a contact change did, with the events it wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactChange {
     /// The state afterwards, seen by the acting user.
     pub state: ContactState,
     /// False when nothing changed (a repeated request, say).
     pub changed: bool,
-    pub events: Vec<(UserId, i64)>,
+    pub events: Vec<ContactEvent>,
 }
 
 /// Writes the event of a contact change to `$user`'s log, naming `$other`.
 macro_rules! contact_event {
     ($tx:expr, $user:expr, $other:expr, $state:expr, $now:expr) => {{
-        let body = serde_json::json!({ "user_id": $other, "state": $state.as_str() }).to_string();
-        append_events!($tx, &[$user], "contact", None, None, &body, $now)
+        let (user, other, state): (UserId, UserId, ContactState) = ($user, $other, $state);
+        let body = serde_json::json!({ "user_id": other, "state": state.as_str() }).to_string();
+        let taken = append_events!($tx, &[user], "contact", None, None, &body, $now);
+        taken.into_iter().map(move |(user, seq)| ContactEvent { user, seq, other, state })
     }};
 }
 
@@ -171,7 +183,7 @@ impl Store {
             } else {
                 ContactState::None
             };
-            let mut events = contact_event!(tx, user, from, state, now_ms);
+            let mut events: Vec<ContactEvent> = contact_event!(tx, user, from, state, now_ms).collect();
             events.extend(contact_event!(tx, from, user, state, now_ms));
             tx.commit().await?;
             Ok(Some(ContactChange { state, changed: true, events }))

@@ -24,7 +24,7 @@ pub mod testing;
 
 pub use backend::Store;
 pub use codes::{Attempt, Issue, NewCode, SendLimits};
-pub use contacts::{ContactChange, ContactRecord, ContactState};
+pub use contacts::{ContactChange, ContactEvent, ContactRecord, ContactState};
 pub use conversations::{
     ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, NewGroup,
 };

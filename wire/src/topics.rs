@@ -80,9 +80,12 @@ pub fn parse_uplink(topic: &str) -> Option<Uplink<'_>> {
 
 /// The user a downlink topic `to/{uid}/…` is addressed to, as it is written in the topic.
 pub fn downlink_user(topic: &str) -> Option<&str> {
-    let rest = topic.strip_prefix("to/")?;
-    let (uid, _) = rest.split_once('/')?;
-    Some(uid)
+    downlink_parts(topic).map(|(uid, _)| uid)
+}
+
+/// `to/{uid}/{channel…}` → (uid, channel…), as written in the topic.
+pub fn downlink_parts(topic: &str) -> Option<(&str, &str)> {
+    topic.strip_prefix("to/")?.split_once('/')
 }
 
 #[cfg(test)]

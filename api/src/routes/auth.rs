@@ -240,7 +240,7 @@ pub async fn refresh(
         }
     };
     match state.domain.refresh(&token).await {
-        Ok((session, _)) => Ok(token_response(&state, session, cookie)),
+        Ok(session) => Ok(token_response(&state, session, cookie)),
         Err((error, downlinks)) => {
             state.publish(downlinks).await;
             let mut response = ApiError::from(error).into_response();
@@ -349,30 +349,32 @@ async fn published(state: &AppState, revoked: Revoked) -> RevokedResponse {
     RevokedResponse { revoked_sessions: revoked.count }
 }
 
+/// The answer to a login or refresh: tokens in the body, or (`cookie`) in cookies
+/// with only the CSRF token in the body.
 fn token_response(state: &AppState, s: Session, cookie: bool) -> Response {
-    let mut body = TokenResponse {
-        access_token: Some(s.access_token),
-        token_type: "Bearer",
-        expires_in: s.expires_in,
-        refresh_token: Some(s.refresh_token),
-        csrf_token: None,
-        session_id: s.session_id,
-        user: s.user.into(),
-    };
     let mut headers = HeaderMap::new();
-    if cookie {
+    let (access_token, refresh_token, csrf_token) = if cookie {
         let refresh_secs = state.domain.tokens().settings().refresh_ttl.as_secs();
         let csrf = cookies::issue(
             &mut headers,
-            body.access_token.as_deref().unwrap_or_default(),
-            body.expires_in,
-            body.refresh_token.as_deref().unwrap_or_default(),
+            &s.access_token,
+            s.expires_in,
+            &s.refresh_token,
             refresh_secs,
             state.cookie_secure,
         );
-        body.access_token = None;
-        body.refresh_token = None;
-        body.csrf_token = Some(csrf);
-    }
+        (None, None, Some(csrf))
+    } else {
+        (Some(s.access_token), Some(s.refresh_token), None)
+    };
+    let body = TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: s.expires_in,
+        refresh_token,
+        csrf_token,
+        session_id: s.session_id,
+        user: s.user.into(),
+    };
     (headers, Json(body)).into_response()
 }

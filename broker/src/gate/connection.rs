@@ -163,8 +163,8 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
             return Err(Refusal::ServerUnavailable);
         }
     }
-    let now_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let token_expires = Instant::now() + Duration::from_secs(u64::try_from(claims.exp - now_secs).unwrap_or(0));
+    let left = u64::try_from(claims.exp - super::chrono_free_now_secs()).unwrap_or(0);
+    let token_expires = Instant::now() + Duration::from_secs(left);
     if let Some(will) = &c.will {
         if acl::publish(&username, &will.topic) != Verdict::Allowed {
             return Err(Refusal::NotAuthorized);
@@ -244,7 +244,9 @@ impl Connection {
         self.send(Outbound::ConnAck { session_present: self.accepted.present, refusal: None, props });
         let kick = self.accepted.kick.clone();
         let revoked = self.accepted.revoked.clone();
-        let token_expires = self.accepted.token_expires;
+        // One timer for the connection's whole life, not one per wake-up.
+        let token_expired = tokio::time::sleep_until(self.accepted.token_expires);
+        tokio::pin!(token_expired);
         self.resend_inflight();
         self.drain();
         if self.flush().await.is_err() {
@@ -267,7 +269,7 @@ impl Connection {
                 _ = shutdown.cancelled() => Some(End::Closed(CloseReason::ShuttingDown)),
                 _ = kick.cancelled() => Some(End::Closed(CloseReason::SessionTakenOver)),
                 _ = revoked.cancelled() => Some(End::Closed(CloseReason::SessionRevoked)),
-                _ = tokio::time::sleep_until(token_expires) => Some(End::Closed(CloseReason::TokenExpired)),
+                _ = &mut token_expired => Some(End::Closed(CloseReason::TokenExpired)),
                 _ = idle => Some(End::Closed(CloseReason::KeepAliveTimeout)),
                 _ = session.notify.notified() => {
                     self.drain();

@@ -16,11 +16,12 @@ use super::session::{Delivery, GateStats, Registry, Session};
 /// revocations (`to/{uid}/session`) are for the gate itself: they disconnect the
 /// devices of the revoked sign-ins and are never delivered.
 pub fn dispatch(registry: &Registry, stats: &GateStats, max_queued: usize, topic: &str, payload: Bytes, qos: u8) {
-    let Some(user) = topics::downlink_user(topic).and_then(|u| u.parse::<UserId>().ok()) else {
+    let parsed = topics::downlink_parts(topic).and_then(|(u, c)| Some((u.parse::<UserId>().ok()?, c)));
+    let Some((user, channel)) = parsed else {
         tracing::debug!(topic, "downlink for no user; ignored");
         return;
     };
-    if topic == topics::channel(user, topics::SESSION) {
+    if channel == topics::SESSION {
         match serde_json::from_slice::<SessionsRevoked>(&payload) {
             Ok(r) => {
                 let n = registry.revoke(user, &r.revoked);

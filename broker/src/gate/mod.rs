@@ -195,6 +195,7 @@ pub async fn self_check(addr: std::net::SocketAddr, tokens: &Tokens, limit: Dura
     answer
 }
 
-fn chrono_free_now_secs() -> i64 {
+/// Unix seconds now.
+pub(crate) fn chrono_free_now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
