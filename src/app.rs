@@ -233,6 +233,8 @@ fn auth(settings: &Settings) -> anyhow::Result<Auth> {
         login_failures_per_account: a.login_failures_per_account.max(1),
         login_failures_per_address: a.login_failures_per_address.max(1),
         login_window: secs(a.login_window_secs),
+        device_secret_lifetime: secs(a.device_secret_lifetime_secs),
+        unverified_release: secs(a.unverified_release_secs),
     };
     Ok(Auth { policy, delivery })
 }

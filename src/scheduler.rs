@@ -1,5 +1,6 @@
 //! Periodic housekeeping (tokio-cron-scheduler): removing used and expired refresh
-//! tokens, and user events older than the sync retention.
+//! tokens, releasing emails and phones never proven, and user events older than the
+//! sync retention.
 
 use anyhow::Context;
 use parley_domain::{now_ms, Domain};
@@ -34,6 +35,10 @@ pub async fn run(domain: Domain, event_retention_days: u32, shutdown: Cancellati
             }
             if let Err(e) = domain.store().delete_stale_auth_records(cutoff).await {
                 tracing::warn!(error = %e, "one-time code and failed-login purge failed");
+            }
+            // Emails and phones nobody proved in time go back to whoever owns them.
+            if let Err(e) = domain.release_unverified(None).await {
+                tracing::warn!(error = %e, "releasing unproven identifiers failed");
             }
         })
     })

@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
-use axum::http::header;
 use axum::http::request::Parts;
-use parley_domain::ClientInfo;
-use parley_wire::UserId;
+use axum::http::{header, StatusCode};
+use parley_domain::{ClientInfo, Grant};
+use parley_wire::{Right, UserId};
 
 use crate::{cookies, ApiError, AppState};
 
@@ -39,6 +39,47 @@ pub struct SignedIn {
     pub session: uuid::Uuid,
     /// Whether the token came from a cookie (so the answer should refresh or clear cookies).
     pub via_cookie: bool,
+    /// The account holder, a member acting for an institution, or a kiosk device.
+    pub grant: Grant,
+}
+
+impl SignedIn {
+    /// Refuses kiosk devices: what only people do (contacts, starting conversations, profiles).
+    pub fn person(self) -> Result<Self, ApiError> {
+        match self.grant {
+            Grant::Device(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "device_not_allowed",
+                "kiosk devices cannot do this; they chat in the conversations they were added to",
+            )),
+            _ => Ok(self),
+        }
+    }
+
+    /// Refuses devices and institution sign-ins: what only the account holder does in
+    /// person (passwords, identifiers, sign-ins, institutions and devices).
+    pub fn holder(self) -> Result<Self, ApiError> {
+        match self.person()?.grant {
+            Grant::Acting { .. } => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "acting_not_allowed",
+                "an institution sign-in cannot do this; use your own sign-in",
+            )),
+            _ => Ok(self),
+        }
+    }
+
+    /// For a device, requires `right`; everyone else has every right.
+    pub fn may(self, right: Right) -> Result<Self, ApiError> {
+        match self.grant {
+            Grant::Device(rights) if !rights.allows(right) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "right_required",
+                format!("this device was not given the `{}` right", right.as_str()),
+            )),
+            _ => Ok(self),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for SignedIn {
@@ -73,14 +114,15 @@ impl FromRequestParts<AppState> for SignedIn {
             .map_err(|e| ApiError::unauthenticated(format!("access token refused: {e}")))?;
         let user = claims.user().map_err(|_| ApiError::unauthenticated("access token names no user"))?;
         let session = claims.session().map_err(|_| ApiError::unauthenticated("access token names no sign-in"))?;
+        let grant = claims.grant().map_err(|_| ApiError::unauthenticated("access token has an unknown grant"))?;
         if !state.domain.session_live(user, session).await? {
             return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
+                StatusCode::UNAUTHORIZED,
                 "session_revoked",
                 "this sign-in has ended (logged out, password changed or token reuse); log in again",
             ));
         }
-        Ok(SignedIn { user, session, via_cookie })
+        Ok(SignedIn { user, session, via_cookie, grant })
     }
 }
 
@@ -93,6 +135,30 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         SignedIn::from_request_parts(parts, state).await.map(|s| Caller(s.user))
+    }
+}
+
+/// A signed-in person: any token but a kiosk device's ([`SignedIn::person`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Person(pub UserId);
+
+impl FromRequestParts<AppState> for Person {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Person(SignedIn::from_request_parts(parts, state).await?.person()?.user))
+    }
+}
+
+/// The account holder in person ([`SignedIn::holder`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Holder(pub SignedIn);
+
+impl FromRequestParts<AppState> for Holder {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Holder(SignedIn::from_request_parts(parts, state).await?.holder()?))
     }
 }
 

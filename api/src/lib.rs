@@ -51,7 +51,10 @@ impl AppState {
 /// All routes, with JSON answers for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
     use axum::routing::patch;
-    use routes::{auth, contacts, conversations, members, messages, ops, sync, uploads, users};
+    use axum::routing::put;
+    use routes::{
+        auth, contacts, conversations, devices, identifiers, institutions, members, messages, ops, sync, uploads, users,
+    };
     let upload_limit = state.domain.limits().max_upload_bytes;
     Router::new()
         .route("/healthz", get(ops::healthz))
@@ -70,7 +73,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/logout-all", post(auth::logout_all))
         .route("/v1/auth/sessions", get(auth::sessions))
         .route("/v1/auth/sessions/{id}", axum::routing::delete(auth::end_session))
+        .route("/v1/auth/device-token", post(devices::token))
         .route("/v1/me", get(users::me).patch(users::update_me))
+        .route("/v1/me/email", post(identifiers::change_email).delete(identifiers::remove_email))
+        .route("/v1/me/email/verify", post(identifiers::confirm_email))
+        .route("/v1/me/phone", post(identifiers::change_phone).delete(identifiers::remove_phone))
+        .route("/v1/me/phone/verify", post(identifiers::confirm_phone))
+        .route("/v1/me/username", put(identifiers::set_username))
+        .route("/v1/me/institutions", get(institutions::mine))
+        .route("/v1/institutions", post(institutions::create))
+        .route("/v1/institutions/{id}", patch(institutions::update))
+        .route("/v1/institutions/{id}/members", get(institutions::members).post(institutions::add_member))
+        .route(
+            "/v1/institutions/{id}/members/{user_id}",
+            patch(institutions::set_member_role).delete(institutions::remove_member),
+        )
+        .route("/v1/institutions/{id}/sessions", post(institutions::act))
+        .route("/v1/devices", get(devices::list).post(devices::provision))
+        .route("/v1/devices/{id}", get(devices::get).patch(devices::update).delete(devices::retire))
+        .route("/v1/devices/{id}/secret", post(devices::renew_secret))
         .route("/v1/users", get(users::search))
         .route("/v1/users/{id}", get(users::get))
         .route("/v1/admin/users/{id}", patch(users::admin_update))

@@ -108,6 +108,11 @@ pub struct AuthSettings {
     pub login_window_secs: u64,
     /// Mark auth cookies `Secure` (browsers then send them over HTTPS only).
     pub cookie_secure: bool,
+    /// A kiosk device's secret stops working this long after it was issued or renewed.
+    pub device_secret_lifetime_secs: u64,
+    /// An email or phone registered but not proven within this time is released
+    /// (and an account with nothing else to log in with is deleted).
+    pub unverified_release_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +226,8 @@ impl Default for AuthSettings {
             login_failures_per_address: 50,
             login_window_secs: 15 * 60,
             cookie_secure: true,
+            device_secret_lifetime_secs: 365 * 24 * 3600,
+            unverified_release_secs: 2 * 24 * 3600,
         }
     }
 }

@@ -90,7 +90,18 @@ impl Domain {
             role,
             created_at_ms: now_ms(),
         };
-        let user = match self.store().insert_user(&user).await {
+        let mut inserted = self.store().insert_user(&user).await;
+        // An email or phone held by an account that never proved it in time is released, then ours.
+        for _ in 0..2 {
+            let Err(StoreError::Conflict(field @ ("email" | "phone"))) = inserted else { break };
+            let held = if field == "email" { user.email.as_deref() } else { user.phone.as_deref() };
+            let Some(held) = held else { break };
+            if self.release_unverified(Some(held)).await? == parley_store::Released::default() {
+                break;
+            }
+            inserted = self.store().insert_user(&user).await;
+        }
+        let user = match inserted {
             Ok(user) => user,
             Err(StoreError::Conflict(field)) => {
                 return Err(DomainError::conflict("identifier_taken", format!("this {field} is already registered")))
@@ -128,15 +139,16 @@ impl Domain {
             (None, None) => login.trim().to_lowercase(),
         };
         self.check_login_throttle(&account_key, client).await?;
-        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        // Institutions and devices never log in with a password; they take the dummy's time.
+        let hash = user
+            .as_ref()
+            .filter(|u| !matches!(u.role, Role::Device | Role::Institution))
+            .map(|u| u.password_hash.clone());
         if !verify_password(password, hash).await? {
             self.store().record_login_failure(&account_key, client.addr_key(), now_ms()).await?;
             return Err(refused());
         }
         let user = user.ok_or_else(refused)?;
-        if user.role == Role::Device {
-            return Err(refused());
-        }
         // An email or phone nobody proved does not identify anyone yet.
         let unproven = match key.as_deref() {
             Some(k) if user.email.as_deref() == Some(k) => user.email_verified_at.is_none(),
@@ -162,12 +174,10 @@ impl Domain {
         current_session: uuid::Uuid,
         current: String,
         new: String,
+        client: &ClientInfo,
     ) -> Result<crate::sessions::Revoked, DomainError> {
-        let account = self.user(user).await?;
         check_password(&new)?;
-        if !verify_password(current, Some(account.password_hash)).await? {
-            return Err(DomainError::unauthorized("invalid_credentials", "the current password is wrong"));
-        }
+        self.reauthenticate(user, Some(current), client).await?;
         let hash = hash_password(new).await?;
         self.store().set_password_hash(user, &hash, now_ms()).await?;
         tracing::info!(user_id = %user, "password changed");
@@ -179,7 +189,7 @@ impl Domain {
         self.store().get_user(id).await?.ok_or_else(|| DomainError::not_found("user_not_found", "no such user"))
     }
 
-    async fn check_login_throttle(&self, account_key: &str, client: &ClientInfo) -> Result<(), DomainError> {
+    pub(crate) async fn check_login_throttle(&self, account_key: &str, client: &ClientInfo) -> Result<(), DomainError> {
         let policy = &self.auth().policy;
         let window = policy.login_window;
         let since = now_ms() - window.as_millis() as i64;

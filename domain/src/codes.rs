@@ -103,7 +103,7 @@ impl Domain {
     /// Records a code for `identifier` and sends it if there is an `owner`. Without
     /// one, a code nobody can redeem is recorded instead, so the throttles (and the
     /// answers) are the same either way.
-    async fn issue_code(
+    pub(crate) async fn issue_code(
         &self,
         purpose: &'static str,
         identifier: &str,
@@ -147,7 +147,7 @@ impl Domain {
 
     /// Checks `code` against the live code of (purpose, identifier), using up one
     /// attempt, and consumes it when it matches.
-    async fn redeem_code(
+    pub(crate) async fn redeem_code(
         &self,
         purpose: &str,
         identifier: &str,

@@ -7,8 +7,11 @@ mod codes;
 mod contacts;
 mod conversations;
 mod delivery;
+mod devices;
 mod edits;
 mod error;
+mod identifiers;
+mod institutions;
 mod keys;
 mod messaging;
 mod presence;
@@ -30,7 +33,9 @@ pub use accounts::{ClientInfo, Registered, Registration};
 pub use codes::constant_time_eq;
 pub use conversations::{ConversationDetails, NewConversation, MAX_GROUP_MEMBERS};
 pub use delivery::{Delivery, DeliveryConfig, DeliveryError};
+pub use devices::{DeviceRequest, DeviceSecret, DeviceToken};
 pub use error::{DomainError, ErrorKind};
+pub use institutions::NewInstitution;
 pub use keys::load_or_create_signing_key;
 pub use messaging::{message_outgoing, HistoryQuery, MAX_CLIENT_ID_LEN};
 pub use parley_store::UserRecord as StoreUser;
@@ -39,13 +44,14 @@ pub use parley_store::{
     ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, MemberRecord,
     MemberSettings, MessagePage, Posted, SettingsChange, Store, StoreError, Stored,
 };
+pub use parley_store::{DeviceRecord, IdentifierKind, InstitutionMember, Released};
 pub use parley_store::{EditRecord, SearchCursor, SearchHit};
 pub use profiles::{set_role_by_login, MAX_SEARCH_PAGE};
 pub use receipts::MessageReceipts;
 pub use sessions::{Revoked, Session, SessionsRevoked};
 pub use settings::settings_change;
 pub use sync::MAX_SYNC_GAP;
-pub use tokens::{AccessClaims, TokenError, TokenSettings, Tokens};
+pub use tokens::{AccessClaims, Actor, Grant, TokenError, TokenSettings, Tokens};
 
 pub use ratelimit::Rate;
 
@@ -87,6 +93,8 @@ pub struct AuthPolicy {
     pub login_failures_per_account: u32,
     pub login_failures_per_address: u32,
     pub login_window: Duration,
+    pub device_secret_lifetime: Duration,
+    pub unverified_release: Duration,
 }
 
 impl Default for AuthPolicy {
@@ -102,6 +110,8 @@ impl Default for AuthPolicy {
             login_failures_per_account: 10,
             login_failures_per_address: 50,
             login_window: Duration::from_secs(900),
+            device_secret_lifetime: Duration::from_secs(365 * 24 * 3600),
+            unverified_release: Duration::from_secs(2 * 24 * 3600),
         }
     }
 }

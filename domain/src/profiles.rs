@@ -43,6 +43,18 @@ impl Domain {
     #[tracing::instrument(skip_all, fields(user_id = %user))]
     pub async fn update_profile(&self, user: UserId, change: ProfileChange) -> Result<UserRecord, DomainError> {
         let account = self.user(user).await?;
+        self.apply_profile_change(&account, user, change).await
+    }
+
+    /// Applies `change` to `account` under the field rules; a photo must be an image
+    /// uploaded by `uploader` (the account itself, or the member editing an institution).
+    pub(crate) async fn apply_profile_change(
+        &self,
+        account: &UserRecord,
+        uploader: UserId,
+        change: ProfileChange,
+    ) -> Result<UserRecord, DomainError> {
+        let user = account.id;
         let provider_field = change.specialty.is_some() || change.experience_years.is_some();
         let availability = change.availability.is_some();
         if provider_field && account.role != Role::Provider {
@@ -63,9 +75,9 @@ impl Domain {
             }
         }
         if let Some(Some(photo)) = change.photo_id {
-            let upload = self.store().upload_for(photo, user).await?;
+            let upload = self.store().upload_for(photo, uploader).await?;
             match upload {
-                Some(u) if u.owner == user && u.attachment.content_type.starts_with("image/") => {}
+                Some(u) if u.owner == uploader && u.attachment.content_type.starts_with("image/") => {}
                 _ => {
                     return Err(DomainError::invalid(
                         "invalid_photo",

@@ -8,6 +8,7 @@ use parley_wire::{topics, UserId};
 use uuid::Uuid;
 
 use crate::accounts::ClientInfo;
+use crate::tokens::Grant;
 use crate::{now_ms, Domain, DomainError, Tokens};
 
 /// What a successful login or refresh hands the client.
@@ -20,6 +21,8 @@ pub struct Session {
     /// The sign-in this pair belongs to.
     pub session_id: Uuid,
     pub user: UserRecord,
+    /// For an institution's sign-in: the member acting for it.
+    pub actor: Option<UserId>,
 }
 
 /// What the gates are told when sign-ins end: `to/{uid}/session` with the ids.
@@ -41,6 +44,17 @@ const MAX_USER_AGENT: usize = 200;
 impl Domain {
     /// Opens a sign-in for `user` and hands out its first token pair.
     pub(crate) async fn open_session(&self, user: UserRecord, client: &ClientInfo) -> Result<Session, DomainError> {
+        self.open_session_as(user, None, client).await
+    }
+
+    /// Opens a sign-in; with `acting` = (member, the member's sign-in, its end), one
+    /// of an institution for that member, ending no later than the member's own.
+    pub(crate) async fn open_session_as(
+        &self,
+        user: UserRecord,
+        acting: Option<(UserId, Uuid, i64)>,
+        client: &ClientInfo,
+    ) -> Result<Session, DomainError> {
         let now = now_ms();
         let settings = self.tokens().settings();
         let (refresh_token, hash) = Tokens::new_refresh_token();
@@ -48,16 +62,26 @@ impl Domain {
         let new = NewSession {
             id,
             user: user.id,
-            token_hash: hash,
+            token_hash: Some(hash),
+            acting: acting.map(|(actor, parent, _)| (actor, parent)),
             now_ms: now,
             token_expires_at_ms: now + settings.refresh_ttl.as_millis() as i64,
-            expires_at_ms: now + self.auth().policy.session_lifetime.as_millis() as i64,
+            expires_at_ms: (now + self.auth().policy.session_lifetime.as_millis() as i64)
+                .min(acting.map_or(i64::MAX, |(_, _, ends)| ends)),
             user_agent: client.user_agent.as_ref().map(|a| a.chars().take(MAX_USER_AGENT).collect()),
             client_addr: client.addr.clone(),
         };
         self.store().create_session(&new).await?;
-        let access_token = self.tokens().issue_access(user.id, id, now / 1000);
-        Ok(Session { access_token, refresh_token, expires_in: settings.access_ttl.as_secs(), session_id: id, user })
+        let actor = acting.map(|(actor, _, _)| actor);
+        let access_token = self.tokens().issue_access_with(user.id, id, grant(actor), now / 1000);
+        Ok(Session {
+            access_token,
+            refresh_token,
+            expires_in: settings.access_ttl.as_secs(),
+            session_id: id,
+            user,
+            actor,
+        })
     }
 
     /// Exchanges a refresh token for a new pair. A used token presented again
@@ -81,15 +105,16 @@ impl Domain {
             .await
             .map_err(|e| (e.into(), Vec::new()))?;
         match rotation {
-            Rotation::Rotated { user, session } => {
+            Rotation::Rotated { user, session, actor } => {
                 let account = self.user(user).await.map_err(|_| (refused(), Vec::new()))?;
-                let access_token = self.tokens().issue_access(user, session, now / 1000);
+                let access_token = self.tokens().issue_access_with(user, session, grant(actor), now / 1000);
                 Ok(Session {
                     access_token,
                     refresh_token: token,
                     expires_in: settings.access_ttl.as_secs(),
                     session_id: session,
                     user: account,
+                    actor,
                 })
             }
             Rotation::Refused => Err((refused(), Vec::new())),
@@ -104,8 +129,9 @@ impl Domain {
         }
     }
 
-    /// Ends `user`'s sign-ins: `which` one, or all (sparing `except`). Returns how
-    /// many ended and the downlink that makes the gates disconnect their devices.
+    /// Ends `user`'s sign-ins: `which` one, or all (sparing `except`), with the
+    /// institution sign-ins opened from them. Returns how many ended and the
+    /// downlinks that make the gates disconnect their devices.
     pub async fn revoke_sessions(
         &self,
         user: UserId,
@@ -116,7 +142,14 @@ impl Domain {
         let revoked = self.store().revoke_sessions(user, which, except, reason, now_ms()).await?;
         tracing::info!(user_id = %user, count = revoked.len(), reason, "sign-ins revoked");
         let count = revoked.len();
-        let downlinks = if revoked.is_empty() { Vec::new() } else { vec![revocation(user, revoked)] };
+        let mut by_user: Vec<(UserId, Vec<Uuid>)> = Vec::new();
+        for (owner, id) in revoked {
+            match by_user.iter_mut().find(|(u, _)| *u == owner) {
+                Some((_, ids)) => ids.push(id),
+                None => by_user.push((owner, vec![id])),
+            }
+        }
+        let downlinks = by_user.into_iter().map(|(owner, ids)| revocation(owner, ids)).collect();
         Ok(Revoked { count, downlinks })
     }
 
@@ -140,6 +173,11 @@ impl Domain {
     }
 }
 
-fn revocation(user: UserId, revoked: Vec<Uuid>) -> Outgoing {
+fn grant(actor: Option<UserId>) -> Grant {
+    actor.map_or(Grant::Account, |actor| Grant::Acting { actor })
+}
+
+/// The downlink telling the gates that `user`'s sign-ins `revoked` ended.
+pub(crate) fn revocation(user: UserId, revoked: Vec<Uuid>) -> Outgoing {
     Outgoing::new(user, topics::SESSION, &SessionsRevoked { revoked })
 }

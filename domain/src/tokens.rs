@@ -5,7 +5,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use parley_wire::UserId;
+use parley_wire::{DeviceRights, UserId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -30,6 +30,29 @@ pub struct AccessClaims {
     pub exp: i64,
     /// The sign-in the token belongs to; revoking it ends the token early.
     pub sid: String,
+    /// For a member acting for an institution (`sub`): the member (RFC 8693 `act`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+    /// For a kiosk device: `device` and its rights (see [`DeviceRights`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// The `act` claim: who acts for the token's subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub sub: String,
+}
+
+/// What an access token lets its bearer do, beyond naming the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The account holder, with every right of the account.
+    Account,
+    /// A member acting for the institution the token names.
+    Acting { actor: UserId },
+    /// A kiosk device, with the rights it was provisioned with.
+    Device(DeviceRights),
 }
 
 impl AccessClaims {
@@ -41,6 +64,18 @@ impl AccessClaims {
     /// The sign-in the token belongs to.
     pub fn session(&self) -> Result<uuid::Uuid, TokenError> {
         uuid::Uuid::try_parse(&self.sid).map_err(|_| TokenError::Invalid)
+    }
+
+    /// What the token allows; a scope or actor that does not parse is refused.
+    pub fn grant(&self) -> Result<Grant, TokenError> {
+        match (&self.scope, &self.act) {
+            (None, None) => Ok(Grant::Account),
+            (None, Some(actor)) => {
+                actor.sub.parse().map(|actor| Grant::Acting { actor }).map_err(|_| TokenError::Invalid)
+            }
+            (Some(scope), None) => DeviceRights::from_scope(scope).map(Grant::Device).ok_or(TokenError::Invalid),
+            (Some(_), Some(_)) => Err(TokenError::Invalid),
+        }
     }
 }
 
@@ -97,6 +132,16 @@ impl Tokens {
 
     /// A signed access token for `user`'s sign-in `session`, issued at `now_secs`.
     pub fn issue_access(&self, user: UserId, session: uuid::Uuid, now_secs: i64) -> String {
+        self.issue_access_with(user, session, Grant::Account, now_secs)
+    }
+
+    /// A signed access token carrying `grant` (an actor, or a device's rights).
+    pub fn issue_access_with(&self, user: UserId, session: uuid::Uuid, grant: Grant, now_secs: i64) -> String {
+        let (act, scope) = match grant {
+            Grant::Account => (None, None),
+            Grant::Acting { actor } => (Some(Actor { sub: actor.to_string() }), None),
+            Grant::Device(rights) => (None, Some(rights.scope())),
+        };
         let claims = AccessClaims {
             sub: user.to_string(),
             iss: self.settings.issuer.clone(),
@@ -104,6 +149,8 @@ impl Tokens {
             iat: now_secs,
             exp: now_secs + self.settings.access_ttl.as_secs() as i64,
             sid: session.to_string(),
+            act,
+            scope,
         };
         // HMAC signing of a small struct cannot fail.
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
@@ -161,6 +208,23 @@ mod tests {
         let claims = tokens.verify_access(&tokens.issue_access(user, uuid::Uuid::now_v7(), now())).expect("valid");
         assert_eq!(claims.user(), Ok(user));
         assert_eq!(claims.exp - claims.iat, 900);
+    }
+
+    #[test]
+    fn grants_travel_in_the_token() {
+        let tokens = Tokens::new(b"key-one-key-one-key-one-key-one!", settings());
+        let (user, actor) = (UserId::new(), UserId::new());
+        let rights = DeviceRights::KIOSK;
+        for grant in [Grant::Account, Grant::Acting { actor }, Grant::Device(rights)] {
+            let token = tokens.issue_access_with(user, uuid::Uuid::now_v7(), grant, now());
+            assert_eq!(tokens.verify_access(&token).expect("valid").grant(), Ok(grant));
+        }
+        let mut claims = tokens.verify_access(&tokens.issue_access(user, uuid::Uuid::now_v7(), now())).expect("valid");
+        claims.scope = Some("device send root".into());
+        assert_eq!(claims.grant(), Err(TokenError::Invalid));
+        claims.scope = Some("device send".into());
+        claims.act = Some(Actor { sub: actor.to_string() });
+        assert_eq!(claims.grant(), Err(TokenError::Invalid));
     }
 
     #[test]

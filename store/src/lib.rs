@@ -8,8 +8,11 @@ mod backend;
 mod codes;
 mod contacts;
 mod conversations;
+mod devices;
 mod error;
 mod events;
+mod identifiers;
+mod institutions;
 mod members;
 mod messages;
 mod presence;
@@ -28,8 +31,11 @@ pub use contacts::{ContactChange, ContactEvent, ContactRecord, ContactState};
 pub use conversations::{
     ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, NewGroup,
 };
+pub use devices::{DeviceRecord, DeviceRenewal, NewDevice};
 pub use error::StoreError;
 pub use events::{EventPage, EventRecord};
+pub use identifiers::{Identifier, IdentifierChange, Released};
+pub use institutions::{InstitutionMember, MemberChange};
 pub use members::{MemberRecord, MemberSettings, SettingsChange};
 pub use messages::{hide, MessagePage, MessageRange, NewMessage, Posted, Stored, Target};
 pub use presence::PresenceRecord;

@@ -18,7 +18,12 @@ use crate::{time_from_ms, Store, StoreError};
 pub struct NewSession {
     pub id: Uuid,
     pub user: UserId,
-    pub token_hash: Vec<u8>,
+    /// The first refresh token; `None` for a device's sign-in, which is renewed with
+    /// the device's secret instead.
+    pub token_hash: Option<Vec<u8>>,
+    /// For an institution's sign-in: the member acting for it, and the member's own
+    /// sign-in it was opened from (ending that one ends this one).
+    pub acting: Option<(UserId, Uuid)>,
     pub now_ms: i64,
     /// When the first token stops working unless used.
     pub token_expires_at_ms: i64,
@@ -31,8 +36,8 @@ pub struct NewSession {
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
-    /// The new token replaced the presented one.
-    Rotated { user: UserId, session: Uuid },
+    /// The new token replaced the presented one (`actor`: the member acting for an institution).
+    Rotated { user: UserId, session: Uuid, actor: Option<UserId> },
     /// Unknown, expired, or its session ended: nothing changed.
     Refused,
     /// A used token came back outside the grace window: the session is revoked now.
@@ -50,35 +55,50 @@ pub struct SessionRecord {
     pub client_addr: Option<String>,
 }
 
+/// Inserts a [`NewSession`] (and its first refresh token, if any) with `$conn`.
+macro_rules! insert_session {
+    ($conn:expr, $new:expr) => {{
+        let new: &NewSession = $new;
+        sqlx::query(
+            "INSERT INTO auth_sessions (id, user_id, created_at, expires_at, last_used_at, user_agent, client_addr, \
+             actor_id, parent_id) VALUES ($1, $2, $3, $4, $3, $5, $6, $7, $8)",
+        )
+        .bind(new.id)
+        .bind(new.user.0)
+        .bind(new.now_ms)
+        .bind(new.expires_at_ms)
+        .bind(&new.user_agent)
+        .bind(&new.client_addr)
+        .bind(new.acting.map(|(actor, _)| actor.0))
+        .bind(new.acting.map(|(_, parent)| parent))
+        .execute($conn)
+        .await
+        .map_err(|e| StoreError::classify(e, &[]))?;
+        if let Some(hash) = &new.token_hash {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (id, user_id, token_hash, created_at, expires_at, session_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(new.user.0)
+            .bind(hash)
+            .bind(new.now_ms)
+            .bind(new.token_expires_at_ms.min(new.expires_at_ms))
+            .bind(new.id)
+            .execute($conn)
+            .await?;
+        }
+    }};
+}
+pub(crate) use insert_session;
+
 impl Store {
     /// Opens a session with its first refresh token.
     #[tracing::instrument(skip_all)]
     pub async fn create_session(&self, new: &NewSession) -> Result<(), StoreError> {
-        let session = "INSERT INTO auth_sessions (id, user_id, created_at, expires_at, last_used_at, user_agent, \
-                       client_addr) VALUES ($1, $2, $3, $4, $3, $5, $6)";
-        let token = "INSERT INTO refresh_tokens (id, user_id, token_hash, created_at, expires_at, session_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6)";
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            sqlx::query(session)
-                .bind(new.id)
-                .bind(new.user.0)
-                .bind(new.now_ms)
-                .bind(new.expires_at_ms)
-                .bind(&new.user_agent)
-                .bind(&new.client_addr)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::classify(e, &[]))?;
-            sqlx::query(token)
-                .bind(Uuid::now_v7())
-                .bind(new.user.0)
-                .bind(&new.token_hash)
-                .bind(new.now_ms)
-                .bind(new.token_expires_at_ms.min(new.expires_at_ms))
-                .bind(new.id)
-                .execute(&mut *tx)
-                .await?;
+            insert_session!(&mut *tx, new);
             tx.commit().await?;
         });
         Ok(())
@@ -102,7 +122,7 @@ impl Store {
             let row = sqlx::query(
                 "UPDATE auth_sessions SET last_used_at = $2 \
                  WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1) \
-                 RETURNING id, user_id, expires_at, revoked_at",
+                 RETURNING id, user_id, actor_id, expires_at, revoked_at",
             )
             .bind(old_hash)
             .bind(now_ms)
@@ -111,6 +131,7 @@ impl Store {
             let Some(row) = row else { return Ok(Rotation::Refused) };
             let session: Uuid = row.try_get("id")?;
             let user = UserId(row.try_get::<Uuid, _>("user_id")?);
+            let actor = row.try_get::<Option<Uuid>, _>("actor_id")?.map(UserId);
             let session_ends: i64 = row.try_get("expires_at")?;
             if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() || session_ends <= now_ms {
                 return Ok(Rotation::Refused);
@@ -175,23 +196,30 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Rotation::Rotated { user, session })
+            Ok(Rotation::Rotated { user, session, actor })
         })
     }
 
     /// Whether `session` of `user` is live (not revoked, not past its absolute end).
     #[tracing::instrument(skip_all)]
     pub async fn session_live(&self, user: UserId, session: Uuid, now_ms: i64) -> Result<bool, StoreError> {
-        let sql = "SELECT 1 FROM auth_sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+        Ok(self.session_end(user, session, now_ms).await?.is_some())
+    }
+
+    /// When `session` of `user` ends (ms), if it is live.
+    #[tracing::instrument(skip_all)]
+    pub async fn session_end(&self, user: UserId, session: Uuid, now_ms: i64) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT expires_at FROM auth_sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
                    AND expires_at > $3";
         on_pool!(self, |pool| {
             let row = sqlx::query(sql).bind(session).bind(user.0).bind(now_ms).fetch_optional(pool).await?;
-            Ok(row.is_some())
+            Ok(row.map(|r| r.try_get("expires_at")).transpose()?)
         })
     }
 
     /// Revokes `user`'s live sessions: the one given, or all of them (optionally
-    /// sparing one). Returns the ids revoked.
+    /// sparing one), with the institution sign-ins opened from them. Returns the
+    /// (owner, id) of each sign-in revoked.
     #[tracing::instrument(skip_all)]
     pub async fn revoke_sessions(
         &self,
@@ -200,12 +228,16 @@ impl Store {
         except: Option<Uuid>,
         reason: &str,
         now_ms: i64,
-    ) -> Result<Vec<Uuid>, StoreError> {
+    ) -> Result<Vec<(UserId, Uuid)>, StoreError> {
         let sql = "UPDATE auth_sessions SET revoked_at = $2, revoke_reason = $3 \
-                   WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND ($4 IS NULL OR id = $4) \
-                   AND ($5 IS NULL OR id <> $5) RETURNING id";
+                   WHERE revoked_at IS NULL AND expires_at > $2 AND (id IN (SELECT id FROM targets) \
+                   OR parent_id IN (SELECT id FROM targets)) RETURNING user_id, id";
+        let sql = format!(
+            "WITH targets AS (SELECT id FROM auth_sessions WHERE user_id = $1 AND ($4 IS NULL OR id = $4) \
+             AND ($5 IS NULL OR id <> $5)) {sql}"
+        );
         on_pool!(self, |pool| {
-            let rows = sqlx::query(sql)
+            let rows = sqlx::query(&sql)
                 .bind(user.0)
                 .bind(now_ms)
                 .bind(reason)
@@ -213,6 +245,25 @@ impl Store {
                 .bind(except)
                 .fetch_all(pool)
                 .await?;
+            rows.iter().map(|r| Ok((UserId(r.try_get::<Uuid, _>("user_id")?), r.try_get::<Uuid, _>("id")?))).collect()
+        })
+    }
+
+    /// Revokes the live sign-ins `actor` opened to act for `institution` (it left or
+    /// was removed). Returns their ids.
+    #[tracing::instrument(skip_all)]
+    pub async fn revoke_acting_sessions(
+        &self,
+        institution: UserId,
+        actor: UserId,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let sql = "UPDATE auth_sessions SET revoked_at = $3, revoke_reason = $4 \
+                   WHERE user_id = $1 AND actor_id = $2 AND revoked_at IS NULL AND expires_at > $3 RETURNING id";
+        on_pool!(self, |pool| {
+            let rows =
+                sqlx::query(sql).bind(institution.0).bind(actor.0).bind(now_ms).bind(reason).fetch_all(pool).await?;
             rows.iter().map(|r| r.try_get::<Uuid, _>("id").map_err(StoreError::from)).collect()
         })
     }

@@ -42,7 +42,8 @@ fn session(user: UserId, hash: &[u8], now: i64, lifetime: i64) -> NewSession {
     NewSession {
         id: Uuid::now_v7(),
         user,
-        token_hash: hash.to_vec(),
+        token_hash: Some(hash.to_vec()),
+        acting: None,
         now_ms: now,
         token_expires_at_ms: now + 10_000,
         expires_at_ms: now + lifetime,
@@ -62,15 +63,15 @@ async fn refresh_tokens_rotate_once_with_a_grace_window_and_reuse_revokes_the_si
     let s = session(a, b"t1", 100, 1_000_000);
     store.create_session(&s).await.expect("session");
     let rotated = store.rotate_refresh_token(b"t1", b"t2", 200, TTL, GRACE).await.expect("rotate");
-    assert_eq!(rotated, Rotation::Rotated { user: a, session: s.id });
+    assert_eq!(rotated, Rotation::Rotated { user: a, session: s.id, actor: None });
     // The response was lost: the phone retries t1 within the grace window and gets t3; t2 dies.
     let retried = store.rotate_refresh_token(b"t1", b"t3", 210, TTL, GRACE).await.expect("retry");
-    assert_eq!(retried, Rotation::Rotated { user: a, session: s.id });
+    assert_eq!(retried, Rotation::Rotated { user: a, session: s.id, actor: None });
     assert!(store.session_live(a, s.id, 210).await.expect("live"));
     // t3 is the live one and rotates normally.
     assert_eq!(
         store.rotate_refresh_token(b"t3", b"t4", 220, TTL, GRACE).await.expect("t3"),
-        Rotation::Rotated { user: a, session: s.id }
+        Rotation::Rotated { user: a, session: s.id, actor: None }
     );
     // t1 again, now that its successor was used: reuse. The whole sign-in goes.
     assert_eq!(
@@ -123,10 +124,10 @@ async fn sign_ins_end_at_their_absolute_lifetime_and_on_revocation(backend: Back
     assert!(!store.session_live(b, one.id, 700).await.expect("not b's"), "a sign-in belongs to its user");
     // Everything live but `two`; b is untouched.
     let revoked = store.revoke_sessions(a, None, Some(two.id), "test", 800).await.expect("revoke");
-    assert_eq!(revoked, vec![one.id]);
+    assert_eq!(revoked, vec![(a, one.id)]);
     assert!(store.session_live(a, two.id, 800).await.expect("spared"));
     assert!(store.session_live(b, theirs.id, 800).await.expect("b"));
-    assert_eq!(store.revoke_sessions(a, Some(two.id), None, "test", 801).await.expect("one"), vec![two.id]);
+    assert_eq!(store.revoke_sessions(a, Some(two.id), None, "test", 801).await.expect("one"), vec![(a, two.id)]);
     assert!(store.revoke_sessions(a, Some(two.id), None, "test", 802).await.expect("again").is_empty());
     assert!(store.sessions_of(a, 900).await.expect("none").is_empty());
 }

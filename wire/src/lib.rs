@@ -7,6 +7,8 @@
 pub mod bus;
 pub mod ids;
 pub mod payloads;
+pub mod rights;
 pub mod topics;
 
 pub use ids::{Availability, ConversationId, MessageId, Role, UserId};
+pub use rights::{DeviceRights, Right};

@@ -7,13 +7,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use parley_domain::{Registration, Revoked, Session};
-use parley_wire::Role;
+use parley_wire::{Role, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::cookies;
-use crate::extract::{Client, Json, Path, SignedIn};
+use crate::extract::{Client, Holder, Json, Path, SignedIn};
 use crate::routes::users::MeView;
 use crate::{ApiError, AppState, ErrorResponse};
 
@@ -82,6 +82,9 @@ pub struct TokenResponse {
     /// This sign-in (see `GET /v1/auth/sessions`).
     pub session_id: Uuid,
     pub user: MeView,
+    /// For an institution's sign-in: the member acting for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<UserId>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -283,11 +286,12 @@ pub async fn reset(
     responses((status = 200, body = RevokedResponse), (status = 401, description = "invalid_credentials", body = ErrorResponse)))]
 pub async fn change_password(
     State(state): State<AppState>,
-    signed_in: SignedIn,
+    Holder(signed_in): Holder,
+    Client(client): Client,
     Json(req): Json<ChangePasswordRequest>,
 ) -> Result<Json<RevokedResponse>, ApiError> {
-    let revoked =
-        state.domain.change_password(signed_in.user, signed_in.session, req.current_password, req.new_password).await?;
+    let (current, new) = (req.current_password, req.new_password);
+    let revoked = state.domain.change_password(signed_in.user, signed_in.session, current, new, &client).await?;
     Ok(Json(published(&state, revoked).await))
 }
 
@@ -295,6 +299,8 @@ pub async fn change_password(
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = RevokedResponse), (status = 401, body = ErrorResponse)))]
 pub async fn logout(State(state): State<AppState>, signed_in: SignedIn) -> Result<Response, ApiError> {
+    // A device's sign-in belongs to its secret; its administrator renews or retires it.
+    let signed_in = signed_in.person()?;
     let revoked = state.domain.revoke_sessions(signed_in.user, Some(signed_in.session), None, "signed_out").await?;
     let mut response = Json(published(&state, revoked).await).into_response();
     cookies::clear(response.headers_mut(), state.cookie_secure);
@@ -304,7 +310,7 @@ pub async fn logout(State(state): State<AppState>, signed_in: SignedIn) -> Resul
 /// End every sign-in of the account, this one included.
 #[utoipa::path(post, path = "/v1/auth/logout-all", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = RevokedResponse), (status = 401, body = ErrorResponse)))]
-pub async fn logout_all(State(state): State<AppState>, signed_in: SignedIn) -> Result<Response, ApiError> {
+pub async fn logout_all(State(state): State<AppState>, Holder(signed_in): Holder) -> Result<Response, ApiError> {
     let revoked = state.domain.revoke_sessions(signed_in.user, None, None, "signed_out_everywhere").await?;
     let mut response = Json(published(&state, revoked).await).into_response();
     cookies::clear(response.headers_mut(), state.cookie_secure);
@@ -314,7 +320,7 @@ pub async fn logout_all(State(state): State<AppState>, signed_in: SignedIn) -> R
 /// The account's live sign-ins, newest first.
 #[utoipa::path(get, path = "/v1/auth/sessions", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = SessionList), (status = 401, body = ErrorResponse)))]
-pub async fn sessions(State(state): State<AppState>, signed_in: SignedIn) -> Result<Json<SessionList>, ApiError> {
+pub async fn sessions(State(state): State<AppState>, Holder(signed_in): Holder) -> Result<Json<SessionList>, ApiError> {
     let sessions = state.domain.sessions(signed_in.user).await?;
     let sessions = sessions
         .into_iter()
@@ -337,21 +343,21 @@ pub async fn sessions(State(state): State<AppState>, signed_in: SignedIn) -> Res
     responses((status = 200, body = RevokedResponse), (status = 404, description = "session_not_found", body = ErrorResponse)))]
 pub async fn end_session(
     State(state): State<AppState>,
-    signed_in: SignedIn,
+    Holder(signed_in): Holder,
     Path(id): Path<Uuid>,
 ) -> Result<Json<RevokedResponse>, ApiError> {
     let revoked = state.domain.revoke_session(signed_in.user, id).await?;
     Ok(Json(published(&state, revoked).await))
 }
 
-async fn published(state: &AppState, revoked: Revoked) -> RevokedResponse {
+pub(crate) async fn published(state: &AppState, revoked: Revoked) -> RevokedResponse {
     state.publish(revoked.downlinks).await;
     RevokedResponse { revoked_sessions: revoked.count }
 }
 
 /// The answer to a login or refresh: tokens in the body, or (`cookie`) in cookies
 /// with only the CSRF token in the body.
-fn token_response(state: &AppState, s: Session, cookie: bool) -> Response {
+pub(crate) fn token_response(state: &AppState, s: Session, cookie: bool) -> Response {
     let mut headers = HeaderMap::new();
     let (access_token, refresh_token, csrf_token) = if cookie {
         let refresh_secs = state.domain.tokens().settings().refresh_ttl.as_secs();
@@ -375,6 +381,7 @@ fn token_response(state: &AppState, s: Session, cookie: bool) -> Response {
         csrf_token,
         session_id: s.session_id,
         user: s.user.into(),
+        actor: s.actor,
     };
     (headers, Json(body)).into_response()
 }

@@ -10,7 +10,7 @@ use parley_wire::UserId;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::extract::{Caller, Json, Path};
+use crate::extract::{Json, Path, Person};
 use crate::routes::users::PublicUser;
 use crate::{ApiError, AppState, ErrorResponse};
 
@@ -56,7 +56,7 @@ fn state_view(user_id: UserId, state: ContactState) -> Json<ContactStateView> {
     responses((status = 200, body = ContactStateView), (status = 404, description = "user_not_found", body = ErrorResponse)))]
 pub async fn request(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Person(user): Person,
     Json(req): Json<ContactRequest>,
 ) -> Result<Json<ContactStateView>, ApiError> {
     let (now, downlinks) = state.domain.request_contact(user, req.user_id).await?;
@@ -70,7 +70,7 @@ pub async fn request(
     responses((status = 200, body = ContactStateView), (status = 404, description = "request_not_found", body = ErrorResponse)))]
 pub async fn accept(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Person(user): Person,
     Path(from): Path<UserId>,
 ) -> Result<Json<ContactStateView>, ApiError> {
     answer(&state, user, from, true).await
@@ -82,7 +82,7 @@ pub async fn accept(
     responses((status = 200, body = ContactStateView), (status = 404, description = "request_not_found", body = ErrorResponse)))]
 pub async fn decline(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Person(user): Person,
     Path(from): Path<UserId>,
 ) -> Result<Json<ContactStateView>, ApiError> {
     answer(&state, user, from, false).await
@@ -105,7 +105,7 @@ async fn answer(
     responses((status = 200, body = ContactStateView), (status = 404, description = "contact_not_found", body = ErrorResponse)))]
 pub async fn remove(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Person(user): Person,
     Path(other): Path<UserId>,
 ) -> Result<Json<ContactStateView>, ApiError> {
     let downlinks = state.domain.remove_contact(user, other).await?;
@@ -116,14 +116,14 @@ pub async fn remove(
 /// The caller's contacts with online state and last seen, newest first.
 #[utoipa::path(get, path = "/v1/contacts", tag = "contacts", security(("bearer" = [])),
     responses((status = 200, body = ContactList), (status = 401, body = ErrorResponse)))]
-pub async fn list(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<ContactList>, ApiError> {
+pub async fn list(State(state): State<AppState>, Person(user): Person) -> Result<Json<ContactList>, ApiError> {
     listing(&state, user, false).await
 }
 
 /// Pending requests: those the caller made (`requested`) and received (`incoming`).
 #[utoipa::path(get, path = "/v1/contacts/requests", tag = "contacts", security(("bearer" = [])),
     responses((status = 200, body = ContactList), (status = 401, body = ErrorResponse)))]
-pub async fn requests(State(state): State<AppState>, Caller(user): Caller) -> Result<Json<ContactList>, ApiError> {
+pub async fn requests(State(state): State<AppState>, Person(user): Person) -> Result<Json<ContactList>, ApiError> {
     listing(&state, user, true).await
 }
 

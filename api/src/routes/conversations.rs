@@ -8,11 +8,11 @@ use parley_domain::{
     MemberRecord, MemberSettings, NewConversation,
 };
 use parley_wire::payloads::{Message, SettingsUpdate};
-use parley_wire::{ConversationId, UserId};
+use parley_wire::{ConversationId, Right, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::extract::{Caller, Json, Path, Query};
+use crate::extract::{Caller, Json, Path, Person, Query, SignedIn};
 use crate::{ApiError, AppState, ErrorResponse};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -229,7 +229,7 @@ pub async fn list(
         (status = 422, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Person(user): Person,
     Json(req): Json<CreateConversation>,
 ) -> Result<(StatusCode, Json<ConversationView>), ApiError> {
     let (context_type, context_id) = match req.context {
@@ -274,7 +274,7 @@ pub async fn get(
     responses((status = 200, body = ConversationView), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn rename(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Person(user): Person,
     Path(id): Path<ConversationId>,
     Json(req): Json<RenameConversation>,
 ) -> Result<Json<ConversationView>, ApiError> {
@@ -290,10 +290,11 @@ pub async fn rename(
     responses((status = 200, body = SettingsView), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn settings(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    signed: SignedIn,
     Path(id): Path<ConversationId>,
     Json(update): Json<SettingsUpdate>,
 ) -> Result<Json<SettingsView>, ApiError> {
+    let user = signed.may(Right::Settings)?.user;
     if update.conversation_id.is_some_and(|c| c != id) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

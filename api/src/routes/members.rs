@@ -6,7 +6,7 @@ use parley_wire::{ConversationId, UserId};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::extract::{Caller, Json, Path};
+use crate::extract::{Json, Path, Person};
 use crate::routes::conversations::ConversationView;
 use crate::{ApiError, AppState, ErrorResponse};
 
@@ -31,7 +31,7 @@ pub struct SetRole {
     responses((status = 201, body = ConversationView), (status = 403, body = ErrorResponse), (status = 409, description = "already_member", body = ErrorResponse)))]
 pub async fn add(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Person(caller): Person,
     Path(id): Path<ConversationId>,
     Json(req): Json<AddMember>,
 ) -> Result<(StatusCode, Json<ConversationView>), ApiError> {
@@ -46,7 +46,7 @@ pub async fn add(
     responses((status = 204), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn remove(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Person(caller): Person,
     Path((id, user)): Path<(ConversationId, UserId)>,
 ) -> Result<StatusCode, ApiError> {
     let outgoing = state.domain.remove_member(caller, id, user).await?;
@@ -60,7 +60,7 @@ pub async fn remove(
     responses((status = 200, body = ConversationView), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn set_role(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Person(caller): Person,
     Path((id, user)): Path<(ConversationId, UserId)>,
     Json(req): Json<SetRole>,
 ) -> Result<Json<ConversationView>, ApiError> {

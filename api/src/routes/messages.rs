@@ -4,11 +4,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use parley_domain::HistoryQuery;
 use parley_wire::payloads::{Message, ReceiptUpdate, Unread};
-use parley_wire::{ConversationId, MessageId};
+use parley_wire::{ConversationId, MessageId, Right};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::extract::{Caller, Json, Path, Query};
+use crate::extract::{Caller, Json, Path, Query, SignedIn};
 use crate::{ApiError, AppState, ErrorResponse};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -59,10 +59,11 @@ pub async fn history(
     responses((status = 200, body = Unread), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn mark_read(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    signed: SignedIn,
     Path(id): Path<ConversationId>,
     Json(req): Json<MarkRead>,
 ) -> Result<Json<Unread>, ApiError> {
+    let user = signed.may(Right::Receipts)?.user;
     let update = ReceiptUpdate { id: None, conversation_id: id, delivered_seq: None, read_seq: Some(req.seq) };
     let outgoing = state.domain.record_receipt(user, &update).await?;
     state.publish(outgoing).await;
@@ -103,10 +104,11 @@ pub struct ReactionView {
         (status = 409, description = "message_deleted", body = ErrorResponse)))]
 pub async fn edit(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    signed: SignedIn,
     Path(id): Path<MessageId>,
     Json(req): Json<EditText>,
 ) -> Result<StatusCode, ApiError> {
+    let user = signed.may(Right::Send)?.user;
     let outgoing = state.domain.edit_message(user, id, &req.text).await?;
     state.publish(outgoing).await;
     Ok(StatusCode::NO_CONTENT)
@@ -118,10 +120,11 @@ pub async fn edit(
     responses((status = 204), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    signed: SignedIn,
     Path(id): Path<MessageId>,
     Query(params): Query<DeleteParams>,
 ) -> Result<StatusCode, ApiError> {
+    let user = signed.may(Right::Send)?.user;
     let everyone = match params.scope.as_deref() {
         None | Some("me") => false,
         Some("everyone") => true,
@@ -138,9 +141,10 @@ pub async fn delete(
     responses((status = 204), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn react(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    signed: SignedIn,
     Path((id, emoji)): Path<(MessageId, String)>,
 ) -> Result<StatusCode, ApiError> {
+    let user = signed.may(Right::Send)?.user;
     let outgoing = state.domain.react(user, id, &emoji, true).await?;
     state.publish(outgoing).await;
     Ok(StatusCode::NO_CONTENT)
@@ -152,9 +156,10 @@ pub async fn react(
     responses((status = 204), (status = 404, body = ErrorResponse)))]
 pub async fn unreact(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    signed: SignedIn,
     Path((id, emoji)): Path<(MessageId, String)>,
 ) -> Result<StatusCode, ApiError> {
+    let user = signed.may(Right::Send)?.user;
     let outgoing = state.domain.react(user, id, &emoji, false).await?;
     state.publish(outgoing).await;
     Ok(StatusCode::NO_CONTENT)

@@ -3,6 +3,9 @@
 pub mod auth;
 pub mod contacts;
 pub mod conversations;
+pub mod devices;
+pub mod identifiers;
+pub mod institutions;
 pub mod members;
 pub mod messages;
 pub mod ops;

@@ -6,11 +6,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use parley_wire::payloads::Attachment;
+use parley_wire::Right;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::extract::{Caller, Json, Path, Query};
+use crate::extract::{Caller, Json, Path, Query, SignedIn};
 use crate::{ApiError, AppState, ErrorResponse};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -28,11 +29,12 @@ pub struct UploadParams {
         (status = 422, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    signed: SignedIn,
     Query(params): Query<UploadParams>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Attachment>), ApiError> {
+    let user = signed.may(Right::Send)?.user;
     let body = body.map_err(|e| {
         let status = e.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "invalid_body" };

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::extract::{Caller, Json, Path, Query};
+use crate::extract::{Caller, Holder, Json, Path, Person, Query};
 use crate::{ApiError, AppState, ErrorResponse};
 
 /// An account as its owner sees it.
@@ -132,9 +132,9 @@ const PROTECTED: &[(&str, &str)] = &[
     ("rating_count", "ratings come from users' reviews"),
     ("email_verified", "an email is verified with the code sent to it"),
     ("phone_verified", "a phone is verified with the code sent to it"),
-    ("email", "email, phone and username are not changed through the profile"),
-    ("phone", "email, phone and username are not changed through the profile"),
-    ("username", "email, phone and username are not changed through the profile"),
+    ("email", "change the email at POST /v1/me/email (a code proves the new one)"),
+    ("phone", "change the phone at POST /v1/me/phone (a code proves the new one)"),
+    ("username", "change the username at PUT /v1/me/username"),
     ("password", "change the password at POST /v1/auth/password"),
     ("password_hash", "change the password at POST /v1/auth/password"),
     ("created_at", "the creation time never changes"),
@@ -156,24 +156,32 @@ pub async fn me(State(state): State<AppState>, Caller(user): Caller) -> Result<J
     ))]
 pub async fn update_me(
     State(state): State<AppState>,
-    Caller(user): Caller,
+    Holder(signed_in): Holder,
     Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<MeView>, ApiError> {
+    let change = profile_change(signed_in.user, body)?;
+    Ok(Json(state.domain.update_profile(signed_in.user, change).await?.into()))
+}
+
+/// A profile update as sent (a JSON object), refusing protected fields before anything else.
+pub(crate) fn profile_change(
+    user: UserId,
+    body: serde_json::Map<String, serde_json::Value>,
+) -> Result<ProfileChange, ApiError> {
     if let Some((field, why)) = PROTECTED.iter().find(|(f, _)| body.contains_key(*f)) {
         tracing::warn!(user_id = %user, field, "protected profile field refused");
         return Err(ApiError::new(StatusCode::FORBIDDEN, "field_not_allowed", format!("{field}: {why}")));
     }
     let update: ProfileUpdate = serde_json::from_value(serde_json::Value::Object(body))
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_json", e.to_string()))?;
-    let change = ProfileChange {
+    Ok(ProfileChange {
         display_name: update.display_name,
         bio: update.bio,
         specialty: update.specialty,
         experience_years: update.experience_years,
         availability: update.availability,
         photo_id: update.photo_id,
-    };
-    Ok(Json(state.domain.update_profile(user, change).await?.into()))
+    })
 }
 
 /// Another account's public profile.
@@ -215,7 +223,7 @@ pub struct UserPage {
     responses((status = 200, body = UserPage), (status = 400, description = "invalid_query", body = ErrorResponse)))]
 pub async fn search(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Person(_caller): Person,
     Query(p): Query<SearchParams>,
 ) -> Result<Json<UserPage>, ApiError> {
     let limit = p.limit.unwrap_or(20);
@@ -245,7 +253,7 @@ pub struct AdminUserUpdate {
     responses((status = 200, body = PublicUser), (status = 403, description = "admin_only", body = ErrorResponse)))]
 pub async fn admin_update(
     State(state): State<AppState>,
-    Caller(admin): Caller,
+    Person(admin): Person,
     Path(id): Path<UserId>,
     Json(req): Json<AdminUserUpdate>,
 ) -> Result<Json<PublicUser>, ApiError> {

@@ -1,7 +1,7 @@
 //! Who may publish and subscribe where. Every device topic starts with the
 //! user's own id, so the check is a prefix comparison with no database lookup.
 
-use parley_wire::topics;
+use parley_wire::{topics, DeviceRights};
 
 /// Longest topic or filter accepted from a device, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
@@ -27,6 +27,22 @@ pub fn publish(user: &str, topic: &str) -> Verdict {
     }
 }
 
+/// As [`publish`], and a kiosk device (`rights` given) only the kinds of uplink its
+/// rights allow (`from/{user}/msg` needs `send`, and so on).
+pub fn publish_as(user: &str, rights: Option<DeviceRights>, topic: &str) -> Verdict {
+    match (publish(user, topic), rights) {
+        (Verdict::Allowed, Some(rights)) => {
+            let kind = &topic[topics::uplink_prefix(user).len()..];
+            if rights.allows_uplink(kind) {
+                Verdict::Allowed
+            } else {
+                Verdict::NotAuthorized
+            }
+        }
+        (verdict, _) => verdict,
+    }
+}
+
 /// A device of `user` may subscribe only under `to/{user}/`; wildcards are fine
 /// after that prefix, never in it. Shared subscriptions are for the platform only.
 pub fn subscribe(user: &str, filter: &str) -> Verdict {
@@ -42,6 +58,7 @@ pub fn subscribe(user: &str, filter: &str) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parley_wire::Right;
 
     const ME: &str = "0193b6d0-0000-7000-8000-000000000001";
     const OTHER: &str = "0193b6d0-0000-7000-8000-000000000002";
@@ -63,6 +80,19 @@ mod tests {
         for topic in [String::new(), format!("from/{ME}/+"), format!("from/{ME}/#"), "a".repeat(300)] {
             assert_eq!(publish(ME, &topic), Verdict::Invalid, "{topic}");
         }
+    }
+
+    #[test]
+    fn kiosk_devices_publish_only_what_their_rights_allow() {
+        let typing_only = Some(DeviceRights::from_rights([Right::Typing]));
+        assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/typing")), Verdict::Allowed);
+        assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/sync")), Verdict::Allowed);
+        for kind in ["msg", "edit", "react", "receipt", "presence", "settings", "whatever"] {
+            assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/{kind}")), Verdict::NotAuthorized, "{kind}");
+        }
+        assert_eq!(publish_as(ME, None, &format!("from/{ME}/msg")), Verdict::Allowed);
+        assert_eq!(publish_as(ME, typing_only, &format!("from/{OTHER}/typing")), Verdict::NotAuthorized);
+        assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/+")), Verdict::Invalid);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use parley_domain::Grant;
 use parley_wire::payloads::GatePresence;
-use parley_wire::{topics, UserId};
+use parley_wire::{topics, DeviceRights, UserId};
 use rumqttc::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -89,6 +90,8 @@ struct Accepted {
     /// When the access token expires (the device must reconnect with a fresh one).
     token_expires: Instant,
     assigned_client_id: Option<String>,
+    /// A kiosk device's rights (what it may publish); `None` for people's accounts.
+    rights: Option<DeviceRights>,
     keep_alive: u16,
     will: Option<codec::Will>,
     outbound_window: usize,
@@ -152,6 +155,10 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
     let claims = shared.domain.tokens().verify_access(&password).map_err(|_| Refusal::BadCredentials)?;
     let user = claims.user().map_err(|_| Refusal::BadCredentials)?;
     let sign_in = claims.session().map_err(|_| Refusal::BadCredentials)?;
+    let rights = match claims.grant().map_err(|_| Refusal::BadCredentials)? {
+        Grant::Device(rights) => Some(rights),
+        Grant::Account | Grant::Acting { .. } => None,
+    };
     if username != claims.sub {
         return Err(Refusal::NotAuthorized);
     }
@@ -166,7 +173,7 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
     let left = u64::try_from(claims.exp - super::chrono_free_now_secs()).unwrap_or(0);
     let token_expires = Instant::now() + Duration::from_secs(left);
     if let Some(will) = &c.will {
-        if acl::publish(&username, &will.topic) != Verdict::Allowed {
+        if acl::publish_as(&username, rights, &will.topic) != Verdict::Allowed {
             return Err(Refusal::NotAuthorized);
         }
     }
@@ -197,6 +204,7 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
         revoked: attached.revoked,
         token_expires,
         assigned_client_id,
+        rights,
         keep_alive: c.keep_alive,
         will: c.will,
         outbound_window: window,
@@ -359,7 +367,7 @@ impl Connection {
         if p.qos == 2 && v5 {
             return Some(End::Closed(CloseReason::QoSNotSupported));
         }
-        match acl::publish(&self.accepted.user_text, &p.topic) {
+        match acl::publish_as(&self.accepted.user_text, self.accepted.rights, &p.topic) {
             Verdict::Allowed => {}
             Verdict::Invalid => {
                 tracing::warn!(topic = %p.topic, "invalid topic; closing");
