@@ -52,7 +52,7 @@ impl Domain {
     pub async fn verify_identifier(&self, identifier: &str, code: &str) -> Result<UserRecord, DomainError> {
         let (identifier, kind) = parse_identifier(identifier)?;
         let purpose = if kind == IdentifierKind::Email { VERIFY_EMAIL } else { VERIFY_PHONE };
-        let user = self.redeem_code(purpose, &identifier, code).await?;
+        let user = self.redeem_code(purpose, &identifier, code, None).await?;
         self.store().mark_identifier_verified(user, kind, &identifier, now_ms()).await?;
         tracing::info!(user_id = %user, "identifier verified");
         self.user(user).await
@@ -78,7 +78,7 @@ impl Domain {
     ) -> Result<crate::sessions::Revoked, DomainError> {
         let (identifier, kind) = parse_identifier(login)?;
         check_password(&new)?;
-        let user = self.redeem_code(RESET_PASSWORD, &identifier, code).await?;
+        let user = self.redeem_code(RESET_PASSWORD, &identifier, code, None).await?;
         let hash = hash_password(new).await?;
         let now = now_ms();
         self.store().set_password_hash(user, &hash, now).await?;
@@ -146,12 +146,13 @@ impl Domain {
     }
 
     /// Checks `code` against the live code of (purpose, identifier), using up one
-    /// attempt, and consumes it when it matches.
+    /// attempt, and consumes it when it matches (and, given `owner`, was sent for them).
     pub(crate) async fn redeem_code(
         &self,
         purpose: &str,
         identifier: &str,
         code: &str,
+        owner: Option<parley_wire::UserId>,
     ) -> Result<parley_wire::UserId, DomainError> {
         let code = code.trim();
         if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
@@ -163,7 +164,11 @@ impl Domain {
         let expected = self.hash_code(attempt.id, code);
         let matches = constant_time_eq(&expected, &attempt.code_hash);
         match attempt.user {
-            Some(user) if matches && self.store().consume_code(attempt.id, now).await? => Ok(user),
+            Some(user)
+                if matches && owner.is_none_or(|o| o == user) && self.store().consume_code(attempt.id, now).await? =>
+            {
+                Ok(user)
+            }
             _ => {
                 tracing::info!(purpose, "wrong one-time code");
                 Err(invalid_code())

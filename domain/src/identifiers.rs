@@ -105,12 +105,7 @@ impl Domain {
     ) -> Result<UserRecord, DomainError> {
         let value = normalize(kind, value)?;
         let (purpose, which, _) = parts(kind);
-        if self.redeem_code(purpose, &value, code).await? != user {
-            return Err(DomainError::invalid(
-                "invalid_code",
-                "the code is wrong, expired or used up; ask for a new one",
-            ));
-        }
+        self.redeem_code(purpose, &value, code, Some(user)).await?;
         match self.store().set_identifier(user, which, Some(&value), now_ms()).await {
             Ok(change) => changed(change)?,
             Err(StoreError::Conflict(_)) => return Err(taken()),
