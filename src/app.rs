@@ -10,7 +10,9 @@ use parley_api::{AppState, Publisher, ReadinessCheck};
 use parley_broker::bus::{self, BusProbe};
 use parley_broker::gate::{self, GateHandle, GateSettings};
 use parley_config::Settings;
-use parley_domain::{Auth, AuthPolicy, Delivery, DeliveryConfig, Domain, Limits, Rate, Store, TokenSettings, Tokens};
+use parley_domain::{
+    Auth, AuthPolicy, ContactPolicy, Delivery, DeliveryConfig, Domain, Limits, Rate, Store, TokenSettings, Tokens,
+};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -203,6 +205,11 @@ fn limits(m: &parley_config::MessageSettings, data_dir: &std::path::Path) -> Lim
         conversation_rate: Rate { per_sec: m.conversation_rate_per_sec, burst: m.conversation_burst },
         uploads_dir: data_dir.join("uploads"),
         max_upload_bytes: m.max_upload_bytes,
+        contact_policy: match m.contact_policy {
+            parley_config::ContactPolicy::Open => ContactPolicy::Open,
+            parley_config::ContactPolicy::Contacts => ContactPolicy::Contacts,
+            parley_config::ContactPolicy::Consulted => ContactPolicy::Consulted,
+        },
     }
 }
 

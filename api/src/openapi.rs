@@ -3,16 +3,17 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, contacts, conversations, members, messages, ops, sync, uploads, users};
+use crate::routes::{auth, consultations, contacts, conversations, members, messages, ops, sync, uploads, users};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Parley HTTP API", description = "Accounts, profiles, contacts, conversations and history. Devices talk MQTT; see docs/protocol.md. Browsers may sign in with cookies (`cookie: true` at login) and then send `X-CSRF-Token` on unsafe requests."),
+    info(title = "Parley HTTP API", description = "Accounts, profiles, contacts, consultations, conversations and history. Devices talk MQTT; see docs/protocol.md. Browsers may sign in with cookies (`cookie: true` at login) and then send `X-CSRF-Token` on unsafe requests."),
     paths(
         auth::register, auth::verify, auth::resend, auth::login, auth::refresh, auth::forgot, auth::reset,
         auth::change_password, auth::logout, auth::logout_all, auth::sessions, auth::end_session,
         users::me, users::update_me, users::get, users::search, users::admin_update,
         contacts::list, contacts::requests, contacts::request, contacts::accept, contacts::decline, contacts::remove,
+        consultations::request, consultations::list, consultations::get, consultations::accept, consultations::close,
         conversations::list, conversations::create, conversations::get, conversations::rename, conversations::settings,
         members::add, members::remove, members::set_role,
         messages::history, messages::mark_read,

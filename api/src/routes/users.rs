@@ -173,7 +173,9 @@ pub async fn update_me(
         availability: update.availability,
         photo_id: update.photo_id,
     };
-    Ok(Json(state.domain.update_profile(user, change).await?.into()))
+    let (updated, announced) = state.domain.update_profile(user, change).await?;
+    state.publish(announced).await;
+    Ok(Json(updated.into()))
 }
 
 /// Another account's public profile.
