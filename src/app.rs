@@ -146,7 +146,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         parts.spawn(async move { ("scheduler", crate::scheduler::run(domain, retention, shutdown).await) });
     }
     let gate = gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?;
-    tracing::info!(%mqtt_addr, %http_addr, "parley is up");
+    let contact_policy = domain.limits().contact_policy.as_str();
+    tracing::info!(%mqtt_addr, %http_addr, contact_policy, "parley is up");
     Ok(Running { mqtt_addr, http_addr, store, gate, shutdown, parts })
 }
 
