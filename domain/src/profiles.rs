@@ -41,6 +41,7 @@ impl Domain {
     /// Applies the owner's change to its profile. Provider fields (specialty,
     /// experience, availability) belong to providers; the photo must be an image the
     /// owner uploaded.
+    ///
     /// A change of availability is announced like any presence change: the returned
     /// signals go to the owner's contacts and conversation partners.
     #[tracing::instrument(skip_all, fields(user_id = %user))]
