@@ -10,7 +10,9 @@ use parley_api::{AppState, Publisher, ReadinessCheck};
 use parley_broker::bus::{self, BusProbe};
 use parley_broker::gate::{self, GateHandle, GateSettings};
 use parley_config::Settings;
-use parley_domain::{Auth, AuthPolicy, Delivery, DeliveryConfig, Domain, Limits, Rate, Store, TokenSettings, Tokens};
+use parley_domain::{
+    Auth, AuthPolicy, ContactPolicy, Delivery, DeliveryConfig, Domain, Limits, Rate, Store, TokenSettings, Tokens,
+};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -144,7 +146,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         parts.spawn(async move { ("scheduler", crate::scheduler::run(domain, retention, shutdown).await) });
     }
     let gate = gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?;
-    tracing::info!(%mqtt_addr, %http_addr, "parley is up");
+    let contact_policy = domain.limits().contact_policy.as_str();
+    tracing::info!(%mqtt_addr, %http_addr, contact_policy, "parley is up");
     Ok(Running { mqtt_addr, http_addr, store, gate, shutdown, parts })
 }
 
@@ -203,6 +206,11 @@ fn limits(m: &parley_config::MessageSettings, data_dir: &std::path::Path) -> Lim
         conversation_rate: Rate { per_sec: m.conversation_rate_per_sec, burst: m.conversation_burst },
         uploads_dir: data_dir.join("uploads"),
         max_upload_bytes: m.max_upload_bytes,
+        contact_policy: match m.contact_policy {
+            parley_config::ContactPolicy::Open => ContactPolicy::Open,
+            parley_config::ContactPolicy::Contacts => ContactPolicy::Contacts,
+            parley_config::ContactPolicy::Consulted => ContactPolicy::Consulted,
+        },
     }
 }
 

@@ -203,11 +203,15 @@ async fn operations_endpoints_report_health_readiness_and_the_api(backend: Backe
         "/v1/auth/refresh",
         "/v1/conversations",
         "/v1/conversations/{id}/messages",
+        "/v1/consultations",
+        "/v1/consultations/{id}/accept",
+        "/v1/consultations/{id}/close",
         "/readyz",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
     assert!(doc["components"]["schemas"].get("Message").is_some());
+    assert!(doc["components"]["schemas"].get("Consultation").is_some());
     app.running().store.close().await;
     let (status, unready) = app.get("/readyz", None).await;
     assert_eq!((status, unready["status"].as_str()), (503, Some("unready")));

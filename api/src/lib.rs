@@ -1,4 +1,4 @@
-//! The HTTP API (axum): accounts, conversations and history, operations
+//! The HTTP API (axum): accounts, consultations, conversations and history, operations
 //! endpoints and the OpenAPI document. Every route returns JSON, errors included.
 
 pub mod cookies;
@@ -53,7 +53,8 @@ pub fn router(state: AppState) -> Router {
     use axum::routing::patch;
     use axum::routing::put;
     use routes::{
-        auth, contacts, conversations, devices, identifiers, institutions, members, messages, ops, sync, uploads, users,
+        auth, consultations, contacts, conversations, devices, identifiers, institutions, members, messages, ops, sync,
+        uploads, users,
     };
     let upload_limit = state.domain.limits().max_upload_bytes;
     Router::new()
@@ -100,6 +101,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/contacts/{user_id}", axum::routing::delete(contacts::remove))
         .route("/v1/contacts/{user_id}/accept", post(contacts::accept))
         .route("/v1/contacts/{user_id}/decline", post(contacts::decline))
+        .route("/v1/consultations", get(consultations::list).post(consultations::request))
+        .route("/v1/consultations/{id}", get(consultations::get))
+        .route("/v1/consultations/{id}/accept", post(consultations::accept))
+        .route("/v1/consultations/{id}/close", post(consultations::close))
         .route("/v1/conversations", get(conversations::list).post(conversations::create))
         .route("/v1/conversations/{id}", get(conversations::get).patch(conversations::rename))
         .route("/v1/conversations/{id}/members", post(members::add))

@@ -4,12 +4,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    auth, contacts, conversations, devices, identifiers, institutions, members, messages, ops, sync, uploads, users,
+    auth, consultations, contacts, conversations, devices, identifiers, institutions, members, messages, ops, sync,
+    uploads, users,
 };
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Parley HTTP API", description = "Accounts, profiles, institutions, kiosk devices, contacts, conversations and history. Devices talk MQTT; see docs/protocol.md. Browsers may sign in with cookies (`cookie: true` at login) and then send `X-CSRF-Token` on unsafe requests."),
+    info(title = "Parley HTTP API", description = "Accounts, profiles, institutions, kiosk devices, contacts, consultations, conversations and history. Devices talk MQTT; see docs/protocol.md. Browsers may sign in with cookies (`cookie: true` at login) and then send `X-CSRF-Token` on unsafe requests."),
     paths(
         auth::register, auth::verify, auth::resend, auth::login, auth::refresh, auth::forgot, auth::reset,
         auth::change_password, auth::logout, auth::logout_all, auth::sessions, auth::end_session,
@@ -21,6 +22,7 @@ use crate::routes::{
         institutions::add_member, institutions::set_member_role, institutions::remove_member, institutions::act,
         devices::provision, devices::list, devices::get, devices::update, devices::renew_secret, devices::retire,
         contacts::list, contacts::requests, contacts::request, contacts::accept, contacts::decline, contacts::remove,
+        consultations::request, consultations::list, consultations::get, consultations::accept, consultations::close,
         conversations::list, conversations::create, conversations::get, conversations::rename, conversations::settings,
         members::add, members::remove, members::set_role,
         messages::history, messages::mark_read,

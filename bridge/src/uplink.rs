@@ -70,7 +70,8 @@ pub async fn handle_uplink(domain: &Domain, topic: &str, payload: &[u8]) -> Vec<
         }
         topics::PRESENCE => {
             let update = decode_or_refuse!(sender, payload, PresenceUpdate);
-            answer(sender, None, domain.set_status(sender, &update.status).await)
+            let result = domain.set_presence(sender, update.status.as_deref(), update.availability.as_deref()).await;
+            answer(sender, update.id, result)
         }
         topics::EDIT => {
             let edit = decode_or_refuse!(sender, payload, EditMessage);

@@ -147,6 +147,22 @@ pub struct MessageSettings {
     pub conversation_burst: u32,
     /// Largest file accepted by `POST /v1/uploads`, in bytes.
     pub max_upload_bytes: usize,
+    /// Who may start 1:1 conversations, write in them and add whom to groups.
+    pub contact_policy: ContactPolicy,
+}
+
+/// `messages.contact_policy`. Admins may reach anyone under every policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContactPolicy {
+    /// Anyone may reach anyone.
+    #[default]
+    Open,
+    /// Only accepted contacts reach each other.
+    Contacts,
+    /// Users reach the providers and institutions they have an open consultation
+    /// with; those reach the users who consulted them, and each other.
+    Consulted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +270,7 @@ impl Default for MessageSettings {
             conversation_rate_per_sec: 50,
             conversation_burst: 500,
             max_upload_bytes: 25 * 1024 * 1024,
+            contact_policy: ContactPolicy::Open,
         }
     }
 }

@@ -55,3 +55,18 @@ fn the_example_file_lists_exactly_the_defaults() {
     let loaded = Settings::load(Some(&path)).expect("example parses");
     assert_eq!(loaded.to_string(), Settings::default().to_string());
 }
+
+#[test]
+fn the_contact_policy_is_one_of_three_names() {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    writeln!(file, "[messages]\ncontact_policy = \"consulted\"").expect("write");
+    let s = Settings::load(Some(file.path())).expect("settings load");
+    assert_eq!(s.messages.contact_policy, ContactPolicy::Consulted);
+    assert_eq!(Settings::default().messages.contact_policy, ContactPolicy::Open);
+
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    writeln!(file, "[messages]\ncontact_policy = \"friends\"").expect("write");
+    let err = Settings::load(Some(file.path())).expect_err("an unknown policy must be refused").to_string();
+    assert!(err.contains("friends") && err.contains("contact_policy"), "{err}");
+    assert!(err.contains("open") && err.contains("contacts") && err.contains("consulted"), "{err}");
+}

@@ -85,6 +85,7 @@ impl Domain {
                     ));
                 };
                 self.require_user(*other).await?;
+                self.require_reach(caller, *other, "unknown_member").await?;
                 let id = self.store().ensure_direct(caller, *other, now_ms()).await?;
                 Ok((self.conversation(caller, id).await?, Vec::new()))
             }
@@ -95,6 +96,7 @@ impl Domain {
                         format!("a group has at most {MAX_GROUP_MEMBERS} members"),
                     ));
                 }
+                self.require_reach_all(caller, &members, "unknown_member").await?;
                 let group = NewGroup {
                     id: ConversationId::new(),
                     title,
@@ -157,6 +159,7 @@ impl Domain {
         let role = role.unwrap_or_else(|| "member".into());
         check_assignable(&role, &caller_role)?;
         self.require_user(user).await?;
+        self.require_reach(caller, user, "unknown_member").await?;
         if self.store().members_of(id).await?.len() >= MAX_GROUP_MEMBERS {
             return Err(DomainError::invalid(
                 "too_many_members",

@@ -5,6 +5,7 @@
 //! the members, the profile and the institution's kiosk devices.
 
 use parley_store::{InstitutionMember, MemberChange, NewUser, ProfileChange, StoreError, UserRecord};
+use parley_wire::payloads::Outgoing;
 use parley_wire::{Role, UserId};
 use uuid::Uuid;
 
@@ -81,7 +82,7 @@ impl Domain {
         tracing::info!(institution_id = %account.id, "institution created");
         if bio.is_some() {
             let change = ProfileChange { bio: Some(bio), ..Default::default() };
-            return self.update_profile(account.id, change).await;
+            return Ok(self.update_profile(account.id, change).await?.0);
         }
         self.user(account.id).await
     }
@@ -230,13 +231,13 @@ impl Domain {
     }
 
     /// Changes the institution's profile (owners and admins). The photo may be an
-    /// image the editing member uploaded.
+    /// image the editing member uploaded. A change of availability is announced.
     pub async fn update_institution(
         &self,
         caller: UserId,
         institution: UserId,
         change: ProfileChange,
-    ) -> Result<UserRecord, DomainError> {
+    ) -> Result<(UserRecord, Vec<Outgoing>), DomainError> {
         self.institution_rank(institution, caller, "admin").await?;
         let account = self.institution(institution).await?;
         self.apply_profile_change(&account, caller, change).await

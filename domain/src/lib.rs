@@ -4,6 +4,7 @@
 
 mod accounts;
 mod codes;
+mod consultations;
 mod contacts;
 mod conversations;
 mod delivery;
@@ -14,6 +15,7 @@ mod identifiers;
 mod institutions;
 mod keys;
 mod messaging;
+mod policy;
 mod presence;
 mod profiles;
 mod ratelimit;
@@ -39,6 +41,7 @@ pub use institutions::NewInstitution;
 pub use keys::load_or_create_signing_key;
 pub use messaging::{message_outgoing, HistoryQuery, MAX_CLIENT_ID_LEN};
 pub use parley_store::UserRecord as StoreUser;
+pub use parley_store::{ConsultationCursor, ConsultationRecord, ConsultationStatus};
 pub use parley_store::{ContactRecord, ContactState, Profile, ProfileChange, SessionRecord, UserQuery};
 pub use parley_store::{
     ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, MemberRecord,
@@ -46,6 +49,7 @@ pub use parley_store::{
 };
 pub use parley_store::{DeviceRecord, IdentifierKind, InstitutionMember, Released};
 pub use parley_store::{EditRecord, SearchCursor, SearchHit};
+pub use policy::ContactPolicy;
 pub use profiles::{set_role_by_login, MAX_SEARCH_PAGE};
 pub use receipts::MessageReceipts;
 pub use sessions::{Revoked, Session, SessionsRevoked};
@@ -66,6 +70,8 @@ pub struct Limits {
     /// Where uploaded files are kept, and the largest accepted.
     pub uploads_dir: std::path::PathBuf,
     pub max_upload_bytes: usize,
+    /// Who may reach whom (`messages.contact_policy`).
+    pub contact_policy: policy::ContactPolicy,
 }
 
 impl Default for Limits {
@@ -76,6 +82,7 @@ impl Default for Limits {
             conversation_rate: Rate { per_sec: 50, burst: 500 },
             uploads_dir: std::path::PathBuf::from("parley-data/uploads"),
             max_upload_bytes: 25 * 1024 * 1024,
+            contact_policy: policy::ContactPolicy::Open,
         }
     }
 }

@@ -8,6 +8,7 @@ use parley_store::{
 use parley_wire::payloads::{Event, Outgoing, SendMessage};
 use parley_wire::{topics, ConversationId, UserId};
 
+use crate::policy::ContactPolicy;
 use crate::ratelimit::ConversationKey;
 use crate::{now_ms, Domain, DomainError};
 
@@ -50,6 +51,10 @@ impl Domain {
             }
         };
         let (kind, attachment) = self.check_content(sender, &msg).await?;
+        // The hot path: under `open` the policy costs nothing.
+        if self.limits().contact_policy != ContactPolicy::Open {
+            self.require_reach_for_message(sender, &target).await?;
+        }
         let key = match target {
             Target::Direct(to) => ConversationKey::pair(sender, to),
             Target::Conversation(c) => ConversationKey::Id(c),

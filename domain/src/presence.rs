@@ -1,11 +1,13 @@
 //! Presence: online while any device is connected (the gates report counts),
-//! away when the app says so, offline with a stored last-seen time. Changes reach
+//! away when the app says so, offline with a stored last-seen time; providers and
+//! institutions add their availability. Changes reach the user's contacts and
 //! everyone who shares a conversation with the user, as ephemeral signals.
 
-use parley_store::{PresenceRecord, StoreError};
+use parley_store::{PresenceRecord, ProfileChange, StoreError};
 use parley_wire::payloads::{GatePresence, Outgoing, Presence};
-use parley_wire::{topics, UserId};
+use parley_wire::{topics, Availability, UserId};
 
+use crate::policy::is_professional;
 use crate::{now_ms, Domain, DomainError};
 
 fn view(p: &PresenceRecord) -> Presence {
@@ -14,7 +16,13 @@ fn view(p: &PresenceRecord) -> Presence {
         (true, true) => "away",
         (true, false) => "online",
     };
-    Presence { user_id: p.user_id, status: status.into(), last_seen_at: if p.online { None } else { p.last_seen_at } }
+    Presence {
+        user_id: p.user_id,
+        status: status.into(),
+        last_seen_at: if p.online { None } else { p.last_seen_at },
+        // Only the accounts that may set it show it (a former provider's value stays hidden).
+        availability: if is_professional(p.role) { p.availability } else { None },
+    }
 }
 
 impl Domain {
@@ -41,14 +49,39 @@ impl Domain {
         }
     }
 
-    /// The app says the user is `away` or back `online`.
-    pub async fn set_status(&self, user: UserId, status: &str) -> Result<Vec<Outgoing>, DomainError> {
+    /// The app says the user is `away` or back `online`, and/or (providers and
+    /// institutions) how available it is; one presence signal announces both.
+    pub async fn set_presence(
+        &self,
+        user: UserId,
+        status: Option<&str>,
+        availability: Option<&str>,
+    ) -> Result<Vec<Outgoing>, DomainError> {
         let away = match status {
-            "away" => true,
-            "online" => false,
-            _ => return Err(DomainError::invalid("invalid_status", "status is `away` or `online`")),
+            None => None,
+            Some("away") => Some(true),
+            Some("online") => Some(false),
+            Some(_) => return Err(DomainError::invalid("invalid_status", "status is `away` or `online`")),
         };
-        self.store().set_away(user, away).await?;
+        let availability = availability.map(|a| a.parse::<Availability>()).transpose().map_err(|_| {
+            DomainError::invalid("invalid_availability", "availability is available, busy or unavailable")
+        })?;
+        if away.is_none() && availability.is_none() {
+            return Err(DomainError::invalid("invalid_status", "give `status` (away or online) or `availability`"));
+        }
+        if let Some(a) = availability {
+            if !is_professional(self.user(user).await?.role) {
+                return Err(DomainError::forbidden(
+                    "field_not_allowed",
+                    "availability is for provider and institution accounts",
+                ));
+            }
+            let change = ProfileChange { availability: Some(Some(a)), ..Default::default() };
+            self.store().update_profile(user, &change).await?;
+        }
+        if let Some(away) = away {
+            self.store().set_away(user, away).await?;
+        }
         self.announce(user).await
     }
 
@@ -64,8 +97,8 @@ impl Domain {
         self.presence(&visible).await
     }
 
-    /// `user`'s presence, to everyone sharing a conversation with it and to its own devices.
-    async fn announce(&self, user: UserId) -> Result<Vec<Outgoing>, DomainError> {
+    /// `user`'s presence, to its contacts, everyone sharing a conversation with it and its own devices.
+    pub(crate) async fn announce(&self, user: UserId) -> Result<Vec<Outgoing>, DomainError> {
         let Some(presence) = self.store().presence_of(&[user]).await?.first().map(view) else {
             return Ok(Vec::new());
         };

@@ -3,6 +3,7 @@
 //! Role, verification and rating are never written here.
 
 use parley_store::{ProfileChange, UserQuery, UserRecord};
+use parley_wire::payloads::Outgoing;
 use parley_wire::{Role, UserId};
 
 use crate::{Domain, DomainError};
@@ -40,8 +41,15 @@ impl Domain {
     /// Applies the owner's change to its profile. Provider fields (specialty,
     /// experience, availability) belong to providers; the photo must be an image the
     /// owner uploaded.
+    ///
+    /// A change of availability is announced like any presence change: the returned
+    /// signals go to the owner's contacts and conversation partners.
     #[tracing::instrument(skip_all, fields(user_id = %user))]
-    pub async fn update_profile(&self, user: UserId, change: ProfileChange) -> Result<UserRecord, DomainError> {
+    pub async fn update_profile(
+        &self,
+        user: UserId,
+        change: ProfileChange,
+    ) -> Result<(UserRecord, Vec<Outgoing>), DomainError> {
         let account = self.user(user).await?;
         self.apply_profile_change(&account, user, change).await
     }
@@ -53,7 +61,7 @@ impl Domain {
         account: &UserRecord,
         uploader: UserId,
         change: ProfileChange,
-    ) -> Result<UserRecord, DomainError> {
+    ) -> Result<(UserRecord, Vec<Outgoing>), DomainError> {
         let user = account.id;
         let provider_field = change.specialty.is_some() || change.experience_years.is_some();
         let availability = change.availability.is_some();
@@ -92,8 +100,17 @@ impl Domain {
             specialty: cleaned("specialty", change.specialty, 64)?,
             ..change
         };
-        let updated = self.store().update_profile(user, &change).await?;
-        updated.ok_or_else(|| DomainError::not_found("user_not_found", "no such user"))
+        let updated = self
+            .store()
+            .update_profile(user, &change)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user_not_found", "no such user"))?;
+        let announced = if updated.profile.availability != account.profile.availability {
+            self.announce(user).await?
+        } else {
+            Vec::new()
+        };
+        Ok((updated, announced))
     }
 
     /// Another account as any signed-in user may see it (`user_not_found` for devices).

@@ -55,7 +55,7 @@ pub enum ListView {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConversationFilter {
     pub view: ListView,
-    /// Matches the title or another member's username or display name (case-insensitive).
+    /// Matches the title or another member's username, display name or specialty (case-insensitive).
     pub query: Option<String>,
 }
 
@@ -105,6 +105,48 @@ pub(crate) fn direct_key(a: UserId, b: UserId) -> String {
     format!("{lo}:{hi}")
 }
 
+/// The id (a `Uuid`) of the 1:1 conversation between `$a` and `$b` (`UserId`s), created
+/// empty inside transaction `$tx` when it does not exist yet.
+macro_rules! ensure_direct_in {
+    ($tx:expr, $a:expr, $b:expr, $now:expr) => {{
+        let (a, b, now): (UserId, UserId, i64) = ($a, $b, $now);
+        let key = $crate::conversations::direct_key(a, b);
+        let created = sqlx::query(
+            "INSERT INTO conversations (id, kind, direct_key, audience, created_by, last_seq, created_at) \
+             VALUES ($1, 'direct', $2, 'user_user', $3, 0, $4) ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&key)
+        .bind(a.0)
+        .bind(now)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        match created {
+            Some(row) => {
+                let id: Uuid = row.try_get("id")?;
+                sqlx::query(
+                    "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at) \
+                     VALUES ($1, $2, 'member', $3), ($1, $4, 'member', $3)",
+                )
+                .bind(id)
+                .bind(a.0)
+                .bind(now)
+                .bind(b.0)
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| StoreError::classify(e, &[]))?;
+                id
+            }
+            None => sqlx::query("SELECT id FROM conversations WHERE direct_key = $1")
+                .bind(&key)
+                .fetch_one(&mut *$tx)
+                .await?
+                .try_get::<Uuid, _>("id")?,
+        }
+    }};
+}
+pub(crate) use ensure_direct_in;
+
 impl Store {
     /// Creates a group whose creator is its owner and the others plain members.
     /// An unknown member is `StoreError::MissingReference`; nothing is created then.
@@ -143,43 +185,27 @@ impl Store {
     /// The 1:1 conversation between `a` and `b`, created (empty) if needed.
     #[tracing::instrument(skip_all)]
     pub async fn ensure_direct(&self, a: UserId, b: UserId, now_ms: i64) -> Result<ConversationId, StoreError> {
-        let key = direct_key(a, b);
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let created = sqlx::query(
-                "INSERT INTO conversations (id, kind, direct_key, audience, created_by, last_seq, created_at) \
-                 VALUES ($1, 'direct', $2, 'user_user', $3, 0, $4) ON CONFLICT (direct_key) DO NOTHING RETURNING id",
-            )
-            .bind(Uuid::now_v7())
-            .bind(&key)
-            .bind(a.0)
-            .bind(now_ms)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let id = match created {
-                Some(row) => {
-                    let id: Uuid = row.try_get("id")?;
-                    sqlx::query(
-                        "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at) \
-                         VALUES ($1, $2, 'member', $3), ($1, $4, 'member', $3)",
-                    )
-                    .bind(id)
-                    .bind(a.0)
-                    .bind(now_ms)
-                    .bind(b.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| StoreError::classify(e, &[]))?;
-                    id
-                }
-                None => sqlx::query("SELECT id FROM conversations WHERE direct_key = $1")
-                    .bind(&key)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("id")?,
-            };
+            let id = ensure_direct_in!(tx, a, b, now_ms);
             tx.commit().await?;
             Ok(ConversationId(id))
+        })
+    }
+
+    /// The 1:1 conversation between `a` and `b`, if there is one.
+    #[tracing::instrument(skip_all)]
+    pub async fn direct_between(&self, a: UserId, b: UserId) -> Result<Option<ConversationId>, StoreError> {
+        let key = direct_key(a, b);
+        on_pool!(self, |pool| {
+            let row = sqlx::query("SELECT id FROM conversations WHERE direct_key = $1")
+                .bind(&key)
+                .fetch_optional(pool)
+                .await?;
+            Ok(match row {
+                Some(row) => Some(ConversationId(row.try_get::<Uuid, _>("id")?)),
+                None => None,
+            })
         })
     }
 
@@ -229,12 +255,13 @@ impl Store {
                  AND u.seq > cm.last_read_seq AND u.sender_id <> cm.user_id)"
             }
         };
-        // A title or another member's username or display name containing the query.
+        // A title or another member's username, display name or specialty containing the query.
         let search = if filter.query.is_some() {
             "AND (LOWER(COALESCE(c.title, '')) LIKE $5 ESCAPE '\\' OR EXISTS (SELECT 1 FROM conversation_members o \
              JOIN users ou ON ou.id = o.user_id WHERE o.conversation_id = c.id AND o.user_id <> cm.user_id \
              AND (LOWER(COALESCE(ou.username, '')) LIKE $5 ESCAPE '\\' \
-                  OR LOWER(COALESCE(ou.display_name, '')) LIKE $5 ESCAPE '\\')))"
+                  OR LOWER(COALESCE(ou.display_name, '')) LIKE $5 ESCAPE '\\' \
+                  OR LOWER(COALESCE(ou.specialty, '')) LIKE $5 ESCAPE '\\')))"
         } else {
             ""
         };

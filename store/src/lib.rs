@@ -6,6 +6,7 @@
 
 mod backend;
 mod codes;
+mod consultations;
 mod contacts;
 mod conversations;
 mod devices;
@@ -27,6 +28,10 @@ pub mod testing;
 
 pub use backend::Store;
 pub use codes::{Attempt, Issue, NewCode, SendLimits};
+pub use consultations::{
+    ConsultationChange, ConsultationCursor, ConsultationRecord, ConsultationStanding, ConsultationStatus,
+    NewConsultation,
+};
 pub use contacts::{ContactChange, ContactEvent, ContactRecord, ContactState};
 pub use conversations::{
     ConversationCursor, ConversationFilter, ConversationRecord, ConversationSummary, ListView, NewGroup,

@@ -1,6 +1,6 @@
 //! Presence: devices connected per user and gate, "away", and last seen.
 
-use parley_wire::UserId;
+use parley_wire::{Availability, Role, UserId};
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
@@ -15,6 +15,10 @@ pub struct PresenceRecord {
     pub online: bool,
     pub away: bool,
     pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The account's role, so the domain can tell whose availability to show.
+    pub role: Role,
+    /// What a provider or institution said about taking new conversations.
+    pub availability: Option<Availability>,
 }
 
 const TOTAL: &str = "SELECT CAST(COALESCE(SUM(devices), 0) AS BIGINT) AS n FROM user_presence WHERE user_id = $1";
@@ -107,7 +111,7 @@ impl Store {
         }
         on_pool!(self, |pool| {
             let mut query = QueryBuilder::new(
-                "SELECT u.id, u.away, u.last_seen_at, \
+                "SELECT u.id, u.away, u.last_seen_at, u.role, u.availability, \
                         (SELECT CAST(COALESCE(SUM(p.devices), 0) AS BIGINT) FROM user_presence p WHERE p.user_id = u.id) AS devices \
                  FROM users u WHERE u.id IN (",
             );
@@ -123,6 +127,11 @@ impl Store {
                     online: row.try_get::<i64, _>("devices")? > 0,
                     away: row.try_get("away")?,
                     last_seen_at: row.try_get::<Option<i64>, _>("last_seen_at")?.map(time_from_ms),
+                    role: row.try_get::<String, _>("role")?.parse().map_err(|_| StoreError::Corrupt("users.role"))?,
+                    availability: match row.try_get::<Option<String>, _>("availability")? {
+                        Some(a) => Some(a.parse().map_err(|_| StoreError::Corrupt("users.availability"))?),
+                        None => None,
+                    },
                 });
             }
             Ok(out)

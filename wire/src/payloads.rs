@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{ConversationId, MessageId, UserId};
+use crate::{Availability, ConversationId, MessageId, UserId};
 
 /// `from/{uid}/msg`: a device sends a message, either to a user (`to`, the 1:1
 /// conversation) or into a conversation it belongs to (`conversation_id`). `id` is
@@ -293,11 +293,19 @@ pub struct Typing {
     pub expires_in: u64,
 }
 
-/// `from/{uid}/presence`: the app says the user stepped away or is back.
+/// `from/{uid}/presence`: the app says the user stepped away or is back, and/or (providers
+/// and institutions) whether it takes new conversations. At least one field is given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceUpdate {
+    /// Echoed in errors, if given.
+    #[serde(default)]
+    pub id: Option<String>,
     /// `away` or `online`.
-    pub status: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    /// `available`, `busy` or `unavailable` (provider and institution accounts only).
+    #[serde(default)]
+    pub availability: Option<String>,
 }
 
 /// `to/{uid}/presence` (QoS 0) and the HTTP presence of a user.
@@ -309,6 +317,31 @@ pub struct Presence {
     pub status: String,
     /// When the last device went away (absent while online or never seen).
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// Providers and institutions that set one: whether they take new conversations.
+    /// Absent for everyone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<Availability>,
+}
+
+/// A consultation between a user and a provider (or institution), as the HTTP API
+/// answers it and as the `consultation` event (`to/{uid}/consultation`) carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Consultation {
+    pub id: uuid::Uuid,
+    /// The user who asked for it.
+    pub user_id: UserId,
+    /// The provider or institution consulted.
+    pub provider_id: UserId,
+    /// `requested`, `open` or `closed`.
+    pub status: String,
+    /// What the user wrote when asking.
+    pub note: Option<String>,
+    /// The two parties' 1:1 conversation (context `consultation`), once it opened.
+    pub conversation_id: Option<ConversationId>,
+    pub created_at: DateTime<Utc>,
+    pub opened_at: Option<DateTime<Utc>>,
+    pub closed_at: Option<DateTime<Utc>>,
 }
 
 /// What a gate tells the bridges on `sys/presence/{gate}`: how many devices of a

@@ -46,6 +46,7 @@ pub const TYPING: &str = "typing";
 pub const PRESENCE: &str = "presence";
 pub const SETTINGS: &str = "settings";
 pub const CONTACT: &str = "contact";
+pub const CONSULTATION: &str = "consultation";
 /// Sign-in changes for the gates: revoked sessions whose devices must go. Never
 /// delivered to devices (the gate consumes it).
 pub const SESSION: &str = "session";

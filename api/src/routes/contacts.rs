@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use parley_domain::ContactState;
-use parley_wire::UserId;
+use parley_wire::{Availability, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -40,6 +40,9 @@ pub struct ContactView {
     pub status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// Contacts that are providers or institutions: `available`, `busy` or `unavailable`, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub availability: Option<Availability>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -146,6 +149,7 @@ async fn listing(state: &AppState, user: UserId, requests: bool) -> Result<Json<
             since: record.since,
             status: seen.map(|p| p.status.clone()),
             last_seen_at: seen.and_then(|p| p.last_seen_at),
+            availability: seen.and_then(|p| p.availability),
         });
     }
     Ok(Json(ContactList { contacts }))

@@ -8,7 +8,7 @@ use parley_domain::{
     MemberRecord, MemberSettings, NewConversation,
 };
 use parley_wire::payloads::{Message, SettingsUpdate};
-use parley_wire::{ConversationId, Right, UserId};
+use parley_wire::{Availability, ConversationId, Right, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -24,7 +24,7 @@ pub struct ListParams {
     pub cursor: Option<String>,
     /// `all` (not archived; default), `unread`, `pinned`, `archived` or `favourites`.
     pub filter: Option<String>,
-    /// Text in the title or in another member's username or display name.
+    /// Text in the title or in another member's username, display name or specialty.
     pub q: Option<String>,
 }
 
@@ -43,6 +43,9 @@ pub struct MemberView {
     pub status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// Providers and institutions (conversation details only): their availability, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub availability: Option<Availability>,
 }
 
 impl From<MemberRecord> for MemberView {
@@ -55,6 +58,7 @@ impl From<MemberRecord> for MemberView {
             last_read_seq: m.last_read_seq,
             status: None,
             last_seen_at: None,
+            availability: None,
         }
     }
 }
@@ -263,6 +267,7 @@ pub async fn get(
         if let Some(m) = view.members.iter_mut().find(|m| m.user_id == p.user_id) {
             m.status = Some(p.status);
             m.last_seen_at = p.last_seen_at;
+            m.availability = p.availability;
         }
     }
     Ok(Json(view))

@@ -108,7 +108,9 @@ pub async fn update(
     Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<PublicUser>, ApiError> {
     let change = profile_change(signed_in.user, body)?;
-    Ok(Json(state.domain.update_institution(signed_in.user, id, change).await?.into()))
+    let (updated, announced) = state.domain.update_institution(signed_in.user, id, change).await?;
+    state.publish(announced).await;
+    Ok(Json(updated.into()))
 }
 
 /// The members (members only).

@@ -1,6 +1,7 @@
 //! HTTP routes, one module per area.
 
 pub mod auth;
+pub mod consultations;
 pub mod contacts;
 pub mod conversations;
 pub mod devices;

@@ -160,7 +160,9 @@ pub async fn update_me(
     Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<MeView>, ApiError> {
     let change = profile_change(signed_in.user, body)?;
-    Ok(Json(state.domain.update_profile(signed_in.user, change).await?.into()))
+    let (updated, announced) = state.domain.update_profile(signed_in.user, change).await?;
+    state.publish(announced).await;
+    Ok(Json(updated.into()))
 }
 
 /// A profile update as sent (a JSON object), refusing protected fields before anything else.
