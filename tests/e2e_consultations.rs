@@ -18,6 +18,9 @@ fn code(body: &Value) -> &str {
 }
 
 async fn provider(app: &TestApp, username: &str, role: &str) -> TestUser {
+    if role == "institution" {
+        return institution(app, username).await;
+    }
     let password = format!("pw-{username}-long-enough");
     let (status, body) =
         app.post("/v1/auth/register", json!({"username": username, "password": password, "role": "provider"})).await;
@@ -27,6 +30,25 @@ async fn provider(app: &TestApp, username: &str, role: &str) -> TestUser {
         parley::app::set_role(&app.settings, username, role, true).await.expect("set role");
     }
     app.login(username, &password).await
+}
+
+/// An institution, used through a sign-in its owner opens for it.
+async fn institution(app: &TestApp, username: &str) -> TestUser {
+    let owner = app.user(&format!("{username}_owner")).await;
+    let body = json!({"username": username, "display_name": username});
+    let (status, created) = app.send(Method::POST, "/v1/institutions", &owner, Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id");
+    let (status, tokens) = app.send(Method::POST, &format!("/v1/institutions/{id}/sessions"), &owner, None).await;
+    assert_eq!(status, 200, "{tokens}");
+    TestUser {
+        id: id.to_string(),
+        login: username.to_string(),
+        password: String::new(),
+        access_token: tokens["access_token"].as_str().expect("access").to_string(),
+        refresh_token: tokens["refresh_token"].as_str().expect("refresh").to_string(),
+        session_id: tokens["session_id"].as_str().expect("sid").to_string(),
+    }
 }
 
 /// The next `consultation` event on `device` (of `user`).
