@@ -7,7 +7,7 @@ use parley_domain::IdentifierKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::extract::{Client, Holder, Json};
+use crate::extract::{Client, Holder, Json, Path};
 use crate::routes::users::MeView;
 use crate::{ApiError, AppState, ErrorResponse};
 
@@ -41,6 +41,23 @@ pub struct RemoveRequest {
     pub password: String,
 }
 
+/// Which identifier a route changes.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Email,
+    Phone,
+}
+
+impl From<Kind> for IdentifierKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Email => IdentifierKind::Email,
+            Kind::Phone => IdentifierKind::Phone,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsernameRequest {
@@ -48,106 +65,57 @@ pub struct UsernameRequest {
     pub username: Option<String>,
 }
 
-async fn request(
-    state: &AppState,
+/// Start changing the email or phone: a code goes to the new one; the account
+/// keeps the old one until the code comes back.
+#[utoipa::path(post, path = "/v1/me/{kind}", tag = "profiles", params(("kind" = Kind, Path)), request_body = ChangeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = CodeSent),
+        (status = 401, description = "invalid_credentials (the password)", body = ErrorResponse),
+        (status = 409, description = "identifier_taken", body = ErrorResponse),
+        (status = 422, description = "invalid_email, invalid_phone, identifier_unchanged, channel_unavailable", body = ErrorResponse),
+        (status = 429, description = "too_many_codes, too_many_attempts", body = ErrorResponse),
+    ))]
+pub async fn change(
+    State(state): State<AppState>,
     Holder(signed_in): Holder,
-    client: &parley_domain::ClientInfo,
-    kind: IdentifierKind,
-    req: ChangeRequest,
+    Client(client): Client,
+    Path(kind): Path<Kind>,
+    Json(req): Json<ChangeRequest>,
 ) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
-    let sent_to =
-        state.domain.request_identifier_change(signed_in.user, kind, &req.value, req.password, client).await?;
+    let user = signed_in.user;
+    let sent_to = state.domain.request_identifier_change(user, kind.into(), &req.value, req.password, &client).await?;
     Ok((StatusCode::ACCEPTED, Json(CodeSent { sent_to })))
 }
 
-/// Start changing the email: a code goes to the new address.
-#[utoipa::path(post, path = "/v1/me/email", tag = "profiles", request_body = ChangeRequest, security(("bearer" = [])),
-    responses(
-        (status = 202, body = CodeSent),
-        (status = 401, description = "invalid_credentials (the password)", body = ErrorResponse),
-        (status = 409, description = "identifier_taken", body = ErrorResponse),
-        (status = 422, description = "invalid_email, identifier_unchanged, channel_unavailable", body = ErrorResponse),
-        (status = 429, description = "too_many_codes, too_many_attempts", body = ErrorResponse),
-    ))]
-pub async fn change_email(
-    State(state): State<AppState>,
-    holder: Holder,
-    Client(client): Client,
-    Json(req): Json<ChangeRequest>,
-) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
-    request(&state, holder, &client, IdentifierKind::Email, req).await
-}
-
-/// Start changing the phone: a code goes to the new number.
-#[utoipa::path(post, path = "/v1/me/phone", tag = "profiles", request_body = ChangeRequest, security(("bearer" = [])),
-    responses(
-        (status = 202, body = CodeSent),
-        (status = 401, description = "invalid_credentials (the password)", body = ErrorResponse),
-        (status = 409, description = "identifier_taken", body = ErrorResponse),
-        (status = 422, description = "invalid_phone, identifier_unchanged, channel_unavailable", body = ErrorResponse),
-        (status = 429, description = "too_many_codes, too_many_attempts", body = ErrorResponse),
-    ))]
-pub async fn change_phone(
-    State(state): State<AppState>,
-    holder: Holder,
-    Client(client): Client,
-    Json(req): Json<ChangeRequest>,
-) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
-    request(&state, holder, &client, IdentifierKind::Phone, req).await
-}
-
-/// Confirm the new email with its code; it replaces the old one.
-#[utoipa::path(post, path = "/v1/me/email/verify", tag = "profiles", request_body = ConfirmRequest, security(("bearer" = [])),
+/// Confirm the new email or phone with its code; it replaces the old one, proven.
+#[utoipa::path(post, path = "/v1/me/{kind}/verify", tag = "profiles", params(("kind" = Kind, Path)),
+    request_body = ConfirmRequest, security(("bearer" = [])),
     responses((status = 200, body = MeView), (status = 409, description = "identifier_taken", body = ErrorResponse),
         (status = 422, description = "invalid_code", body = ErrorResponse)))]
-pub async fn confirm_email(
+pub async fn confirm(
     State(state): State<AppState>,
     Holder(signed_in): Holder,
+    Path(kind): Path<Kind>,
     Json(req): Json<ConfirmRequest>,
 ) -> Result<Json<MeView>, ApiError> {
     let user = signed_in.user;
-    Ok(Json(state.domain.confirm_identifier_change(user, IdentifierKind::Email, &req.value, &req.code).await?.into()))
+    Ok(Json(state.domain.confirm_identifier_change(user, kind.into(), &req.value, &req.code).await?.into()))
 }
 
-/// Confirm the new phone with its code; it replaces the old one.
-#[utoipa::path(post, path = "/v1/me/phone/verify", tag = "profiles", request_body = ConfirmRequest, security(("bearer" = [])),
-    responses((status = 200, body = MeView), (status = 409, description = "identifier_taken", body = ErrorResponse),
-        (status = 422, description = "invalid_code", body = ErrorResponse)))]
-pub async fn confirm_phone(
-    State(state): State<AppState>,
-    Holder(signed_in): Holder,
-    Json(req): Json<ConfirmRequest>,
-) -> Result<Json<MeView>, ApiError> {
-    let user = signed_in.user;
-    Ok(Json(state.domain.confirm_identifier_change(user, IdentifierKind::Phone, &req.value, &req.code).await?.into()))
-}
-
-/// Remove the email (a username or proven phone must remain).
-#[utoipa::path(delete, path = "/v1/me/email", tag = "profiles", request_body = RemoveRequest, security(("bearer" = [])),
+/// Remove the email or phone (a username or another proven identifier must remain).
+#[utoipa::path(delete, path = "/v1/me/{kind}", tag = "profiles", params(("kind" = Kind, Path)), request_body = RemoveRequest,
+    security(("bearer" = [])),
     responses((status = 200, body = MeView), (status = 401, description = "invalid_credentials", body = ErrorResponse),
         (status = 409, description = "last_identifier", body = ErrorResponse)))]
-pub async fn remove_email(
+pub async fn remove(
     State(state): State<AppState>,
     Holder(signed_in): Holder,
     Client(client): Client,
+    Path(kind): Path<Kind>,
     Json(req): Json<RemoveRequest>,
 ) -> Result<Json<MeView>, ApiError> {
-    let user = signed_in.user;
-    Ok(Json(state.domain.remove_identifier(user, IdentifierKind::Email, req.password, &client).await?.into()))
-}
-
-/// Remove the phone (a username or proven email must remain).
-#[utoipa::path(delete, path = "/v1/me/phone", tag = "profiles", request_body = RemoveRequest, security(("bearer" = [])),
-    responses((status = 200, body = MeView), (status = 401, description = "invalid_credentials", body = ErrorResponse),
-        (status = 409, description = "last_identifier", body = ErrorResponse)))]
-pub async fn remove_phone(
-    State(state): State<AppState>,
-    Holder(signed_in): Holder,
-    Client(client): Client,
-    Json(req): Json<RemoveRequest>,
-) -> Result<Json<MeView>, ApiError> {
-    let user = signed_in.user;
-    Ok(Json(state.domain.remove_identifier(user, IdentifierKind::Phone, req.password, &client).await?.into()))
+    Ok(Json(state.domain.remove_identifier(signed_in.user, kind.into(), req.password, &client).await?.into()))
 }
 
 /// Set or remove the username.
