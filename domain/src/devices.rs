@@ -233,17 +233,14 @@ impl Domain {
     #[tracing::instrument(skip_all)]
     pub async fn device_token(
         &self,
-        device: &str,
+        device: UserId,
         secret: &str,
         client: &ClientInfo,
     ) -> Result<DeviceToken, DomainError> {
         let refused = || DomainError::unauthorized("invalid_credentials", "device id or secret is wrong");
-        let key = format!("device:{}", device.trim());
+        let key = format!("device:{device}");
         self.check_login_throttle(&key, client).await?;
-        let record = match device.trim().parse::<UserId>() {
-            Ok(id) => self.store().device(id).await?,
-            Err(_) => None,
-        };
+        let record = self.store().device(device).await?;
         let matches = record.as_ref().is_some_and(|d| constant_time_eq(&hash_secret(secret), &d.secret_hash));
         let Some(record) = record.filter(|_| matches) else {
             self.store().record_login_failure(&key, client.addr_key(), now_ms()).await?;

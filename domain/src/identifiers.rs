@@ -116,14 +116,9 @@ impl Domain {
     }
 
     /// Sets or (with `None`) removes the username.
-    pub async fn set_username(
-        &self,
-        user: UserId,
-        username: Option<&str>,
-        client: &ClientInfo,
-    ) -> Result<UserRecord, DomainError> {
+    pub async fn set_username(&self, user: UserId, username: Option<&str>) -> Result<UserRecord, DomainError> {
         let username = username.map(normalize_username).transpose()?;
-        self.reauthenticate(user, None, client).await?;
+        self.reauthenticate(user, None, &ClientInfo::default()).await?;
         match self.store().set_identifier(user, Identifier::Username, username.as_deref(), now_ms()).await {
             Ok(change) => changed(change)?,
             Err(StoreError::Conflict(_)) => return Err(taken()),

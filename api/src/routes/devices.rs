@@ -204,7 +204,7 @@ pub async fn token(
     Client(client): Client,
     Json(req): Json<DeviceTokenRequest>,
 ) -> Result<Json<DeviceTokenResponse>, ApiError> {
-    let token = state.domain.device_token(&req.device_id.to_string(), &req.secret, &client).await?;
+    let token = state.domain.device_token(req.device_id, &req.secret, &client).await?;
     Ok(Json(DeviceTokenResponse {
         access_token: token.access_token,
         token_type: "Bearer",

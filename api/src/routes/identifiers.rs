@@ -125,8 +125,7 @@ pub async fn remove(
 pub async fn set_username(
     State(state): State<AppState>,
     Holder(signed_in): Holder,
-    Client(client): Client,
     Json(req): Json<UsernameRequest>,
 ) -> Result<Json<MeView>, ApiError> {
-    Ok(Json(state.domain.set_username(signed_in.user, req.username.as_deref(), &client).await?.into()))
+    Ok(Json(state.domain.set_username(signed_in.user, req.username.as_deref()).await?.into()))
 }
