@@ -134,9 +134,9 @@ async fn kiosks_exchange_their_secret_for_tokens_limited_to_their_rights(backend
     );
     assert!(cat_phone.nothing_on(&format!("to/{}/typing", cat.id), Duration::from_millis(300)).await);
     // Receipts are: Cat's message is marked read by the kiosk.
-    let (status, _) =
+    let (status, read) =
         app.send(Method::POST, &format!("/v1/conversations/{group}/read"), &device, Some(json!({"seq": 2}))).await;
-    assert_eq!(status, 200);
+    assert_eq!((status, read["unread"].as_i64()), (200, Some(0)), "{read}");
     let (status, _) = app.send(Method::GET, &format!("/v1/conversations/{group}/messages"), &device, None).await;
     assert_eq!(status, 200, "reading is always allowed");
     assert_eq!(app.message_rows().await, 2, "the group notice and the kiosk's one message");

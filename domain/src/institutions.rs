@@ -168,7 +168,8 @@ impl Domain {
             }
             None => return Err(DomainError::not_found("user_not_found", "no such user")),
         };
-        match self.store().add_institution_member(institution, user, role, caller, now_ms()).await {
+        let now = now_ms();
+        match self.store().add_institution_member(institution, user, role, caller, now).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
                 return Err(DomainError::conflict("already_member", "that account is already a member"))
@@ -176,8 +177,8 @@ impl Domain {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(institution_id = %institution, member = %user, role, "institution member added");
-        let member = self.store().institution_members(institution).await?.into_iter().find(|m| m.user == user);
-        Ok((member.ok_or_else(not_member)?, account))
+        let added_at = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
+        Ok((InstitutionMember { institution, user, role: role.to_string(), added_at }, account))
     }
 
     /// Changes a member's role. Only owners touch owners (or make them); the last

@@ -50,6 +50,10 @@ pub struct DeviceRenewal {
     pub session: NewSession,
 }
 
+/// Ends a device's sign-in ($1) at $2 for reason $3.
+const END_SESSION: &str =
+    "UPDATE auth_sessions SET revoked_at = $2, revoke_reason = $3 WHERE id = $1 AND revoked_at IS NULL";
+
 const DEVICE_COLUMNS: &str = "user_id, institution_id, created_by, label, rights, secret_hash, session_id, \
      created_at, secret_set_at, last_used_at, revoked_at";
 
@@ -187,14 +191,7 @@ impl Store {
             .await?;
             let Some(row) = row else { return Ok(None) };
             let old: Option<Uuid> = row.try_get("session_id")?;
-            sqlx::query(
-                "UPDATE auth_sessions SET revoked_at = $2, revoke_reason = 'device_renewed' \
-                 WHERE id = $1 AND revoked_at IS NULL",
-            )
-            .bind(old)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(END_SESSION).bind(old).bind(now_ms).bind("device_renewed").execute(&mut *tx).await?;
             insert_session!(&mut *tx, &renewal.session);
             sqlx::query(
                 "UPDATE devices SET session_id = $2, secret_hash = COALESCE($3, secret_hash), \
@@ -228,14 +225,7 @@ impl Store {
             .await?;
             let Some(row) = row else { return Ok(None) };
             let session: Option<Uuid> = row.try_get("session_id")?;
-            sqlx::query(
-                "UPDATE auth_sessions SET revoked_at = $2, revoke_reason = 'device_retired' \
-                 WHERE id = $1 AND revoked_at IS NULL",
-            )
-            .bind(session)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(END_SESSION).bind(session).bind(now_ms).bind("device_retired").execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(Some(session))
         })

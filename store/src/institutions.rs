@@ -132,8 +132,10 @@ impl Store {
                 .bind(now_ms)
                 .execute(pool)
                 .await
-                .map_err(|e| StoreError::classify(e, &["member"]))
-                .map_err(|e| if matches!(e, StoreError::Conflict(_)) { StoreError::Conflict("member") } else { e })?;
+                .map_err(|e| match StoreError::classify(e, &[]) {
+                    StoreError::Conflict(_) => StoreError::Conflict("member"),
+                    other => other,
+                })?;
         });
         Ok(())
     }

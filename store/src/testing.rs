@@ -67,3 +67,12 @@ impl TestDatabase {
         }
     }
 }
+
+/// A migrated [`Store`](crate::Store) on a fresh database of `backend` (keep the
+/// [`TestDatabase`] alive as long as the store), or `None` when PostgreSQL is not configured.
+pub async fn migrated_store(backend: Backend) -> Option<(crate::Store, TestDatabase)> {
+    let db = TestDatabase::create(backend).await?;
+    let store = crate::Store::connect(&db.url, 5).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    Some((store, db))
+}

@@ -1,8 +1,8 @@
 //! The store's behaviour, asserted identically on SQLite and PostgreSQL.
 //! Each test runs once per backend; the PostgreSQL variant needs `PARLEY_TEST_POSTGRES_URL`.
 
-use parley_store::testing::{Backend, TestDatabase};
-use parley_store::{MessageRange, NewGroup, NewMessage, NewUser, Store, StoreError, Stored, Target};
+use parley_store::testing::{migrated_store as store, Backend};
+use parley_store::{MessageRange, NewGroup, NewMessage, NewUser, StoreError, Stored, Target};
 use parley_wire::ConversationId;
 use parley_wire::UserId;
 
@@ -22,13 +22,6 @@ parley_store::both_backends!(
     settings_filter_listings_and_blocks_stop_messages_both_ways,
     search_finds_what_the_reader_may_see_as_it_is_now,
 );
-
-async fn store(backend: Backend) -> Option<(Store, TestDatabase)> {
-    let db = TestDatabase::create(backend).await?;
-    let store = Store::connect(&db.url, 5).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    Some((store, db))
-}
 
 fn user(name: &str) -> NewUser {
     NewUser {

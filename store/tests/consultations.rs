@@ -3,7 +3,7 @@
 //! live consultation per pair, the 1:1 conversation an opening ensures, listings,
 //! and the standing the contact policy reads.
 
-use parley_store::testing::{Backend, TestDatabase};
+use parley_store::testing::{migrated_store as store, Backend};
 use parley_store::{
     ConsultationCursor, ConsultationStanding, ConsultationStatus, NewConsultation, NewUser, Store, StoreError,
 };
@@ -17,13 +17,6 @@ parley_store::both_backends!(
     consultations_list_newest_first_for_either_party_by_status_with_a_cursor,
     the_standing_tells_an_open_consultation_from_one_that_was_ever_opened,
 );
-
-async fn store(backend: Backend) -> Option<(Store, TestDatabase)> {
-    let db = TestDatabase::create(backend).await?;
-    let store = Store::connect(&db.url, 5).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    Some((store, db))
-}
 
 async fn user(store: &Store, name: &str, role: Role) -> UserId {
     let new = NewUser {

@@ -1,7 +1,7 @@
 //! Sign-ins, one-time codes, login failures, profiles and contacts in the store,
 //! asserted identically on SQLite and PostgreSQL.
 
-use parley_store::testing::{Backend, TestDatabase};
+use parley_store::testing::{migrated_store as store, Backend};
 use parley_store::{
     ContactState, Issue, NewCode, NewSession, NewUser, ProfileChange, Rotation, SendLimits, Store, UserQuery,
 };
@@ -16,13 +16,6 @@ parley_store::both_backends!(
     profiles_change_only_named_fields_and_search_filters,
     contacts_request_accept_decline_remove_with_events,
 );
-
-async fn store(backend: Backend) -> Option<(Store, TestDatabase)> {
-    let db = TestDatabase::create(backend).await?;
-    let store = Store::connect(&db.url, 5).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    Some((store, db))
-}
 
 async fn user(store: &Store, name: &str, role: Role) -> UserId {
     let new = NewUser {

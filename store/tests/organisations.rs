@@ -2,7 +2,7 @@
 //! identifier changes and the release of unproven identifiers, asserted
 //! identically on SQLite and PostgreSQL.
 
-use parley_store::testing::{Backend, TestDatabase};
+use parley_store::testing::{migrated_store as store, Backend};
 use parley_store::{
     DeviceRenewal, Identifier, IdentifierChange, IdentifierKind, MemberChange, NewDevice, NewSession, NewUser,
     Released, Rotation, Store, StoreError,
@@ -17,13 +17,6 @@ parley_store::both_backends!(
     identifiers_change_and_the_last_one_stays,
     unproven_identifiers_are_released_after_the_cutoff,
 );
-
-async fn store(backend: Backend) -> Option<(Store, TestDatabase)> {
-    let db = TestDatabase::create(backend).await?;
-    let store = Store::connect(&db.url, 5).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    Some((store, db))
-}
 
 fn account(name: &str, role: Role, created_at_ms: i64) -> NewUser {
     NewUser {

@@ -2,7 +2,7 @@
 //! SQLite and PostgreSQL: conversation search by a participant's name or specialty,
 //! and presence with the role and availability of each account.
 
-use parley_store::testing::{Backend, TestDatabase};
+use parley_store::testing::{migrated_store as store, Backend};
 use parley_store::{ConversationFilter, NewGroup, NewUser, ProfileChange, Store};
 use parley_wire::{Availability, ConversationId, Role, UserId};
 
@@ -10,13 +10,6 @@ parley_store::both_backends!(
     conversation_search_matches_other_participants_display_name_username_and_specialty_in_any_case,
     presence_carries_each_accounts_role_and_availability,
 );
-
-async fn store(backend: Backend) -> Option<(Store, TestDatabase)> {
-    let db = TestDatabase::create(backend).await?;
-    let store = Store::connect(&db.url, 5).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    Some((store, db))
-}
 
 async fn user(store: &Store, username: &str, display_name: Option<&str>, role: Role) -> UserId {
     let new = NewUser {

@@ -32,7 +32,8 @@ pub fn publish(user: &str, topic: &str) -> Verdict {
 pub fn publish_as(user: &str, rights: Option<DeviceRights>, topic: &str) -> Verdict {
     match (publish(user, topic), rights) {
         (Verdict::Allowed, Some(rights)) => {
-            let kind = &topic[topics::uplink_prefix(user).len()..];
+            // `publish` checked the topic is `from/{user}/{kind}`.
+            let kind = &topic["from/".len() + user.len() + 1..];
             if rights.allows_uplink(kind) {
                 Verdict::Allowed
             } else {
