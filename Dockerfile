@@ -14,7 +14,7 @@ COPY --from=build /src/target/release/parley /usr/local/bin/parley
 USER parley
 WORKDIR /var/lib/parley
 ENV PARLEY_DATA_DIR=/var/lib/parley
-EXPOSE 1883 8080
+EXPOSE 1883 8083 8080
 HEALTHCHECK --interval=10s --timeout=5s CMD curl -fsS http://127.0.0.1:8080/readyz || exit 1
 ENTRYPOINT ["parley"]
 CMD ["serve"]

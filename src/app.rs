@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use parley_api::{AppState, Publisher, ReadinessCheck};
 use parley_broker::bus::{self, BusProbe};
-use parley_broker::gate::{self, GateHandle, GateSettings};
+use parley_broker::gate::{self, GateHandle, GateListener, GateSettings, Kind};
 use parley_config::Settings;
 use parley_domain::{
     Auth, AuthPolicy, ContactPolicy, Delivery, DeliveryConfig, Domain, Limits, Rate, Store, TokenSettings, Tokens,
@@ -18,9 +18,18 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// Where the gate listens, per transport (`None` when turned off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GateAddrs {
+    pub mqtt: Option<SocketAddr>,
+    pub mqtts: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+}
+
 /// The platform, running.
 pub struct Running {
-    pub mqtt_addr: SocketAddr,
+    pub gate_addrs: GateAddrs,
     pub http_addr: SocketAddr,
     pub store: Store,
     pub gate: GateHandle,
@@ -62,6 +71,32 @@ async fn bind(addr: &str, setting: &str, env: &str) -> anyhow::Result<TcpListene
     })
 }
 
+/// Binds the gate's listeners that are turned on (a non-empty address); at least one must be.
+async fn bind_gate(mqtt: &parley_config::MqttSettings) -> anyhow::Result<(Vec<GateListener>, GateAddrs)> {
+    let mut listeners = Vec::new();
+    let mut addrs = GateAddrs::default();
+    let wanted = [
+        (&mqtt.listen, Kind::Mqtt, "mqtt.listen", "PARLEY_MQTT__LISTEN", &mut addrs.mqtt),
+        (&mqtt.tls_listen, Kind::Mqtts, "mqtt.tls_listen", "PARLEY_MQTT__TLS_LISTEN", &mut addrs.mqtts),
+        (&mqtt.ws_listen, Kind::Ws, "mqtt.ws_listen", "PARLEY_MQTT__WS_LISTEN", &mut addrs.ws),
+        (&mqtt.wss_listen, Kind::Wss, "mqtt.wss_listen", "PARLEY_MQTT__WSS_LISTEN", &mut addrs.wss),
+    ];
+    for (addr, kind, setting, env, slot) in wanted {
+        if addr.is_empty() {
+            continue;
+        }
+        let listener = bind(addr, setting, env).await?;
+        *slot = Some(listener.local_addr()?);
+        listeners.push(GateListener { listener, kind });
+    }
+    if listeners.is_empty() {
+        return Err(anyhow!(
+            "every gate listener is off: set mqtt.listen, mqtt.tls_listen, mqtt.ws_listen or mqtt.wss_listen"
+        ));
+    }
+    Ok((listeners, addrs))
+}
+
 /// Starts every part; they run until `shutdown` is cancelled or one of them fails.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let store = open_store(&settings).await?;
@@ -86,22 +121,22 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let auth = auth(&settings).context("invalid [delivery] settings")?;
     let domain = Domain::new(store.clone(), tokens.clone(), limits(&settings.messages, &settings.data_dir), auth);
 
-    let mqtt = bind(&settings.mqtt.listen, "mqtt.listen", "PARLEY_MQTT__LISTEN").await?;
+    let gate_settings = GateSettings::from_config(&settings.mqtt)?;
+    let (listeners, gate_addrs) = bind_gate(&settings.mqtt).await?;
     let http = bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?;
-    let (mqtt_addr, http_addr) = (mqtt.local_addr()?, http.local_addr()?);
+    let http_addr = http.local_addr()?;
     let bus_listen = settings.bus.listen.clone();
     let bus = tokio::task::spawn_blocking(move || bus::start_embedded(&bus_listen)).await??;
 
     let mut parts = JoinSet::new();
     let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
     {
-        let (settings, domain, bus, shutdown) =
-            (GateSettings::from_config(&settings.mqtt), domain.clone(), bus.clone(), shutdown.clone());
+        let (domain, bus, shutdown) = (domain.clone(), bus.clone(), shutdown.clone());
         parts.spawn(async move {
             let ready = move |h| {
                 let _ = gate_tx.send(h);
             };
-            ("gate", gate::serve(mqtt, settings, domain, &bus, shutdown, ready).await)
+            ("gate", gate::serve(listeners, gate_settings, domain, &bus, shutdown, ready).await)
         });
     }
     {
@@ -113,12 +148,15 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         let probe = probe.clone();
         Box::pin(async move { probe.check(Duration::from_secs(2)).await.map(|_| ()) })
     });
-    let gate_tokens = domain.tokens().clone();
-    let gate_check: ReadinessCheck = Arc::new(move || {
-        let tokens = gate_tokens.clone();
-        Box::pin(async move { gate::self_check(mqtt_addr, &tokens, Duration::from_secs(2)).await })
-    });
-    let readiness = vec![("bus", bus_check), ("gate", gate_check)];
+    let mut readiness = vec![("bus", bus_check)];
+    if let Some(mqtt_addr) = gate_addrs.mqtt {
+        let gate_tokens = domain.tokens().clone();
+        let gate_check: ReadinessCheck = Arc::new(move || {
+            let tokens = gate_tokens.clone();
+            Box::pin(async move { gate::self_check(mqtt_addr, &tokens, Duration::from_secs(2)).await })
+        });
+        readiness.push(("gate", gate_check));
+    }
     let bus_client = bus::publisher(&bus, "api", shutdown.clone());
     let publisher: Publisher = Arc::new(move |outgoing| {
         let client = bus_client.clone();
@@ -147,8 +185,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     }
     let gate = gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?;
     let contact_policy = domain.limits().contact_policy.as_str();
-    tracing::info!(%mqtt_addr, %http_addr, contact_policy, "parley is up");
-    Ok(Running { mqtt_addr, http_addr, store, gate, shutdown, parts })
+    tracing::info!(gate = ?gate_addrs, %http_addr, contact_policy, "parley is up");
+    Ok(Running { gate_addrs, http_addr, store, gate, shutdown, parts })
 }
 
 impl Running {

@@ -23,6 +23,7 @@ fn parley(dir: &Path, args: &[&str]) -> Command {
         cmd.env_remove(key);
     }
     cmd.env("PARLEY_MQTT__LISTEN", "127.0.0.1:0")
+        .env("PARLEY_MQTT__WS_LISTEN", "127.0.0.1:0")
         .env("PARLEY_HTTP__LISTEN", "127.0.0.1:0")
         .env("PARLEY_LOG__FORMAT", "json");
     cmd

@@ -72,7 +72,12 @@ async fn bad_tokens_are_refused_with_the_connack_code_and_change_nothing(backend
             ConnectReturnCode::BadUserNamePassword,
         ),
         ("someone else's token", alice.id.clone(), bob.access_token.clone(), ConnectReturnCode::NotAuthorized),
-        ("username not a user id", "alice".to_string(), alice.access_token.clone(), ConnectReturnCode::NotAuthorized),
+        (
+            "username not a user id",
+            "alice".to_string(),
+            alice.access_token.clone(),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
     ];
     for (what, username, password, expected) in &cases {
         assert_eq!(refused(&app, username, password).await, *expected, "{what}");

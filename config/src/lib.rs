@@ -52,12 +52,52 @@ pub struct HttpSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttSettings {
-    /// Where devices connect (MQTT 3.1.1 and 5 over TCP).
+    /// Where devices connect with MQTT 3.1.1 and 5 over TCP; empty turns it off.
     pub listen: String,
+    /// MQTT over WebSocket (subprotocol `mqtt`, path `ws_path`) for browsers; empty turns it off.
+    pub ws_listen: String,
+    /// The HTTP path of the WebSocket endpoint.
+    pub ws_path: String,
+    /// MQTT over TLS; needs `tls_cert_file` and `tls_key_file`. Empty (the default) turns it off.
+    pub tls_listen: String,
+    /// MQTT over WebSocket over TLS; needs the certificate too. Empty (the default) turns it off.
+    pub wss_listen: String,
+    /// PEM certificate chain (leaf first) for the TLS listeners.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for the TLS listeners.
+    pub tls_key_file: Option<PathBuf>,
     /// Largest packet accepted from a device, in bytes; larger ones end the connection.
     pub max_packet_size: u32,
-    /// Seconds a new connection has to send its CONNECT.
+    /// Seconds a new connection has to finish its TLS and WebSocket handshakes and send CONNECT.
     pub connect_timeout_secs: u64,
+    /// Longest keepalive a device may ask for, in seconds: a v5 device asking for more (or 0)
+    /// is told this one in CONNACK; a 3.1.1 device asking for more is refused.
+    pub max_keep_alive_secs: u16,
+    /// Longest client id accepted, in bytes.
+    pub max_client_id_len: usize,
+    /// Longest topic name or filter accepted, in bytes.
+    pub max_topic_len: usize,
+    /// Most levels (`a/b/c` has 3) in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// PUBLISH packets one connection may send per second, sustained, and in a burst;
+    /// beyond that the gate stops reading from it until the rate allows (0 = no limit).
+    pub publish_rate_per_sec: u32,
+    pub publish_burst: u32,
+    /// Bytes one connection may send per second, sustained, and in a burst (0 = no limit).
+    /// The burst is raised to at least `max_packet_size`.
+    pub bytes_per_sec: u32,
+    pub bytes_burst: u32,
+    /// New connections one client address may open per second, sustained, and in a burst;
+    /// beyond that CONNECT is refused (v5: 0x9F connection rate exceeded) before the
+    /// token is checked (0 = no limit).
+    pub connections_per_sec_per_address: u32,
+    pub connections_burst_per_address: u32,
+    /// A client (address and client id) connecting more than `flapping_max_connects` times
+    /// within `flapping_window_secs` is banned for `flapping_ban_secs` (v5: 0x8A banned).
+    /// 0 connects turns it off.
+    pub flapping_max_connects: u32,
+    pub flapping_window_secs: u64,
+    pub flapping_ban_secs: u64,
     /// How long a persistent session (clean session = 0) outlives its connection, in seconds.
     pub session_expiry_secs: u64,
     /// Messages kept for a device that is away (persistent sessions only); more are dropped and counted.
@@ -206,8 +246,27 @@ impl Default for MqttSettings {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:1883".into(),
+            ws_listen: "0.0.0.0:8083".into(),
+            ws_path: "/mqtt".into(),
+            tls_listen: String::new(),
+            wss_listen: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
             max_packet_size: 256 * 1024,
             connect_timeout_secs: 10,
+            max_keep_alive_secs: u16::MAX,
+            max_client_id_len: 256,
+            max_topic_len: 256,
+            max_topic_levels: 16,
+            publish_rate_per_sec: 100,
+            publish_burst: 500,
+            bytes_per_sec: 1024 * 1024,
+            bytes_burst: 4 * 1024 * 1024,
+            connections_per_sec_per_address: 50,
+            connections_burst_per_address: 500,
+            flapping_max_connects: 30,
+            flapping_window_secs: 60,
+            flapping_ban_secs: 300,
             session_expiry_secs: 24 * 3600,
             max_queued_messages: 1000,
             max_inflight: 100,

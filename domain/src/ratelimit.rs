@@ -40,6 +40,13 @@ pub struct SendLimits {
     clock: DefaultClock,
 }
 
+impl Rate {
+    /// The GCRA quota: `per_sec` sustained, bursts of `burst` (at least `per_sec`).
+    pub fn quota(self) -> Quota {
+        quota(self)
+    }
+}
+
 fn quota(rate: Rate) -> Quota {
     let per_sec = NonZeroU32::new(rate.per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(rate.burst.max(rate.per_sec).max(1)).unwrap_or(NonZeroU32::MIN);

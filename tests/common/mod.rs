@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod outbox;
+pub mod raw;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -75,11 +76,12 @@ impl TestApp {
         settings.mqtt.listen = "127.0.0.1:0".into();
         settings.http.listen = "127.0.0.1:0".into();
         settings.bus.listen = "127.0.0.1:0".into();
+        settings.mqtt.ws_listen = "127.0.0.1:0".into();
         tweak(&mut settings);
         let running = parley::app::start(settings.clone(), CancellationToken::new()).await.expect("parley starts");
         Some(TestApp {
             http: format!("http://{}", running.http_addr),
-            mqtt: running.mqtt_addr,
+            mqtt: running.gate_addrs.mqtt.expect("the MQTT listener is on"),
             running: Some(running),
             client: reqwest::Client::new(),
             settings,

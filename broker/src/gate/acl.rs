@@ -3,8 +3,29 @@
 
 use parley_wire::{topics, DeviceRights};
 
-/// Longest topic or filter accepted from a device, in bytes.
-pub const MAX_TOPIC_LEN: usize = 256;
+/// How long and how deep a topic or filter from a device may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    /// In bytes.
+    pub max_len: usize,
+    /// In levels: `a/b/c` has 3.
+    pub max_levels: usize,
+}
+
+impl Default for TopicLimits {
+    fn default() -> Self {
+        Self { max_len: 256, max_levels: 16 }
+    }
+}
+
+impl TopicLimits {
+    fn fits(&self, topic: &str) -> bool {
+        !topic.is_empty()
+            && topic.len() <= self.max_len
+            && topic.bytes().filter(|&b| b == b'/').count() < self.max_levels
+            && !topic.contains('\0')
+    }
+}
 
 /// Result of checking a topic or filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,8 +38,8 @@ pub enum Verdict {
 }
 
 /// A device of `user` may publish only under `from/{user}/`.
-pub fn publish(user: &str, topic: &str) -> Verdict {
-    if topic.is_empty() || topic.len() > MAX_TOPIC_LEN || topic.contains(['+', '#', '\0']) {
+pub fn publish(user: &str, topic: &str, limits: &TopicLimits) -> Verdict {
+    if !limits.fits(topic) || topic.contains(['+', '#']) {
         return Verdict::Invalid;
     }
     match topic.strip_prefix(&topics::uplink_prefix(user)) {
@@ -29,8 +50,8 @@ pub fn publish(user: &str, topic: &str) -> Verdict {
 
 /// As [`publish`], and a kiosk device (`rights` given) only the kinds of uplink its
 /// rights allow (`from/{user}/msg` needs `send`, and so on).
-pub fn publish_as(user: &str, rights: Option<DeviceRights>, topic: &str) -> Verdict {
-    match (publish(user, topic), rights) {
+pub fn publish_as(user: &str, rights: Option<DeviceRights>, topic: &str, limits: &TopicLimits) -> Verdict {
+    match (publish(user, topic, limits), rights) {
         (Verdict::Allowed, Some(rights)) => {
             // `publish` checked the topic is `from/{user}/{kind}`.
             let kind = &topic["from/".len() + user.len() + 1..];
@@ -46,8 +67,8 @@ pub fn publish_as(user: &str, rights: Option<DeviceRights>, topic: &str) -> Verd
 
 /// A device of `user` may subscribe only under `to/{user}/`; wildcards are fine
 /// after that prefix, never in it. Shared subscriptions are for the platform only.
-pub fn subscribe(user: &str, filter: &str) -> Verdict {
-    if filter.is_empty() || filter.len() > MAX_TOPIC_LEN || filter.contains('\0') || !rumqttc::valid_filter(filter) {
+pub fn subscribe(user: &str, filter: &str, limits: &TopicLimits) -> Verdict {
+    if !limits.fits(filter) || !rumqttc::valid_filter(filter) {
         return Verdict::Invalid;
     }
     match filter.strip_prefix(&topics::downlink_prefix(user)) {
@@ -63,10 +84,11 @@ mod tests {
 
     const ME: &str = "0193b6d0-0000-7000-8000-000000000001";
     const OTHER: &str = "0193b6d0-0000-7000-8000-000000000002";
+    const L: TopicLimits = TopicLimits { max_len: 256, max_levels: 16 };
 
     #[test]
     fn devices_publish_only_under_their_own_uplink_prefix() {
-        assert_eq!(publish(ME, &format!("from/{ME}/msg")), Verdict::Allowed);
+        assert_eq!(publish(ME, &format!("from/{ME}/msg"), &L), Verdict::Allowed);
         for topic in [
             format!("from/{OTHER}/msg"),
             format!("to/{ME}/msg"),
@@ -76,30 +98,50 @@ mod tests {
             "$SYS/broker".to_string(),
             "from".to_string(),
         ] {
-            assert_eq!(publish(ME, &topic), Verdict::NotAuthorized, "{topic}");
+            assert_eq!(publish(ME, &topic, &L), Verdict::NotAuthorized, "{topic}");
         }
         for topic in [String::new(), format!("from/{ME}/+"), format!("from/{ME}/#"), "a".repeat(300)] {
-            assert_eq!(publish(ME, &topic), Verdict::Invalid, "{topic}");
+            assert_eq!(publish(ME, &topic, &L), Verdict::Invalid, "{topic}");
         }
+    }
+
+    #[test]
+    fn topics_and_filters_over_the_length_or_depth_limit_are_invalid() {
+        let tight = TopicLimits { max_len: 60, max_levels: 4 };
+        assert_eq!(publish(ME, &format!("from/{ME}/a/b"), &tight), Verdict::Allowed);
+        assert_eq!(publish(ME, &format!("from/{ME}/a/b/c"), &tight), Verdict::Invalid);
+        assert_eq!(publish(ME, &format!("from/{ME}/{}", "x".repeat(20)), &tight), Verdict::Invalid);
+        assert_eq!(subscribe(ME, &format!("to/{ME}/+/#"), &tight), Verdict::Allowed);
+        assert_eq!(subscribe(ME, &format!("to/{ME}/+/+/#"), &tight), Verdict::Invalid);
+        assert_eq!(subscribe(ME, &"/".repeat(10), &tight), Verdict::Invalid);
+        // Wildcards and `$` in odd places.
+        for topic in [format!("from/{ME}/a+"), format!("from/{ME}/#/x"), format!("from/+/msg"), format!("from/{ME}/\0")]
+        {
+            assert_eq!(publish(ME, &topic, &L), Verdict::Invalid, "{topic}");
+        }
+        assert_eq!(publish(ME, &format!("$from/{ME}/msg"), &L), Verdict::NotAuthorized);
+        assert_eq!(subscribe(ME, &format!("+/{ME}/#"), &L), Verdict::NotAuthorized);
+        assert_eq!(subscribe(ME, &format!("to/{ME}/$x"), &L), Verdict::Allowed);
+        assert_eq!(subscribe(ME, "#/to", &L), Verdict::Invalid);
     }
 
     #[test]
     fn kiosk_devices_publish_only_what_their_rights_allow() {
         let typing_only = Some(DeviceRights::from_rights([Right::Typing]));
-        assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/typing")), Verdict::Allowed);
-        assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/sync")), Verdict::Allowed);
+        assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/typing"), &L), Verdict::Allowed);
+        assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/sync"), &L), Verdict::Allowed);
         for kind in ["msg", "edit", "react", "receipt", "presence", "settings", "whatever"] {
-            assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/{kind}")), Verdict::NotAuthorized, "{kind}");
+            assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/{kind}"), &L), Verdict::NotAuthorized, "{kind}");
         }
-        assert_eq!(publish_as(ME, None, &format!("from/{ME}/msg")), Verdict::Allowed);
-        assert_eq!(publish_as(ME, typing_only, &format!("from/{OTHER}/typing")), Verdict::NotAuthorized);
-        assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/+")), Verdict::Invalid);
+        assert_eq!(publish_as(ME, None, &format!("from/{ME}/msg"), &L), Verdict::Allowed);
+        assert_eq!(publish_as(ME, typing_only, &format!("from/{OTHER}/typing"), &L), Verdict::NotAuthorized);
+        assert_eq!(publish_as(ME, typing_only, &format!("from/{ME}/+"), &L), Verdict::Invalid);
     }
 
     #[test]
     fn devices_subscribe_only_under_their_own_downlink_prefix() {
         for filter in [format!("to/{ME}/#"), format!("to/{ME}/msg"), format!("to/{ME}/+")] {
-            assert_eq!(subscribe(ME, &filter), Verdict::Allowed, "{filter}");
+            assert_eq!(subscribe(ME, &filter, &L), Verdict::Allowed, "{filter}");
         }
         for filter in [
             "#".to_string(),
@@ -112,10 +154,10 @@ mod tests {
             format!("$share/g/to/{ME}/#"),
             format!("to/{ME}"),
         ] {
-            assert_eq!(subscribe(ME, &filter), Verdict::NotAuthorized, "{filter}");
+            assert_eq!(subscribe(ME, &filter, &L), Verdict::NotAuthorized, "{filter}");
         }
         for filter in [String::new(), format!("to/{ME}/#/x"), format!("to/{ME}/a+"), "to/#x".to_string()] {
-            assert_eq!(subscribe(ME, &filter), Verdict::Invalid, "{filter}");
+            assert_eq!(subscribe(ME, &filter, &L), Verdict::Invalid, "{filter}");
         }
     }
 }

@@ -86,6 +86,10 @@ pub enum Refusal {
     NotAuthorized,
     ServerUnavailable,
     QuotaExceeded,
+    /// Too many new connections from the device's address (3.1.1: server unavailable).
+    ConnectionRate,
+    /// The client reconnected in a tight loop and is banned for a while (3.1.1: server unavailable).
+    Banned,
 }
 
 /// Why a connection is being closed by the gate (v5 sends it as a DISCONNECT reason).
@@ -149,6 +153,8 @@ pub struct ConnAckProps {
     pub session_expiry: Option<u32>,
     pub receive_maximum: Option<u16>,
     pub max_packet_size: Option<u32>,
+    /// The keepalive the device must use instead of the one it asked for.
+    pub server_keep_alive: Option<u16>,
 }
 
 /// A decoding failure; `Incomplete` only means "read more bytes".
@@ -173,6 +179,11 @@ fn frame(buf: &BytesMut, max: usize) -> Result<m4base::FixedHeader, DecodeError>
         Err(m4base::Error::PayloadSizeLimitExceeded(n)) => Err(DecodeError::TooLarge(n)),
         Err(e) => Err(DecodeError::Malformed(e.to_string())),
     }
+}
+
+/// Whether `buf` starts with a whole packet (whatever its size).
+pub fn complete(buf: &BytesMut) -> bool {
+    m4base::check(buf.iter(), usize::MAX).is_ok()
 }
 
 /// Reads the first packet of a connection, which must be a CONNECT.
@@ -378,7 +389,9 @@ fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<usize, m4base::Error
                 Some(Refusal::BadClientId) => C::BadClientId,
                 Some(Refusal::BadCredentials) => C::BadUserNamePassword,
                 Some(Refusal::NotAuthorized) => C::NotAuthorized,
-                Some(Refusal::ServerUnavailable | Refusal::QuotaExceeded) => C::ServiceUnavailable,
+                Some(
+                    Refusal::ServerUnavailable | Refusal::QuotaExceeded | Refusal::ConnectionRate | Refusal::Banned,
+                ) => C::ServiceUnavailable,
             };
             v4::ConnAck::new(code, session_present && refusal.is_none()).write(out)
         }
@@ -421,6 +434,8 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
                 Some(Refusal::NotAuthorized) => C::NotAuthorized,
                 Some(Refusal::ServerUnavailable) => C::ServerUnavailable,
                 Some(Refusal::QuotaExceeded) => C::QuotaExceeded,
+                Some(Refusal::ConnectionRate) => C::ConnectionRateExceeded,
+                Some(Refusal::Banned) => C::Banned,
             };
             let properties = refusal.is_none().then(|| v5::ConnAckProperties {
                 session_expiry_interval: props.session_expiry,
@@ -435,7 +450,7 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
                 wildcard_subscription_available: Some(1),
                 subscription_identifiers_available: Some(0),
                 shared_subscription_available: Some(0),
-                server_keep_alive: None,
+                server_keep_alive: props.server_keep_alive,
                 response_information: None,
                 server_reference: None,
                 authentication_method: None,
@@ -507,13 +522,9 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
                 CloseReason::TokenExpired => D::MaximumConnectTime,
                 CloseReason::SessionRevoked => D::NotAuthorized,
             };
-            // Reason code plus an (explicit) property length: some clients, rumqttc among
-            // them, cannot read a DISCONNECT that stops after the reason code.
-            let reason_string = match reason {
-                CloseReason::TokenExpired => Some("access token expired; reconnect with a fresh one".to_string()),
-                CloseReason::SessionRevoked => Some("sign-in revoked; log in again".to_string()),
-                _ => None,
-            };
+            // Always with a reason string: rumqttc's encoder writes a reason code with an
+            // empty property list as a bare `E0 00` (normal disconnection), losing the code.
+            let reason_string = Some(close_reason_text(reason).to_string());
             let properties = v5::DisconnectProperties {
                 session_expiry_interval: None,
                 reason_string,
@@ -522,6 +533,26 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
             };
             v5::Disconnect { reason_code: code, properties: Some(properties) }.write(out)
         }
+    }
+}
+
+/// What a v5 device reads in the DISCONNECT's reason string.
+fn close_reason_text(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Malformed => "malformed packet",
+        CloseReason::ProtocolError => "protocol error",
+        CloseReason::NotAuthorized => "not authorized",
+        CloseReason::ShuttingDown => "server shutting down; reconnect shortly",
+        CloseReason::KeepAliveTimeout => "nothing received within 1.5 times the keepalive",
+        CloseReason::SessionTakenOver => "another connection took this session over",
+        CloseReason::TopicNameInvalid => "topic name invalid, too long or too deep",
+        CloseReason::PacketTooLarge => "packet larger than the maximum packet size",
+        CloseReason::ReceiveMaximumExceeded => "more unacknowledged QoS 2 publishes than the receive maximum",
+        CloseReason::TopicAliasInvalid => "topic alias invalid",
+        CloseReason::RetainNotSupported => "retained messages are not allowed here",
+        CloseReason::QoSNotSupported => "QoS not supported",
+        CloseReason::TokenExpired => "access token expired; reconnect with a fresh one",
+        CloseReason::SessionRevoked => "sign-in revoked; log in again",
     }
 }
 

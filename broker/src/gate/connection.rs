@@ -12,7 +12,6 @@ use parley_domain::Grant;
 use parley_wire::payloads::GatePresence;
 use parley_wire::{topics, DeviceRights, UserId};
 use rumqttc::QoS;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -24,50 +23,73 @@ use super::codec::{
     Refusal, SubResult,
 };
 use super::downlink;
+use super::limits::{Throttle, Turned};
 use super::session::{GateStats, Session, Subscription};
+use super::transport::{Kind, Transport};
 use super::Shared;
 
-/// Longest client id accepted, in bytes.
-const MAX_CLIENT_ID_LEN: usize = 256;
-
-/// Serves one accepted TCP connection to its end.
-pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
-    let _ = stream.set_nodelay(true);
+/// Serves one accepted socket to its end: transport handshakes and CONNECT under
+/// one deadline, admission, credentials, then the device's packets.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, kind: Kind, shutdown: CancellationToken) {
     let mut rbuf = BytesMut::with_capacity(1024);
-    let connect = match timeout(shared.settings.connect_timeout, read_connect(&shared, &mut stream, &mut rbuf)).await {
-        Ok(Ok(c)) => c,
+    let opening = async {
+        let mut transport = Transport::handshake(kind, tcp, &shared.settings.transport).await.map_err(|e| {
+            GateStats::bump(&shared.stats.handshakes_failed);
+            e
+        })?;
+        let connect = read_connect(&shared, &mut transport, &mut rbuf).await.map_err(str::to_string)?;
+        Ok::<_, String>((transport, connect))
+    };
+    let (mut transport, connect) = match timeout(shared.settings.connect_timeout, opening).await {
+        Ok(Ok(opened)) => opened,
         Ok(Err(reason)) => {
-            tracing::debug!(%peer, reason, "connection closed before CONNECT completed");
+            tracing::debug!(%peer, %kind, reason, "connection closed before CONNECT completed");
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "no CONNECT in time; closed");
+            GateStats::bump(&shared.stats.handshakes_timed_out);
+            tracing::debug!(%peer, %kind, "no handshake and CONNECT in time; closed");
             return;
         }
     };
     let protocol = connect.protocol;
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    let accepted = match authorize(&shared, connect, id).await {
+    let accepted = match admit(&shared, &connect, peer) {
+        Ok(()) => authorize(&shared, connect, id).await,
+        Err(refusal) => Err(refusal),
+    };
+    let accepted = match accepted {
         Ok(a) => a,
         Err(refusal) => {
             GateStats::bump(&shared.stats.connections_refused);
-            tracing::info!(%peer, ?refusal, "CONNECT refused");
+            tracing::info!(%peer, %kind, ?refusal, "CONNECT refused");
             let mut out = BytesMut::new();
             codec::write(
                 protocol,
                 Outbound::ConnAck { session_present: false, refusal: Some(refusal), props: ConnAckProps::default() },
                 &mut out,
             );
-            let _ = timeout(shared.settings.write_timeout, stream.write_all(&out)).await;
+            let _ = timeout(shared.settings.write_timeout, transport.write_all(out.freeze())).await;
+            transport.close().await;
             return;
         }
     };
     GateStats::bump(&shared.stats.connections_accepted);
     let span = tracing::info_span!("device", user_id = %accepted.user, client_id = %accepted.session.client_id, %peer);
     async move {
-        tracing::info!(protocol = ?protocol, present = accepted.present, "device connected");
+        tracing::info!(protocol = ?protocol, %kind, present = accepted.present, "device connected");
         report_presence(&shared, accepted.user).await;
-        let mut conn = Connection { shared, stream, rbuf, wbuf: BytesMut::with_capacity(1024), accepted, id };
+        let throttle = Throttle::new(shared.settings.publish_rate, shared.settings.byte_rate);
+        let mut conn = Connection {
+            shared,
+            transport,
+            rbuf,
+            wbuf: BytesMut::with_capacity(1024),
+            accepted,
+            id,
+            throttle,
+            paused_until: None,
+        };
         let end = conn.run(shutdown).await;
         conn.finish(end).await;
     }
@@ -92,10 +114,25 @@ struct Accepted {
     assigned_client_id: Option<String>,
     /// A kiosk device's rights (what it may publish); `None` for people's accounts.
     rights: Option<DeviceRights>,
-    keep_alive: u16,
+    keep_alive: KeepAlive,
     will: Option<codec::Will>,
     outbound_window: usize,
     outbound_max_packet: Option<u32>,
+}
+
+/// The keepalive in force: the device's, or the one the gate told a v5 device to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepAlive {
+    Asked(u16),
+    Told(u16),
+}
+
+impl KeepAlive {
+    fn secs(self) -> u16 {
+        match self {
+            KeepAlive::Asked(s) | KeepAlive::Told(s) => s,
+        }
+    }
 }
 
 /// How a connection ended; decides what the device is told and whether the will goes out.
@@ -111,7 +148,7 @@ enum End {
 
 async fn read_connect(
     shared: &Shared,
-    stream: &mut TcpStream,
+    transport: &mut Transport,
     rbuf: &mut BytesMut,
 ) -> Result<ConnectInfo, &'static str> {
     loop {
@@ -130,8 +167,12 @@ async fn read_connect(
                     },
                     &mut out,
                 );
-                let _ = stream.write_all(&out).await;
+                let _ = transport.write_all(out.freeze()).await;
                 return Err("unsupported protocol version");
+            }
+            Err(DecodeError::TooLarge(_)) => {
+                GateStats::bump(&shared.stats.packets_too_large);
+                return Err("CONNECT larger than the maximum packet size");
             }
             Err(e) => {
                 GateStats::bump(&shared.stats.malformed_packets);
@@ -139,11 +180,39 @@ async fn read_connect(
                 return Err("first packet malformed, too large or not CONNECT");
             }
         }
-        match stream.read_buf(rbuf).await {
+        match transport.read(rbuf).await {
             Ok(0) | Err(_) => return Err("closed"),
             Ok(_) => {}
         }
     }
+}
+
+/// What is checked before the credentials: the address's connection rate, the
+/// flapping ban, the client id and the keepalive. None of it costs more than a
+/// map lookup.
+fn admit(shared: &Shared, c: &ConnectInfo, peer: SocketAddr) -> Result<(), Refusal> {
+    match shared.admission.admit(peer.ip(), &c.client_id) {
+        Ok(()) => {}
+        Err(Turned::ConnectionRate) => {
+            GateStats::bump(&shared.stats.connections_rate_limited);
+            return Err(Refusal::ConnectionRate);
+        }
+        Err(Turned::Banned) => {
+            GateStats::bump(&shared.stats.connections_banned);
+            return Err(Refusal::Banned);
+        }
+    }
+    if c.client_id.len() > shared.settings.max_client_id_len
+        || (c.client_id.is_empty() && !c.clean_start && c.protocol == Protocol::V4)
+    {
+        return Err(Refusal::BadClientId);
+    }
+    // 3.1.1 cannot be told another keepalive: refuse, as Mosquitto does ("identifier rejected").
+    let max = shared.settings.max_keep_alive;
+    if c.protocol == Protocol::V4 && (c.keep_alive > max || (c.keep_alive == 0 && max < u16::MAX)) {
+        return Err(Refusal::BadClientId);
+    }
+    Ok(())
 }
 
 /// Checks credentials (the token, and that its sign-in is live) and the will, then
@@ -152,6 +221,10 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
     let (Some(username), Some(password)) = (c.username, c.password) else {
         return Err(Refusal::BadCredentials);
     };
+    // The username is the user id: anything else is refused before the token is verified.
+    if username.len() != 36 || username.parse::<UserId>().is_err() {
+        return Err(Refusal::BadCredentials);
+    }
     let claims = shared.domain.tokens().verify_access(&password).map_err(|_| Refusal::BadCredentials)?;
     let user = claims.user().map_err(|_| Refusal::BadCredentials)?;
     let sign_in = claims.session().map_err(|_| Refusal::BadCredentials)?;
@@ -173,13 +246,9 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
     let left = u64::try_from(claims.exp - super::chrono_free_now_secs()).unwrap_or(0);
     let token_expires = Instant::now() + Duration::from_secs(left);
     if let Some(will) = &c.will {
-        if acl::publish_as(&username, rights, &will.topic) != Verdict::Allowed {
+        if acl::publish_as(&username, rights, &will.topic, &shared.settings.topics) != Verdict::Allowed {
             return Err(Refusal::NotAuthorized);
         }
-    }
-    if c.client_id.len() > MAX_CLIENT_ID_LEN || (c.client_id.is_empty() && !c.clean_start && c.protocol == Protocol::V4)
-    {
-        return Err(Refusal::BadClientId);
     }
     let assigned_client_id = c.client_id.is_empty().then(|| format!("auto-{}", uuid::Uuid::new_v4().simple()));
     let client_id = assigned_client_id.clone().unwrap_or(c.client_id);
@@ -205,7 +274,10 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
         token_expires,
         assigned_client_id,
         rights,
-        keep_alive: c.keep_alive,
+        keep_alive: match (c.protocol, shared.settings.max_keep_alive) {
+            (Protocol::V5, max) if max < u16::MAX && (c.keep_alive == 0 || c.keep_alive > max) => KeepAlive::Told(max),
+            _ => KeepAlive::Asked(c.keep_alive),
+        },
         will: c.will,
         outbound_window: window,
         outbound_max_packet: c.max_packet_size,
@@ -214,11 +286,14 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
 
 struct Connection {
     shared: Arc<Shared>,
-    stream: TcpStream,
+    transport: Transport,
     rbuf: BytesMut,
     wbuf: BytesMut,
     accepted: Accepted,
     id: u64,
+    throttle: Throttle,
+    /// Set while the device is over its publish or byte rate: nothing is read until then.
+    paused_until: Option<Instant>,
 }
 
 impl Connection {
@@ -230,8 +305,8 @@ impl Connection {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let out = self.wbuf.split();
-        match timeout(self.shared.settings.write_timeout, self.stream.write_all(&out)).await {
+        let out = self.wbuf.split().freeze();
+        match timeout(self.shared.settings.write_timeout, self.transport.write_all(out)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(()),
         }
@@ -248,6 +323,10 @@ impl Connection {
             session_expiry,
             receive_maximum: Some(settings.max_inflight.max(1)),
             max_packet_size: Some(settings.max_packet_size as u32),
+            server_keep_alive: match self.accepted.keep_alive {
+                KeepAlive::Told(secs) => Some(secs),
+                KeepAlive::Asked(_) => None,
+            },
         };
         self.send(Outbound::ConnAck { session_present: self.accepted.present, refusal: None, props });
         let kick = self.accepted.kick.clone();
@@ -260,16 +339,24 @@ impl Connection {
         if self.flush().await.is_err() {
             return End::Lost;
         }
-        let keep_alive = match self.accepted.keep_alive {
+        let keep_alive = match self.accepted.keep_alive.secs() {
             0 => None,
             secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
         };
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         let session = self.accepted.session.clone();
         loop {
+            let paused = self.paused_until;
             let idle = async {
                 match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
+                    // A paused connection is not read, so it cannot be idle.
+                    Some(d) if paused.is_none() => tokio::time::sleep_until(d).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let resume = async {
+                match paused {
+                    Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
@@ -283,11 +370,30 @@ impl Connection {
                     self.drain();
                     None
                 }
-                read = self.stream.read_buf(&mut self.rbuf) => match read {
+                _ = resume => {
+                    self.paused_until = None;
+                    deadline = keep_alive.map(|k| Instant::now() + k);
+                    // Settle what is still owed, then handle what was left unread.
+                    let wait = self.throttle.read(0);
+                        self.pause_for(wait);
+                    match self.paused_until {
+                        Some(_) => None,
+                        None => self.handle_input().await,
+                    }
+                }
+                read = self.transport.read(&mut self.rbuf), if paused.is_none() => match read {
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        GateStats::bump(&self.shared.stats.malformed_packets);
+                        tracing::warn!(error = %e, "not MQTT; closing");
+                        Some(End::Closed(CloseReason::Malformed))
+                    }
                     Ok(0) | Err(_) => Some(End::Lost),
-                    Ok(_) => {
+                    Ok(n) => {
                         deadline = keep_alive.map(|k| Instant::now() + k);
-                        self.handle_input().await
+                        let end = self.handle_input().await;
+                        let wait = self.throttle.read(n);
+                        self.pause_for(wait);
+                        end
                     }
                 },
             };
@@ -300,14 +406,37 @@ impl Connection {
         }
     }
 
-    /// Handles every complete packet in the read buffer.
+    /// Stops reading from the device for `wait`, if any (it went over a rate).
+    fn pause_for(&mut self, wait: Option<Duration>) {
+        if let Some(wait) = wait {
+            let until = Instant::now() + wait;
+            if self.paused_until.is_none() {
+                GateStats::bump(&self.shared.stats.connections_throttled);
+                tracing::debug!(?wait, "device over its rate; reading paused");
+            }
+            self.paused_until = Some(self.paused_until.map_or(until, |t| t.max(until)));
+        }
+    }
+
+    /// Handles every complete packet in the read buffer, unless the device runs over
+    /// its publish rate: then the rest waits in the buffer.
     async fn handle_input(&mut self) -> Option<End> {
         loop {
+            if self.paused_until.is_some() {
+                return None;
+            }
+            if self.rbuf.first().is_some_and(|b| b >> 4 == 3) && codec::complete(&self.rbuf) {
+                if let Some(wait) = self.throttle.publish() {
+                    self.pause_for(Some(wait));
+                    return None;
+                }
+            }
             let packet = match codec::read(self.accepted.protocol, &mut self.rbuf, self.shared.settings.max_packet_size)
             {
                 Ok(p) => p,
                 Err(DecodeError::Incomplete) => return None,
                 Err(DecodeError::TooLarge(n)) => {
+                    GateStats::bump(&self.shared.stats.packets_too_large);
                     tracing::warn!(size = n, "packet larger than allowed; closing");
                     return Some(End::Closed(CloseReason::PacketTooLarge));
                 }
@@ -367,7 +496,7 @@ impl Connection {
         if p.qos == 2 && v5 {
             return Some(End::Closed(CloseReason::QoSNotSupported));
         }
-        match acl::publish_as(&self.accepted.user_text, self.accepted.rights, &p.topic) {
+        match acl::publish_as(&self.accepted.user_text, self.accepted.rights, &p.topic, &self.shared.settings.topics) {
             Verdict::Allowed => {}
             Verdict::Invalid => {
                 tracing::warn!(topic = %p.topic, "invalid topic; closing");
@@ -386,7 +515,18 @@ impl Connection {
                 return None;
             }
         }
-        let duplicate = p.qos == 2 && !self.accepted.session.state().incoming_qos2.insert(p.pkid);
+        let duplicate = if p.qos == 2 {
+            let mut st = self.accepted.session.state();
+            if !st.incoming_qos2.contains(&p.pkid)
+                && st.incoming_qos2.len() >= usize::from(self.shared.settings.max_inflight)
+            {
+                // More unreleased QoS 2 publishes than the Receive Maximum we announced.
+                return Some(End::Closed(CloseReason::ReceiveMaximumExceeded));
+            }
+            !st.incoming_qos2.insert(p.pkid)
+        } else {
+            false
+        };
         if !duplicate {
             // QoS 0 stays QoS 0 (typing and the like); 1 and 2 travel the bus at QoS 1.
             // Waiting here pushes back on a fast device.
@@ -409,7 +549,7 @@ impl Connection {
         let mut st = self.accepted.session.state();
         let mut results = Vec::with_capacity(filters.len());
         for (filter, qos) in filters {
-            let result = match acl::subscribe(&self.accepted.user_text, &filter) {
+            let result = match acl::subscribe(&self.accepted.user_text, &filter, &self.shared.settings.topics) {
                 Verdict::Invalid => SubResult::FilterInvalid,
                 Verdict::NotAuthorized => SubResult::NotAuthorized,
                 Verdict::Allowed => {
@@ -511,10 +651,11 @@ impl Connection {
     /// releases the session.
     async fn finish(&mut self, end: End) {
         if let End::Closed(reason) = end {
+            // Acknowledgements already written go out first (3.1.1 has no DISCONNECT to add).
             if self.accepted.protocol == Protocol::V5 {
                 self.send(Outbound::Disconnect(reason));
-                let _ = self.flush().await;
             }
+            let _ = self.flush().await;
         }
         let will_due = match end {
             End::Disconnected { with_will } => with_will,
@@ -526,7 +667,7 @@ impl Connection {
                 tracing::warn!(error = %e, "will could not be published");
             }
         }
-        let _ = self.stream.shutdown().await;
+        self.transport.close().await;
         self.shared.registry.detach(&self.accepted.session, self.id);
         report_presence(&self.shared, self.accepted.user).await;
         tracing::info!(?end, "device disconnected");

@@ -1,5 +1,5 @@
-//! The gate: Parley's own MQTT server for devices (3.1.1 and 5 over TCP). It
-//! authenticates each CONNECT with the access token, enforces the per-user ACL,
+//! The gate: Parley's own MQTT server for devices (3.1.1 and 5 over TCP, TLS,
+//! WebSocket and WebSocket over TLS). It authenticates each CONNECT with the access token, enforces the per-user ACL,
 //! forwards allowed uplinks to the bus and delivers downlinks from the bus to the
 //! right device sessions.
 
@@ -7,26 +7,33 @@ mod acl;
 pub mod codec;
 mod connection;
 mod downlink;
+mod limits;
 mod session;
+mod transport;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parley_domain::{Domain, Tokens};
+use anyhow::{bail, Context};
+use parley_domain::{Domain, Rate, Tokens};
 use parley_wire::bus::BusEndpoint;
 use rumqttc::{AsyncClient, QoS};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use acl::TopicLimits;
+use limits::Admission;
+pub use limits::Flapping;
 pub use session::GateStats;
 use session::Registry;
+pub use transport::{tls_acceptor, GateListener, Kind, TransportSettings};
 
 /// The gate's limits, from `[mqtt]` settings.
 #[derive(Debug, Clone)]
 pub struct GateSettings {
     pub max_packet_size: usize,
+    /// Time for the TLS and WebSocket handshakes and the CONNECT together.
     pub connect_timeout: Duration,
     pub session_expiry: Duration,
     pub max_queued: usize,
@@ -37,12 +44,42 @@ pub struct GateSettings {
     pub write_timeout: Duration,
     /// This gate's name in presence reports.
     pub node_id: String,
+    pub max_keep_alive: u16,
+    pub max_client_id_len: usize,
+    pub topics: TopicLimits,
+    /// Per connection; `None` is no limit.
+    pub publish_rate: Option<Rate>,
+    pub byte_rate: Option<Rate>,
+    /// New connections per client address.
+    pub connection_rate: Option<Rate>,
+    pub flapping: Option<Flapping>,
+    pub transport: TransportSettings,
+}
+
+fn rate(per_sec: u32, burst: u32) -> Option<Rate> {
+    (per_sec > 0).then_some(Rate { per_sec, burst: burst.max(per_sec) })
 }
 
 impl GateSettings {
-    pub fn from_config(mqtt: &parley_config::MqttSettings) -> Self {
-        Self {
-            max_packet_size: mqtt.max_packet_size as usize,
+    /// The gate's settings; reads the TLS certificate and key when a TLS listener is configured.
+    pub fn from_config(mqtt: &parley_config::MqttSettings) -> anyhow::Result<Self> {
+        let tls = if mqtt.tls_listen.is_empty() && mqtt.wss_listen.is_empty() {
+            None
+        } else {
+            let (Some(cert), Some(key)) = (&mqtt.tls_cert_file, &mqtt.tls_key_file) else {
+                bail!(
+                    "mqtt.tls_listen and mqtt.wss_listen need mqtt.tls_cert_file and mqtt.tls_key_file \
+                     (PARLEY_MQTT__TLS_CERT_FILE, PARLEY_MQTT__TLS_KEY_FILE)"
+                );
+            };
+            Some(tls_acceptor(cert, key).context("mqtt.tls_cert_file / mqtt.tls_key_file")?)
+        };
+        if !mqtt.ws_path.starts_with('/') {
+            bail!("mqtt.ws_path must start with `/`, not {:?}", mqtt.ws_path);
+        }
+        let max_packet_size = mqtt.max_packet_size as usize;
+        Ok(Self {
+            max_packet_size,
             connect_timeout: Duration::from_secs(mqtt.connect_timeout_secs),
             session_expiry: Duration::from_secs(mqtt.session_expiry_secs),
             max_queued: mqtt.max_queued_messages,
@@ -51,7 +88,20 @@ impl GateSettings {
             max_sessions_per_user: 32,
             write_timeout: Duration::from_secs(30),
             node_id: mqtt.node_id.clone(),
-        }
+            max_keep_alive: if mqtt.max_keep_alive_secs == 0 { u16::MAX } else { mqtt.max_keep_alive_secs },
+            max_client_id_len: mqtt.max_client_id_len,
+            topics: TopicLimits { max_len: mqtt.max_topic_len, max_levels: mqtt.max_topic_levels.max(1) },
+            publish_rate: rate(mqtt.publish_rate_per_sec, mqtt.publish_burst),
+            // A whole packet must fit in one burst.
+            byte_rate: rate(mqtt.bytes_per_sec, mqtt.bytes_burst.max(mqtt.max_packet_size)),
+            connection_rate: rate(mqtt.connections_per_sec_per_address, mqtt.connections_burst_per_address),
+            flapping: (mqtt.flapping_max_connects > 0).then(|| Flapping {
+                max_connects: mqtt.flapping_max_connects,
+                window: Duration::from_secs(mqtt.flapping_window_secs),
+                ban: Duration::from_secs(mqtt.flapping_ban_secs),
+            }),
+            transport: TransportSettings { tls, ws_path: mqtt.ws_path.clone(), ws_max_message: max_packet_size + 4096 },
+        })
     }
 }
 
@@ -63,6 +113,7 @@ pub(crate) struct Shared {
     stats: Arc<GateStats>,
     bus: AsyncClient,
     next_connection: AtomicU64,
+    admission: Admission,
 }
 
 /// A running gate's counters, for operators and tests.
@@ -83,10 +134,10 @@ impl GateHandle {
     }
 }
 
-/// Serves devices on `listener` until `shutdown`, then closes every connection
+/// Serves devices on `listeners` until `shutdown`, then closes every connection
 /// (v5 devices are told the server is shutting down) and returns.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<GateListener>,
     settings: GateSettings,
     domain: Domain,
     bus: &BusEndpoint,
@@ -108,8 +159,8 @@ pub async fn serve(
         settings.max_queued,
         shutdown.clone(),
     ));
-    tasks.spawn(purge_expired_sessions(registry.clone(), shutdown.clone()));
     ready(GateHandle { stats: stats.clone(), registry: registry.clone() });
+    let admission = Admission::new(settings.connection_rate, settings.flapping);
     let shared = Arc::new(Shared {
         settings,
         domain,
@@ -117,24 +168,14 @@ pub async fn serve(
         stats,
         bus: client.clone(),
         next_connection: AtomicU64::new(1),
+        admission,
     });
-    tracing::info!(addr = %listener.local_addr()?, "gate listening for devices");
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                tasks.spawn(connection::serve(shared.clone(), stream, peer, shutdown.clone()));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: pause instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+    tasks.spawn(housekeeping(shared.clone(), shutdown.clone()));
+    for GateListener { listener, kind } in listeners {
+        tracing::info!(addr = %listener.local_addr()?, %kind, "gate listening for devices");
+        tasks.spawn(accept(listener, kind, shared.clone(), tasks.clone(), shutdown.clone()));
     }
+    shutdown.cancelled().await;
     registry.kick_all();
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
@@ -143,15 +184,47 @@ pub async fn serve(
     Ok(())
 }
 
-async fn purge_expired_sessions(registry: Arc<Registry>, shutdown: CancellationToken) {
+/// Accepts on one listener until `shutdown`; each connection gets its own task
+/// at once, so nothing a device does (or fails to do) delays the next accept.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    kind: Kind,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tasks.spawn(connection::serve(shared.clone(), stream, peer, kind, shutdown.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                tracing::warn!(error = %e, %kind, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Every 30 s: forgets expired sessions, and addresses and clients that went quiet.
+async fn housekeeping(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(30));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {
-                let n = registry.purge_expired();
+                let n = shared.registry.purge_expired();
                 if n > 0 {
                     tracing::info!(sessions = n, "expired device sessions forgotten");
+                }
+                let bans = shared.admission.purge();
+                if bans > 0 {
+                    tracing::info!(bans, "flapping clients still banned");
                 }
             }
         }

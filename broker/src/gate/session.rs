@@ -95,6 +95,18 @@ pub struct GateStats {
     pub subscriptions_refused: AtomicU64,
     pub deliveries_dropped: AtomicU64,
     pub malformed_packets: AtomicU64,
+    /// Packets announcing more than the maximum packet size (the connection is closed).
+    pub packets_too_large: AtomicU64,
+    /// TLS or WebSocket handshakes that failed.
+    pub handshakes_failed: AtomicU64,
+    /// Connections closed for not finishing their handshakes and CONNECT in time.
+    pub handshakes_timed_out: AtomicU64,
+    /// CONNECTs refused because their address opened connections too fast.
+    pub connections_rate_limited: AtomicU64,
+    /// CONNECTs refused because the client is banned for flapping.
+    pub connections_banned: AtomicU64,
+    /// Times a connection was paused for going over its publish or byte rate.
+    pub connections_throttled: AtomicU64,
 }
 
 impl GateStats {

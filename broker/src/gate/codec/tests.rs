@@ -113,3 +113,19 @@ fn published_packets_survive_a_round_trip() {
         assert_eq!(read(protocol, &mut out, 1024), Ok(Inbound::Publish(p.clone())), "{protocol:?}");
     }
 }
+
+#[test]
+fn v5_disconnects_carry_their_reason_and_are_readable_by_clients() {
+    for reason in [CloseReason::TopicNameInvalid, CloseReason::SessionRevoked, CloseReason::PacketTooLarge] {
+        let mut out = BytesMut::new();
+        write(Protocol::V5, Outbound::Disconnect(reason), &mut out);
+        let parsed = v5::Packet::read(&mut out, None);
+        match parsed {
+            Ok(v5::Packet::Disconnect(d)) => {
+                assert_ne!(d.reason_code, v5::DisconnectReasonCode::NormalDisconnection, "{reason:?}");
+                assert!(d.properties.and_then(|p| p.reason_string).is_some_and(|r| !r.is_empty()));
+            }
+            other => panic!("{reason:?}: {other:?}"),
+        }
+    }
+}
