@@ -115,7 +115,8 @@ mod tests {
         assert_eq!(subscribe(ME, &format!("to/{ME}/+/+/#"), &tight), Verdict::Invalid);
         assert_eq!(subscribe(ME, &"/".repeat(10), &tight), Verdict::Invalid);
         // Wildcards and `$` in odd places.
-        for topic in [format!("from/{ME}/a+"), format!("from/{ME}/#/x"), format!("from/+/msg"), format!("from/{ME}/\0")]
+        for topic in
+            [format!("from/{ME}/a+"), format!("from/{ME}/#/x"), "from/+/msg".to_string(), format!("from/{ME}/\0")]
         {
             assert_eq!(publish(ME, &topic, &L), Verdict::Invalid, "{topic}");
         }

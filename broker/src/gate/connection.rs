@@ -33,9 +33,8 @@ use super::Shared;
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, kind: Kind, shutdown: CancellationToken) {
     let mut rbuf = BytesMut::with_capacity(1024);
     let opening = async {
-        let mut transport = Transport::handshake(kind, tcp, &shared.settings.transport).await.map_err(|e| {
+        let mut transport = Transport::handshake(kind, tcp, &shared.settings.transport).await.inspect_err(|_| {
             GateStats::bump(&shared.stats.handshakes_failed);
-            e
         })?;
         let connect = read_connect(&shared, &mut transport, &mut rbuf).await.map_err(str::to_string)?;
         Ok::<_, String>((transport, connect))

@@ -196,6 +196,8 @@ impl Transport {
 
 /// Accepts the WebSocket upgrade on `path` only, with the `mqtt` subprotocol when the
 /// client offers subprotocols (a browser offering only others is refused).
+// The error type is tungstenite's callback contract.
+#[allow(clippy::result_large_err)]
 fn upgrade(path: &str, request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
     if request.uri().path() != path {
         return Err(refuse(StatusCode::NOT_FOUND, format!("MQTT over WebSocket is served at {path}")));
