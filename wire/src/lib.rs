@@ -5,6 +5,7 @@
 //! it sends, `to/{uid}/…` what it receives. `docs/protocol.md` is the prose version.
 
 pub mod bus;
+pub mod codec;
 pub mod ids;
 pub mod payloads;
 pub mod rights;

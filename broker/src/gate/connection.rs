@@ -2,6 +2,7 @@
 //! (publish, subscribe, acknowledgements, keepalive) until the device leaves, is
 //! pushed out by a takeover, breaks the protocol, or the gate shuts down.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,13 +21,16 @@ use tracing::Instrument;
 use super::acl::{self, Verdict};
 use super::codec::{
     self, AckReason, CloseReason, ConnAckProps, ConnectInfo, DecodeError, Inbound, Outbound, Protocol, Publish,
-    Refusal, SubResult,
+    Refusal, SubResult, SubscribeFilter,
 };
 use super::downlink;
 use super::limits::{Throttle, Turned};
 use super::session::{GateStats, Session, Subscription};
 use super::transport::{Kind, Transport};
 use super::Shared;
+
+/// Topic aliases the gate accepts from a device, and uses at most towards one.
+const TOPIC_ALIAS_MAX: u16 = 32;
 
 /// Serves one accepted socket to its end: transport handshakes and CONNECT under
 /// one deadline, admission, credentials, then the device's packets.
@@ -88,6 +92,8 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, kind: 
             id,
             throttle,
             paused_until: None,
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
         };
         let end = conn.run(shutdown).await;
         conn.finish(end).await;
@@ -115,6 +121,8 @@ struct Accepted {
     rights: Option<DeviceRights>,
     keep_alive: KeepAlive,
     will: Option<codec::Will>,
+    /// Aliases the v5 device accepts from the gate.
+    topic_alias_max: u16,
     outbound_window: usize,
     outbound_max_packet: Option<u32>,
 }
@@ -278,6 +286,7 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
             _ => KeepAlive::Asked(c.keep_alive),
         },
         will: c.will,
+        topic_alias_max: c.topic_alias_max,
         outbound_window: window,
         outbound_max_packet: c.max_packet_size,
     })
@@ -293,6 +302,9 @@ struct Connection {
     throttle: Throttle,
     /// Set while the device is over its publish or byte rate: nothing is read until then.
     paused_until: Option<Instant>,
+    /// Topic aliases the device set (v5), and those the gate set for the device.
+    aliases_in: HashMap<u16, String>,
+    aliases_out: HashMap<String, u16>,
 }
 
 impl Connection {
@@ -322,6 +334,7 @@ impl Connection {
             session_expiry,
             receive_maximum: Some(settings.max_inflight.max(1)),
             max_packet_size: Some(settings.max_packet_size as u32),
+            topic_alias_max: Some(TOPIC_ALIAS_MAX),
             server_keep_alive: match self.accepted.keep_alive {
                 KeepAlive::Told(secs) => Some(secs),
                 KeepAlive::Asked(_) => None,
@@ -468,7 +481,7 @@ impl Connection {
             }
             // The gate never sends QoS 2, so these can only be stray; ignore them.
             Inbound::PubRec(_) | Inbound::PubComp(_) => {}
-            Inbound::Subscribe { pkid, filters } => self.subscribe(pkid, filters),
+            Inbound::Subscribe { pkid, filters, id } => self.subscribe(pkid, filters, id),
             Inbound::Unsubscribe { pkid, filters } => {
                 let count = filters.len();
                 self.accepted.session.state().subscriptions.retain(|s| !filters.contains(&s.filter));
@@ -484,16 +497,25 @@ impl Connection {
         None
     }
 
-    async fn publish(&mut self, p: Publish) -> Option<End> {
+    async fn publish(&mut self, mut p: Publish) -> Option<End> {
         let v5 = self.accepted.protocol == Protocol::V5;
-        if p.topic_alias {
-            return Some(End::Closed(CloseReason::TopicAliasInvalid));
+        if let Some(alias) = p.topic_alias {
+            if alias == 0 || alias > TOPIC_ALIAS_MAX {
+                return Some(End::Closed(CloseReason::TopicAliasInvalid));
+            }
+            if p.topic.is_empty() {
+                match self.aliases_in.get(&alias) {
+                    Some(topic) => p.topic = topic.clone(),
+                    // An alias never set (MQTT 5 §3.3.4): protocol error.
+                    None => return Some(End::Closed(CloseReason::ProtocolError)),
+                }
+            } else if acl::publish(&self.accepted.user_text, &p.topic, &self.shared.settings.topics) != Verdict::Invalid
+            {
+                self.aliases_in.insert(alias, p.topic.clone());
+            }
         }
         if p.retain && v5 {
             return Some(End::Closed(CloseReason::RetainNotSupported));
-        }
-        if p.qos == 2 && v5 {
-            return Some(End::Closed(CloseReason::QoSNotSupported));
         }
         match acl::publish_as(&self.accepted.user_text, self.accepted.rights, &p.topic, &self.shared.settings.topics) {
             Verdict::Allowed => {}
@@ -543,23 +565,25 @@ impl Connection {
         None
     }
 
-    fn subscribe(&mut self, pkid: u16, filters: Vec<(String, u8)>) {
+    fn subscribe(&mut self, pkid: u16, filters: Vec<SubscribeFilter>, id: Option<usize>) {
         let max = self.shared.settings.max_subscriptions;
         let mut st = self.accepted.session.state();
         let mut results = Vec::with_capacity(filters.len());
-        for (filter, qos) in filters {
+        for SubscribeFilter { filter, qos, .. } in filters {
             let result = match acl::subscribe(&self.accepted.user_text, &filter, &self.shared.settings.topics) {
                 Verdict::Invalid => SubResult::FilterInvalid,
                 Verdict::NotAuthorized => SubResult::NotAuthorized,
                 Verdict::Allowed => {
-                    let granted = qos.min(1);
+                    // Delivered QoS is the lower of the message's and this one.
+                    let granted = qos.min(2);
                     if let Some(existing) = st.subscriptions.iter_mut().find(|s| s.filter == filter) {
                         existing.qos = granted;
+                        existing.id = id;
                         SubResult::Granted(granted)
                     } else if st.subscriptions.len() >= max {
                         SubResult::QuotaExceeded
                     } else {
-                        st.subscriptions.push(Subscription { filter: filter.clone(), qos: granted });
+                        st.subscriptions.push(Subscription { filter: filter.clone(), qos: granted, id });
                         SubResult::Granted(granted)
                     }
                 }
@@ -595,16 +619,37 @@ impl Connection {
     fn resend_inflight(&mut self) {
         let pending: Vec<_> = self.accepted.session.state().inflight.iter().cloned().collect();
         for (pkid, d) in pending {
+            let (topic, topic_alias) = self.alias_out(d.topic);
             self.send(Outbound::Publish(Publish {
-                topic: d.topic,
+                topic,
                 payload: d.payload,
                 qos: d.qos,
                 retain: false,
                 dup: true,
                 pkid,
-                topic_alias: false,
+                topic_alias,
+                subscription_ids: d.subscription_ids,
             }));
         }
+    }
+
+    /// The topic to write for a message to the device, using topic aliases when the
+    /// v5 device accepts them: the first message on a topic carries the topic and a
+    /// new alias, later ones only the alias.
+    fn alias_out(&mut self, topic: String) -> (String, Option<u16>) {
+        let max = self.accepted.topic_alias_max.min(TOPIC_ALIAS_MAX);
+        if max == 0 {
+            return (topic, None);
+        }
+        if let Some(&alias) = self.aliases_out.get(&topic) {
+            return (String::new(), Some(alias));
+        }
+        let next = self.aliases_out.len() as u16 + 1;
+        if next > max {
+            return (topic, None);
+        }
+        self.aliases_out.insert(topic.clone(), next);
+        (topic, Some(next))
     }
 
     /// Moves queued messages into the write buffer while the in-flight window allows.
@@ -630,16 +675,18 @@ impl Connection {
             } else {
                 0
             };
+            let (topic, topic_alias) = self.alias_out(d.topic);
             codec::write(
                 self.accepted.protocol,
                 Outbound::Publish(Publish {
-                    topic: d.topic,
+                    topic,
                     payload: d.payload,
                     qos: d.qos,
                     retain: false,
                     dup: false,
                     pkid,
-                    topic_alias: false,
+                    topic_alias,
+                    subscription_ids: d.subscription_ids,
                 }),
                 &mut self.wbuf,
             );
@@ -661,15 +708,49 @@ impl Connection {
             End::Lost => true,
             End::Closed(reason) => reason != CloseReason::ShuttingDown,
         };
-        if let Some(will) = self.accepted.will.take().filter(|_| will_due) {
-            if let Err(e) = self.shared.bus.try_publish(will.topic, QoS::AtLeastOnce, false, will.payload) {
-                tracing::warn!(error = %e, "will could not be published");
-            }
-        }
+        let will = self.accepted.will.take().filter(|_| will_due);
         self.transport.close().await;
         self.shared.registry.detach(&self.accepted.session, self.id);
+        if let Some(will) = will {
+            self.publish_will(will);
+        }
         report_presence(&self.shared, self.accepted.user).await;
         tracing::info!(?end, "device disconnected");
+    }
+}
+
+impl Connection {
+    /// Publishes the will now, or after its v5 Will Delay Interval unless the device
+    /// resumes its session first. The delay never outlasts the session: a session
+    /// that ends with its connection publishes at once (MQTT 5 §3.1.3.2.2).
+    fn publish_will(&self, will: codec::Will) {
+        let bus = self.shared.bus.clone();
+        let session_expiry = self.accepted.session.state().expiry.unwrap_or(Duration::ZERO);
+        let delay = Duration::from_secs(u64::from(will.delay)).min(session_expiry);
+        let publish = move || {
+            if let Err(e) = bus.try_publish(will.topic, QoS::AtLeastOnce, false, will.payload) {
+                tracing::warn!(error = %e, "will could not be published");
+            }
+        };
+        if delay.is_zero() {
+            publish();
+            return;
+        }
+        let session = self.accepted.session.clone();
+        let connection = self.id;
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(delay).await;
+                // Resumed (or taken over) in the meantime: the will is cancelled.
+                let resumed = session.state().owner.is_some_and(|owner| owner != connection);
+                if resumed {
+                    tracing::debug!("session resumed before the will delay; will dropped");
+                } else {
+                    publish();
+                }
+            }
+            .in_current_span(),
+        );
     }
 }
 

@@ -41,8 +41,13 @@ pub fn dispatch(registry: &Registry, stats: &GateStats, max_queued: usize, topic
 /// only QoS 1 messages, and only if it is persistent; a full queue drops and counts.
 pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, topic: &str, payload: Bytes, qos: u8) {
     let mut st = session.state();
-    let Some(granted) = st.subscriptions.iter().filter(|s| rumqttc::matches(topic, &s.filter)).map(|s| s.qos).max()
-    else {
+    let mut granted = None;
+    let mut subscription_ids = Vec::new();
+    for s in st.subscriptions.iter().filter(|s| rumqttc::matches(topic, &s.filter)) {
+        granted = granted.max(Some(s.qos));
+        subscription_ids.extend(s.id);
+    }
+    let Some(granted) = granted else {
         return;
     };
     let qos = qos.min(granted);
@@ -54,7 +59,7 @@ pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, topic: &st
         tracing::warn!(user_id = %session.user, client_id = %session.client_id, topic, "session queue full; message dropped");
         return;
     }
-    st.queue.push_back(Delivery { topic: topic.to_string(), payload, qos });
+    st.queue.push_back(Delivery { topic: topic.to_string(), payload, qos, subscription_ids });
     drop(st);
     session.notify.notify_one();
 }

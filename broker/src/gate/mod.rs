@@ -4,7 +4,8 @@
 //! right device sessions.
 
 mod acl;
-pub mod codec;
+/// The MQTT codec lives with the wire contract (the load generator and test clients use it too).
+pub use parley_wire::codec;
 mod connection;
 mod downlink;
 mod limits;

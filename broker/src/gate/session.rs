@@ -21,6 +21,8 @@ pub struct Delivery {
     pub topic: String,
     pub payload: Bytes,
     pub qos: u8,
+    /// v5 Subscription Identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<usize>,
 }
 
 /// One subscription filter and the QoS granted for it.
@@ -28,6 +30,8 @@ pub struct Delivery {
 pub struct Subscription {
     pub filter: String,
     pub qos: u8,
+    /// v5 Subscription Identifier, echoed on what the subscription delivers.
+    pub id: Option<usize>,
 }
 
 /// A session's mutable state; always reached through [`Session::state`].

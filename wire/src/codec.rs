@@ -1,6 +1,10 @@
 //! MQTT 3.1.1 and 5 packets as the gate sees them, whichever version a device
-//! speaks. Decoding and encoding are rumqttc's codecs; this module only chooses
-//! the version from the CONNECT's protocol level and maps to one set of types.
+//! speaks. Decoding and encoding are rumqttc's codecs; this module chooses the
+//! version from the CONNECT's protocol level, maps to one set of types, and mends
+//! the few places where rumqttc's parsers and the standard disagree.
+//!
+//! The client side (`write_connect`, `write_inbound`) is here too, for tests, the
+//! fuzz target (`wire/fuzz`) and load generators.
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{self as m4base, v4};
@@ -19,6 +23,8 @@ pub struct Will {
     pub topic: String,
     pub payload: Bytes,
     pub qos: u8,
+    /// v5 Will Delay Interval, in seconds (0: at once).
+    pub delay: u32,
 }
 
 /// A CONNECT, reduced to what the gate uses.
@@ -37,6 +43,8 @@ pub struct ConnectInfo {
     pub receive_maximum: Option<u16>,
     /// v5 Maximum Packet Size the device accepts.
     pub max_packet_size: Option<u32>,
+    /// v5 Topic Alias Maximum: aliases the device accepts from the gate.
+    pub topic_alias_max: u16,
 }
 
 /// A PUBLISH in either direction.
@@ -48,8 +56,28 @@ pub struct Publish {
     pub retain: bool,
     pub dup: bool,
     pub pkid: u16,
-    /// v5 only: the packet used a topic alias (unsupported: we announce none).
-    pub topic_alias: bool,
+    /// v5 Topic Alias (with an empty topic: the topic the alias stands for).
+    pub topic_alias: Option<u16>,
+    /// v5 Subscription Identifiers of the subscriptions that matched (gate to device).
+    pub subscription_ids: Vec<usize>,
+}
+
+/// One filter of a SUBSCRIBE, with its v5 options (3.1.1: the defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeFilter {
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// 0: send retained messages at subscribe; 1: only for a new subscription; 2: never.
+    pub retain_handling: u8,
+}
+
+impl SubscribeFilter {
+    /// A filter with 3.1.1's (and v5's default) options.
+    pub fn new(filter: impl Into<String>, qos: u8) -> Self {
+        Self { filter: filter.into(), qos, no_local: false, retain_as_published: false, retain_handling: 0 }
+    }
 }
 
 /// A packet from a connected device.
@@ -62,7 +90,9 @@ pub enum Inbound {
     PubComp(u16),
     Subscribe {
         pkid: u16,
-        filters: Vec<(String, u8)>,
+        filters: Vec<SubscribeFilter>,
+        /// v5 Subscription Identifier.
+        id: Option<usize>,
     },
     Unsubscribe {
         pkid: u16,
@@ -155,6 +185,8 @@ pub struct ConnAckProps {
     pub max_packet_size: Option<u32>,
     /// The keepalive the device must use instead of the one it asked for.
     pub server_keep_alive: Option<u16>,
+    /// Aliases the gate accepts from the device.
+    pub topic_alias_max: Option<u16>,
 }
 
 /// A decoding failure; `Incomplete` only means "read more bytes".
@@ -229,10 +261,11 @@ fn from_v4_connect(c: v4::Connect) -> ConnectInfo {
         keep_alive: c.keep_alive,
         username,
         password,
-        will: c.last_will.map(|w| Will { topic: w.topic, payload: w.message, qos: w.qos as u8 }),
+        will: c.last_will.map(|w| Will { topic: w.topic, payload: w.message, qos: w.qos as u8, delay: 0 }),
         session_expiry: None,
         receive_maximum: None,
         max_packet_size: None,
+        topic_alias_max: 0,
     }
 }
 
@@ -251,6 +284,7 @@ fn from_v5_connect(
                 .map_err(|_| DecodeError::Malformed("will topic is not UTF-8".into()))?,
             payload: w.message,
             qos: w.qos as u8,
+            delay: w.properties.and_then(|p| p.delay_interval).unwrap_or(0),
         }),
         None => None,
     };
@@ -266,6 +300,7 @@ fn from_v5_connect(
         session_expiry: props.session_expiry_interval,
         receive_maximum: props.receive_maximum,
         max_packet_size: props.max_packet_size,
+        topic_alias_max: props.topic_alias_max.unwrap_or(0),
     })
 }
 
@@ -275,7 +310,14 @@ fn non_empty(s: String) -> Option<String> {
 
 /// Reads the next packet after CONNECT.
 pub fn read(protocol: Protocol, buf: &mut BytesMut, max: usize) -> Result<Inbound, DecodeError> {
-    frame(buf, max)?;
+    let header = frame(buf, max)?;
+    if protocol == Protocol::V5 && buf[0] == 0xE0 && header.frame_length() <= 3 {
+        // A v5 DISCONNECT may omit its properties, or its reason too (then 0x00, normal):
+        // what most clients send, and what rumqttc's parser refuses (MQTT 5 §3.14.2).
+        let with_will = header.frame_length() == 3 && buf[2] == 0x04;
+        let _ = buf.split_to(header.frame_length());
+        return Ok(Inbound::Disconnect { with_will });
+    }
     match protocol {
         Protocol::V4 => v4::Packet::read(buf, max).map_err(|e| DecodeError::Malformed(e.to_string())).map(from_v4),
         Protocol::V5 => {
@@ -294,15 +336,18 @@ fn from_v4(p: v4::Packet) -> Inbound {
             retain: p.retain,
             dup: p.dup,
             pkid: p.pkid,
-            topic_alias: false,
+            topic_alias: None,
+            subscription_ids: Vec::new(),
         }),
         P::PubAck(a) => Inbound::PubAck(a.pkid),
         P::PubRec(a) => Inbound::PubRec(a.pkid),
         P::PubRel(a) => Inbound::PubRel(a.pkid),
         P::PubComp(a) => Inbound::PubComp(a.pkid),
-        P::Subscribe(s) => {
-            Inbound::Subscribe { pkid: s.pkid, filters: s.filters.into_iter().map(|f| (f.path, f.qos as u8)).collect() }
-        }
+        P::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            filters: s.filters.into_iter().map(|f| SubscribeFilter::new(f.path, f.qos as u8)).collect(),
+            id: None,
+        },
         P::Unsubscribe(u) => Inbound::Unsubscribe { pkid: u.pkid, filters: u.topics },
         P::PingReq => Inbound::PingReq,
         P::Disconnect => Inbound::Disconnect { with_will: false },
@@ -317,7 +362,11 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, DecodeError> {
     use v5::Packet as P;
     Ok(match p {
         P::Publish(p) => {
-            let topic_alias = p.properties.as_ref().is_some_and(|pr| pr.topic_alias.is_some());
+            let topic_alias = p.properties.as_ref().and_then(|pr| pr.topic_alias);
+            if p.properties.is_some_and(|pr| !pr.subscription_identifiers.is_empty()) {
+                // MQTT-3.3.4-6 (and rumqttc miscounts these properties when reading).
+                return Ok(Inbound::ProtocolViolation("subscription identifier in a PUBLISH from a client"));
+            }
             Inbound::Publish(Publish {
                 topic: String::from_utf8(p.topic.to_vec())
                     .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?,
@@ -327,15 +376,32 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, DecodeError> {
                 dup: p.dup,
                 pkid: p.pkid,
                 topic_alias,
+                subscription_ids: Vec::new(),
             })
         }
         P::PubAck(a) => Inbound::PubAck(a.pkid),
         P::PubRec(a) => Inbound::PubRec(a.pkid),
         P::PubRel(a) => Inbound::PubRel(a.pkid),
         P::PubComp(a) => Inbound::PubComp(a.pkid),
-        P::Subscribe(s) => {
-            Inbound::Subscribe { pkid: s.pkid, filters: s.filters.into_iter().map(|f| (f.path, f.qos as u8)).collect() }
-        }
+        P::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            id: s.properties.and_then(|p| p.id),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| SubscribeFilter {
+                    filter: f.path,
+                    qos: f.qos as u8,
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                    retain_handling: match f.retain_forward_rule {
+                        v5::RetainForwardRule::OnEverySubscribe => 0,
+                        v5::RetainForwardRule::OnNewSubscribe => 1,
+                        v5::RetainForwardRule::Never => 2,
+                    },
+                })
+                .collect(),
+        },
         P::Unsubscribe(u) => Inbound::Unsubscribe { pkid: u.pkid, filters: u.filters },
         P::PingReq(_) => Inbound::PingReq,
         P::Disconnect(d) => {
@@ -347,6 +413,120 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, DecodeError> {
             Inbound::ProtocolViolation("server-only packet from a client")
         }
     })
+}
+
+/// Appends the encoding of a CONNECT (what a client sends first): for tests, the
+/// fuzz corpus and load generators.
+pub fn write_connect(c: &ConnectInfo, out: &mut BytesMut) {
+    let login = |u: &Option<String>, p: &Option<String>| {
+        (u.is_some() || p.is_some()).then(|| (u.clone().unwrap_or_default(), p.clone().unwrap_or_default()))
+    };
+    match c.protocol {
+        Protocol::V4 => {
+            let mut connect = v4::Connect::new(c.client_id.clone());
+            connect.keep_alive = c.keep_alive;
+            connect.clean_session = c.clean_start;
+            if let Some((u, p)) = login(&c.username, &c.password) {
+                connect.set_login(u, p);
+            }
+            connect.last_will = c.will.as_ref().map(|w| v4::LastWill {
+                topic: w.topic.clone(),
+                message: w.payload.clone(),
+                qos: qos4(w.qos),
+                retain: false,
+            });
+            let _ = connect.write(out);
+        }
+        Protocol::V5 => {
+            let properties = v5::ConnectProperties {
+                session_expiry_interval: c.session_expiry,
+                receive_maximum: c.receive_maximum,
+                max_packet_size: c.max_packet_size,
+                topic_alias_max: (c.topic_alias_max > 0).then_some(c.topic_alias_max),
+                ..v5::ConnectProperties::new()
+            };
+            let connect = v5::Connect {
+                keep_alive: c.keep_alive,
+                client_id: c.client_id.clone(),
+                clean_start: c.clean_start,
+                properties: Some(properties),
+            };
+            let will = c.will.as_ref().map(|w| {
+                let properties = (w.delay > 0).then(|| v5::LastWillProperties {
+                    delay_interval: Some(w.delay),
+                    payload_format_indicator: None,
+                    message_expiry_interval: None,
+                    content_type: None,
+                    response_topic: None,
+                    correlation_data: None,
+                    user_properties: Vec::new(),
+                });
+                v5::LastWill::new(w.topic.clone(), w.payload.clone(), qos5(w.qos), false, properties)
+            });
+            let login = login(&c.username, &c.password).map(|(username, password)| v5::Login { username, password });
+            let _ = v5::Packet::Connect(connect, will, login).write(out, None);
+        }
+    }
+}
+
+/// Appends the encoding of a packet a client sends after CONNECT (the inverse of [`read`]).
+pub fn write_inbound(protocol: Protocol, packet: &Inbound, out: &mut BytesMut) {
+    match protocol {
+        Protocol::V4 => {
+            let _ = match packet.clone() {
+                Inbound::Publish(p) => v4_publish(p).write(out),
+                Inbound::PubAck(pkid) => v4::PubAck::new(pkid).write(out),
+                Inbound::PubRec(pkid) => v4::PubRec::new(pkid).write(out),
+                Inbound::PubRel(pkid) => v4::PubRel::new(pkid).write(out),
+                Inbound::PubComp(pkid) => v4::PubComp::new(pkid).write(out),
+                Inbound::Subscribe { pkid, filters, .. } => {
+                    let filters =
+                        filters.into_iter().map(|f| v4::SubscribeFilter::new(f.filter, qos4(f.qos))).collect();
+                    v4::Subscribe { pkid, filters }.write(out)
+                }
+                Inbound::Unsubscribe { pkid, filters } => v4::Unsubscribe { pkid, topics: filters }.write(out),
+                Inbound::PingReq => v4::PingReq.write(out),
+                Inbound::Disconnect { .. } => v4::Disconnect.write(out),
+                Inbound::ProtocolViolation(_) => Ok(0),
+            };
+        }
+        Protocol::V5 => {
+            let packet = match packet.clone() {
+                Inbound::Publish(p) => v5::Packet::Publish(v5_publish(p)),
+                Inbound::PubAck(pkid) => v5::Packet::PubAck(v5::PubAck::new(pkid, None)),
+                Inbound::PubRec(pkid) => v5::Packet::PubRec(v5::PubRec::new(pkid, None)),
+                Inbound::PubRel(pkid) => v5::Packet::PubRel(v5::PubRel::new(pkid, None)),
+                Inbound::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(pkid, None)),
+                Inbound::Subscribe { pkid, filters, id } => {
+                    let filters = filters
+                        .into_iter()
+                        .map(|f| v5::Filter {
+                            path: f.filter,
+                            qos: qos5(f.qos),
+                            nolocal: f.no_local,
+                            preserve_retain: f.retain_as_published,
+                            retain_forward_rule: match f.retain_handling {
+                                0 => v5::RetainForwardRule::OnEverySubscribe,
+                                1 => v5::RetainForwardRule::OnNewSubscribe,
+                                _ => v5::RetainForwardRule::Never,
+                            },
+                        })
+                        .collect();
+                    let properties = id.map(|id| v5::SubscribeProperties { id: Some(id), user_properties: Vec::new() });
+                    v5::Packet::Subscribe(v5::Subscribe { pkid, filters, properties })
+                }
+                Inbound::Unsubscribe { pkid, filters } => {
+                    v5::Packet::Unsubscribe(v5::Unsubscribe { pkid, filters, properties: None })
+                }
+                Inbound::PingReq => v5::Packet::PingReq(v5::PingReq),
+                // By hand: rumqttc writes a reason without properties with a stray byte.
+                Inbound::Disconnect { with_will: true } => return out.extend_from_slice(&[0xE0, 0x01, 0x04]),
+                Inbound::Disconnect { with_will: false } => return out.extend_from_slice(&[0xE0, 0x00]),
+                Inbound::ProtocolViolation(_) => return,
+            };
+            let _ = packet.write(out, None);
+        }
+    }
 }
 
 /// Appends the encoding of `packet` to `out`. A 3.1.1 connection gets no
@@ -379,6 +559,27 @@ fn qos5(q: u8) -> m5base::QoS {
     }
 }
 
+fn v4_publish(p: Publish) -> v4::Publish {
+    let mut publish = v4::Publish::from_bytes(p.topic, qos4(p.qos), p.payload);
+    publish.pkid = p.pkid;
+    publish.dup = p.dup;
+    publish.retain = p.retain;
+    publish
+}
+
+fn v5_publish(p: Publish) -> v5::Publish {
+    let properties = (p.topic_alias.is_some() || !p.subscription_ids.is_empty()).then(|| v5::PublishProperties {
+        topic_alias: p.topic_alias,
+        subscription_identifiers: p.subscription_ids,
+        ..Default::default()
+    });
+    let mut publish = v5::Publish::new(p.topic, qos5(p.qos), p.payload, properties);
+    publish.pkid = p.pkid;
+    publish.dup = p.dup;
+    publish.retain = p.retain;
+    publish
+}
+
 fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<usize, m4base::Error> {
     use v4::ConnectReturnCode as C;
     match packet {
@@ -395,13 +596,7 @@ fn write_v4(packet: Outbound, out: &mut BytesMut) -> Result<usize, m4base::Error
             };
             v4::ConnAck::new(code, session_present && refusal.is_none()).write(out)
         }
-        Outbound::Publish(p) => {
-            let mut publish = v4::Publish::from_bytes(p.topic, qos4(p.qos), p.payload);
-            publish.pkid = p.pkid;
-            publish.dup = p.dup;
-            publish.retain = p.retain;
-            publish.write(out)
-        }
+        Outbound::Publish(p) => v4_publish(p).write(out),
         Outbound::PubAck { pkid, .. } => v4::PubAck::new(pkid).write(out),
         Outbound::PubRec { pkid, .. } => v4::PubRec::new(pkid).write(out),
         Outbound::PubRel(pkid) => v4::PubRel::new(pkid).write(out),
@@ -440,15 +635,16 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
             let properties = refusal.is_none().then(|| v5::ConnAckProperties {
                 session_expiry_interval: props.session_expiry,
                 receive_max: props.receive_maximum,
-                max_qos: Some(1),
+                // QoS 2 is available (no property), retained messages are not.
+                max_qos: None,
                 retain_available: Some(0),
                 max_packet_size: props.max_packet_size,
                 assigned_client_identifier: props.assigned_client_id,
-                topic_alias_max: None,
+                topic_alias_max: props.topic_alias_max,
                 reason_string: None,
                 user_properties: Vec::new(),
                 wildcard_subscription_available: Some(1),
-                subscription_identifiers_available: Some(0),
+                subscription_identifiers_available: Some(1),
                 shared_subscription_available: Some(0),
                 server_keep_alive: props.server_keep_alive,
                 response_information: None,
@@ -458,13 +654,7 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
             });
             v5::ConnAck { session_present: session_present && refusal.is_none(), code, properties }.write(out)
         }
-        Outbound::Publish(p) => {
-            let mut publish = v5::Publish::new(p.topic, qos5(p.qos), p.payload, None);
-            publish.pkid = p.pkid;
-            publish.dup = p.dup;
-            publish.retain = p.retain;
-            publish.write(out)
-        }
+        Outbound::Publish(p) => v5_publish(p).write(out),
         Outbound::PubAck { pkid, reason } => {
             let mut ack = v5::PubAck::new(pkid, None);
             ack.reason = match reason {
