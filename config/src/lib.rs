@@ -92,7 +92,7 @@ pub struct MqttSettings {
     /// token is checked (0 = no limit).
     pub connections_per_sec_per_address: u32,
     pub connections_burst_per_address: u32,
-    /// A client (address and client id) connecting more than `flapping_max_connects` times
+    /// A client (address, claimed user and client id) connecting more than `flapping_max_connects` times
     /// within `flapping_window_secs` is banned for `flapping_ban_secs` (v5: 0x8A banned).
     /// 0 connects turns it off.
     pub flapping_max_connects: u32,

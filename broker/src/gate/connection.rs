@@ -198,7 +198,7 @@ async fn read_connect(
 /// flapping ban, the client id and the keepalive. None of it costs more than a
 /// map lookup.
 fn admit(shared: &Shared, c: &ConnectInfo, peer: SocketAddr) -> Result<(), Refusal> {
-    match shared.admission.admit(peer.ip(), &c.client_id) {
+    match shared.admission.admit(peer.ip(), c.username.as_deref().unwrap_or(""), &c.client_id) {
         Ok(()) => {}
         Err(Turned::ConnectionRate) => {
             GateStats::bump(&shared.stats.connections_rate_limited);

@@ -57,8 +57,10 @@ impl Admission {
         }
     }
 
-    /// Counts one CONNECT from `ip` with `client_id`; says why it must be refused, if it must.
-    pub fn admit(&self, ip: IpAddr, client_id: &str) -> Result<(), Turned> {
+    /// Counts one CONNECT from `ip` by `username` (as claimed) with `client_id`; says why it
+    /// must be refused, if it must. A client is the three together: client ids are only
+    /// unique within a user, and many users may share an address (carrier NAT).
+    pub fn admit(&self, ip: IpAddr, username: &str, client_id: &str) -> Result<(), Turned> {
         if let Some(limiter) = &self.per_address {
             if limiter.check_key(&ip).is_err() {
                 return Err(Turned::ConnectionRate);
@@ -67,7 +69,7 @@ impl Admission {
         let Some(rule) = self.flapping else { return Ok(()) };
         let now = Instant::now();
         let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = attempts.entry((ip, client_id.to_string())).or_insert(Attempts {
+        let entry = attempts.entry((ip, format!("{username}\n{client_id}"))).or_insert(Attempts {
             window_start: now,
             count: 0,
             banned_until: None,
@@ -85,7 +87,7 @@ impl Admission {
         entry.count += 1;
         if entry.count > rule.max_connects {
             entry.banned_until = Some(now + rule.ban);
-            tracing::warn!(%ip, client_id, ban = ?rule.ban, "client reconnecting in a tight loop; banned");
+            tracing::warn!(%ip, username, client_id, ban = ?rule.ban, "client reconnecting in a tight loop; banned");
             return Err(Turned::Banned);
         }
         Ok(())
@@ -163,10 +165,10 @@ mod tests {
     async fn an_address_over_its_connection_rate_is_turned_away_and_others_are_not() {
         let admission = Admission::new(Some(Rate { per_sec: 1, burst: 3 }), None);
         for i in 0..3 {
-            assert_eq!(admission.admit(HOME, &format!("c{i}")), Ok(()));
+            assert_eq!(admission.admit(HOME, "ann", &format!("c{i}")), Ok(()));
         }
-        assert_eq!(admission.admit(HOME, "c9"), Err(Turned::ConnectionRate));
-        assert_eq!(admission.admit(AWAY, "c9"), Ok(()));
+        assert_eq!(admission.admit(HOME, "ann", "c9"), Err(Turned::ConnectionRate));
+        assert_eq!(admission.admit(AWAY, "ann", "c9"), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]
@@ -174,21 +176,22 @@ mod tests {
         let rule = Flapping { max_connects: 3, window: Duration::from_secs(60), ban: Duration::from_secs(300) };
         let admission = Admission::new(None, Some(rule));
         for _ in 0..3 {
-            assert_eq!(admission.admit(HOME, "kiosk"), Ok(()));
+            assert_eq!(admission.admit(HOME, "ann", "kiosk"), Ok(()));
         }
-        assert_eq!(admission.admit(HOME, "kiosk"), Err(Turned::Banned));
-        // Another client id, or the same one from elsewhere, is someone else.
-        assert_eq!(admission.admit(HOME, "phone"), Ok(()));
-        assert_eq!(admission.admit(AWAY, "kiosk"), Ok(()));
+        assert_eq!(admission.admit(HOME, "ann", "kiosk"), Err(Turned::Banned));
+        // Another client id, the same one of another user, or from elsewhere, is someone else.
+        assert_eq!(admission.admit(HOME, "ann", "phone"), Ok(()));
+        assert_eq!(admission.admit(HOME, "bob", "kiosk"), Ok(()));
+        assert_eq!(admission.admit(AWAY, "ann", "kiosk"), Ok(()));
         tokio::time::advance(Duration::from_secs(299)).await;
-        assert_eq!(admission.admit(HOME, "kiosk"), Err(Turned::Banned));
+        assert_eq!(admission.admit(HOME, "ann", "kiosk"), Err(Turned::Banned));
         assert_eq!(admission.purge(), 1);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(admission.admit(HOME, "kiosk"), Ok(()));
+        assert_eq!(admission.admit(HOME, "ann", "kiosk"), Ok(()));
         // Connects spread wider than the window never add up to a ban.
         let admission = Admission::new(None, Some(rule));
         for _ in 0..10 {
-            assert_eq!(admission.admit(HOME, "slow"), Ok(()));
+            assert_eq!(admission.admit(HOME, "ann", "slow"), Ok(()));
             tokio::time::advance(Duration::from_secs(21)).await;
         }
         assert_eq!(admission.purge(), 0);
