@@ -78,8 +78,8 @@ impl TestApp {
         tweak(&mut settings);
         let running = parley::app::start(settings.clone(), CancellationToken::new()).await.expect("parley starts");
         Some(TestApp {
-            http: format!("http://{}", running.http_addr),
-            mqtt: running.mqtt_addr,
+            http: format!("http://{}", running.http_addr.expect("the api runs")),
+            mqtt: running.mqtt_addr.expect("the gate runs"),
             running: Some(running),
             client: reqwest::Client::new(),
             settings,
@@ -132,6 +132,11 @@ impl TestApp {
 
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
+    }
+
+    /// The gate of this deployment.
+    pub fn gate(&self) -> &parley_broker::gate::GateHandle {
+        self.running().gate.as_ref().expect("a gate runs in this process")
     }
 
     pub async fn stop(mut self) {
