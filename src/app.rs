@@ -151,14 +151,10 @@ pub async fn start_parts(settings: Settings, parts: Parts, shutdown: Cancellatio
     let auth = auth(&settings).context("invalid [delivery] settings")?;
     let domain = Domain::new(store.clone(), tokens.clone(), limits(&settings.messages, &settings.data_dir), auth);
 
-    let mqtt = match parts.gate {
-        true => Some(bind(&settings.mqtt.listen, "mqtt.listen", "PARLEY_MQTT__LISTEN").await?),
-        false => None,
-    };
-    let http = match parts.api {
-        true => Some(bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?),
-        false => None,
-    };
+    let mqtt =
+        if parts.gate { Some(bind(&settings.mqtt.listen, "mqtt.listen", "PARLEY_MQTT__LISTEN").await?) } else { None };
+    let http =
+        if parts.api { Some(bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?) } else { None };
     let mqtt_addr = mqtt.as_ref().map(TcpListener::local_addr).transpose()?;
     let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
     let bus = match &external {
@@ -178,20 +174,19 @@ pub async fn start_parts(settings: Settings, parts: Parts, shutdown: Cancellatio
     };
 
     let mut running = JoinSet::new();
-    let bridge = match parts.bridge {
-        false => None,
-        true => {
-            let stats = Arc::new(BridgeStats::default());
-            {
-                let (domain, bus, shutdown, handle) = (domain.clone(), bus.clone(), shutdown.clone(), stats.clone());
-                running.spawn(async move { ("bridge", parley_bridge::run(domain, &bus, handle, shutdown).await) });
-            }
-            // Uplinks the bus takes before the bridges subscribed would have no reader.
-            if !stats.wait_subscribed(Duration::from_secs(settings.bus.start_timeout_secs.max(5))).await {
-                bail!("the bridge could not subscribe on the bus at {bus}; see the log for why");
-            }
-            Some(stats)
+    let bridge = if parts.bridge {
+        let stats = Arc::new(BridgeStats::default());
+        {
+            let (domain, bus, shutdown, handle) = (domain.clone(), bus.clone(), shutdown.clone(), stats.clone());
+            running.spawn(async move { ("bridge", parley_bridge::run(domain, &bus, handle, shutdown).await) });
         }
+        // Uplinks the bus takes before the bridges subscribed would have no reader.
+        if !stats.wait_subscribed(Duration::from_secs(settings.bus.start_timeout_secs.max(5))).await {
+            bail!("the bridge could not subscribe on the bus at {bus}; see the log for why");
+        }
+        Some(stats)
+    } else {
+        None
     };
     let gate = match mqtt {
         None => None,

@@ -378,6 +378,41 @@ async fn gates_and_bridges_come_back_when_the_bus_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_told_to_retry_while_the_bus_is_away() {
+    let Some(mut cluster) = TestCluster::spawn(Backend::Sqlite, 1, 1).await else {
+        return;
+    };
+    let (ann, ben) = (cluster.app.user("ann").await, cluster.app.user("ben").await);
+    let persistent = |gate| {
+        let mut o = options_at(gate, "ben-phone", &ben.id, &ben.access_token);
+        o.set_clean_session(false);
+        o
+    };
+    cluster.bus.stop();
+    let started = Instant::now();
+    let refused = Device::connect(persistent(cluster.gate_addr(0))).await.err().expect("refused while the bus is away");
+    assert!(
+        matches!(refused, rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::ServiceUnavailable)),
+        "{refused:?}"
+    );
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2), "the gate waited for the bus a while: {waited:?}");
+    assert_eq!(cluster.gate(0).session_counts(), (0, 0), "a refused CONNECT leaves no session behind");
+
+    cluster.bus.start_again();
+    for bridge in &cluster.bridges {
+        assert!(bridge.bridge.as_ref().expect("bridge").wait_subscribed(DEADLINE).await);
+    }
+    let mut b = Device::connect(persistent(cluster.gate_addr(0))).await.expect("connects once the bus is back");
+    assert!(!b.session_present, "the refused attempt created no session");
+    b.subscribe(&format!("to/{}/#", ben.id)).await;
+    let a = cluster.device_on(0, &ann, "ann-phone").await;
+    send(&a, &ann, "welcome-back", json!({"to": ben.id})).await;
+    assert_eq!(b.next_message_from(&ben.id, &ann.id).await["client_id"], "welcome-back");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_bus_stops_the_start_naming_the_setting() {
     let db = TestDatabase::create(Backend::Sqlite).await.expect("sqlite");
     let data = tempfile::tempdir().expect("dir");

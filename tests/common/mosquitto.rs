@@ -139,6 +139,11 @@ impl Mosquitto {
     /// Starts the broker again on the same port, with no session or subscription left.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Starts a stopped broker again on its port.
+    pub fn start_again(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.run() {
             assert!(Instant::now() < deadline, "mosquitto did not restart; its log:\n{}", self.log());

@@ -45,7 +45,8 @@ pub struct GateSettings {
     /// Subscribe to each connected user's downlinks (an external bus) instead of all of them.
     pub per_user_subscriptions: bool,
     /// How long a CONNECT waits for the bus to confirm the user's downlink subscription
-    /// before the device is refused with "server unavailable".
+    /// before the device is refused with "server unavailable" (shorter than the usual
+    /// client CONNACK time-outs, 5 s in rumqttc, so the device hears why).
     pub bus_wait: Duration,
 }
 
@@ -62,7 +63,7 @@ impl GateSettings {
             write_timeout: Duration::from_secs(30),
             node_id: mqtt.node_id.clone(),
             per_user_subscriptions: false,
-            bus_wait: Duration::from_secs(5),
+            bus_wait: Duration::from_secs(3),
         }
     }
 }
