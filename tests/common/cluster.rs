@@ -61,10 +61,7 @@ impl TestCluster {
         let api = start(Parts::API, settings.clone()).await;
         let app = TestApp {
             http: format!("http://{}", api.http_addr.expect("the api listens")),
-            mqtt: running_gates
-                .first()
-                .and_then(|g| g.mqtt_addr)
-                .unwrap_or_else(|| "127.0.0.1:1".parse().expect("addr")),
+            mqtt: running_gates.first().and_then(|g| g.mqtt_addr).expect("a cluster has a gate"),
             running: Some(api),
             client: reqwest::Client::new(),
             settings,
