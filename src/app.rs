@@ -1,22 +1,60 @@
-//! Starting and stopping the whole platform in one process: store, embedded bus,
-//! gate, bridge, HTTP API and scheduler, all tied to one shutdown token.
+//! Starting and stopping the platform's parts in one process: store, bus (the
+//! embedded one, or an external broker), gate, bridge, HTTP API and scheduler, all
+//! tied to one shutdown token. `serve --only` runs a subset of them.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use parley_api::{AppState, Publisher, ReadinessCheck};
+use parley_bridge::BridgeStats;
 use parley_broker::bus::{self, BusProbe};
 use parley_broker::gate::{self, GateHandle, GateListener, GateSettings, Kind};
 use parley_config::Settings;
 use parley_domain::{
     Auth, AuthPolicy, ContactPolicy, Delivery, DeliveryConfig, Domain, Limits, Rate, Store, TokenSettings, Tokens,
 };
+use parley_wire::bus::BusEndpoint;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// Which parts a process runs. The scheduler runs with the api.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    pub gate: bool,
+    pub bridge: bool,
+    pub api: bool,
+}
+
+impl Parts {
+    /// Everything, in one process (`parley serve`).
+    pub const ALL: Parts = Parts { gate: true, bridge: true, api: true };
+    pub const GATE: Parts = Parts { gate: true, bridge: false, api: false };
+    pub const BRIDGE: Parts = Parts { gate: false, bridge: true, api: false };
+    pub const API: Parts = Parts { gate: false, bridge: false, api: true };
+
+    pub fn is_all(self) -> bool {
+        self == Parts::ALL
+    }
+
+    pub fn is_empty(self) -> bool {
+        !(self.gate || self.bridge || self.api)
+    }
+}
+
+impl fmt::Display for Parts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [(self.gate, "gate"), (self.bridge, "bridge"), (self.api, "api")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
 
 /// Where the gate listens, per transport (`None` when turned off).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,14 +65,18 @@ pub struct GateAddrs {
     pub wss: Option<SocketAddr>,
 }
 
-/// The platform, running.
+/// The platform (or the parts of it this process runs), running.
 pub struct Running {
+    pub parts: Parts,
+    /// Where devices connect, when this process runs the gate.
     pub gate_addrs: GateAddrs,
-    pub http_addr: SocketAddr,
+    /// Where the HTTP API listens, when this process runs the api.
+    pub http_addr: Option<SocketAddr>,
     pub store: Store,
-    pub gate: GateHandle,
+    pub gate: Option<GateHandle>,
+    pub bridge: Option<Arc<BridgeStats>>,
     shutdown: CancellationToken,
-    parts: JoinSet<(&'static str, anyhow::Result<()>)>,
+    parts_running: JoinSet<(&'static str, anyhow::Result<()>)>,
 }
 
 /// Opens the database and applies migrations (what `parley migrate` does).
@@ -71,6 +113,172 @@ async fn bind(addr: &str, setting: &str, env: &str) -> anyhow::Result<TcpListene
     })
 }
 
+/// Starts every part; they run until `shutdown` is cancelled or one of them fails.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    start_parts(settings, Parts::ALL, shutdown).await
+}
+
+/// Starts the given parts. Apart from all of them, they need an external bus
+/// (`bus.url`): other processes cannot reach an embedded one.
+pub async fn start_parts(settings: Settings, parts: Parts, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    if parts.is_empty() {
+        bail!("nothing to run: --only names gate, bridge or api");
+    }
+    let external = settings.external_bus()?;
+    if external.is_none() && !parts.is_all() {
+        bail!(
+            "--only {parts} needs an external bus: set bus.url (PARLEY_BUS__URL) to an MQTT broker every \
+             process reaches; the embedded bus lives inside one process and the others could not reach it"
+        );
+    }
+    if !parts.is_all() && settings.auth.signing_key.is_none() && (parts.gate || parts.api) {
+        tracing::warn!(
+            key_file = %settings.data_dir.join("signing.key").display(),
+            "auth.signing_key is unset: this process signs or checks tokens with the key file in data_dir; \
+             every gate and api must use the same key (set auth.signing_key, or share data_dir)"
+        );
+    }
+    let store = open_store(&settings).await?;
+    tracing::info!(backend = store.backend_name(), database = %settings.database_url_for_logs(), "database ready");
+    let key = match &settings.auth.signing_key {
+        Some(key) => key.expose().as_bytes().to_vec(),
+        None => parley_domain::load_or_create_signing_key(&settings.data_dir.join("signing.key"))
+            .context("cannot read or create the signing key in data_dir")?,
+    };
+    if key.len() < 32 {
+        return Err(anyhow!("auth.signing_key must be at least 32 bytes"));
+    }
+    let tokens = Tokens::new(
+        &key,
+        TokenSettings {
+            issuer: settings.auth.issuer.clone(),
+            audience: settings.auth.audience.clone(),
+            access_ttl: Duration::from_secs(settings.auth.access_token_ttl_secs),
+            refresh_ttl: Duration::from_secs(settings.auth.refresh_token_ttl_secs),
+        },
+    );
+    let auth = auth(&settings).context("invalid [delivery] settings")?;
+    let domain = Domain::new(store.clone(), tokens.clone(), limits(&settings.messages, &settings.data_dir), auth);
+
+    let gate_listeners = match parts.gate {
+        true => Some((GateSettings::from_config(&settings.mqtt)?, bind_gate(&settings.mqtt).await?)),
+        false => None,
+    };
+    let gate_addrs = gate_listeners.as_ref().map(|(_, (_, addrs))| *addrs).unwrap_or_default();
+    let http =
+        if parts.api { Some(bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?) } else { None };
+    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
+    let bus = match &external {
+        Some(external) => {
+            let bus = BusEndpoint {
+                host: external.host.clone(),
+                port: external.port,
+                credentials: external.credentials.as_ref().map(|(u, p)| (u.clone(), p.expose_secret().to_string())),
+            };
+            bus::reach_external(&bus, Duration::from_secs(settings.bus.start_timeout_secs)).await?;
+            bus
+        }
+        None => {
+            let listen = settings.bus.listen.clone();
+            tokio::task::spawn_blocking(move || bus::start_embedded(&listen)).await??
+        }
+    };
+
+    let mut running = JoinSet::new();
+    let bridge = if parts.bridge {
+        let stats = Arc::new(BridgeStats::default());
+        {
+            let (domain, bus, shutdown, handle) = (domain.clone(), bus.clone(), shutdown.clone(), stats.clone());
+            running.spawn(async move { ("bridge", parley_bridge::run(domain, &bus, handle, shutdown).await) });
+        }
+        // Uplinks the bus takes before the bridges subscribed would have no reader.
+        if !stats.wait_subscribed(Duration::from_secs(settings.bus.start_timeout_secs.max(5))).await {
+            bail!("the bridge could not subscribe on the bus at {bus}; see the log for why");
+        }
+        Some(stats)
+    } else {
+        None
+    };
+    let gate = match gate_listeners {
+        None => None,
+        Some((mut gate_settings, (listeners, _))) => {
+            let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+            gate_settings.per_user_subscriptions = external.is_some();
+            let (domain, bus, shutdown) = (domain.clone(), bus.clone(), shutdown.clone());
+            running.spawn(async move {
+                let ready = move |h| {
+                    let _ = gate_tx.send(h);
+                };
+                ("gate", gate::serve(listeners, gate_settings, domain, &bus, shutdown, ready).await)
+            });
+            Some(gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?)
+        }
+    };
+    if let Some(http) = http {
+        let state = api_state(&settings, &domain, &bus, gate_addrs.mqtt, &shutdown);
+        let stop = shutdown.clone();
+        running.spawn(async move { ("api", parley_api::serve(http, state, stop).await.map_err(Into::into)) });
+        let (domain, shutdown, retention) = (domain.clone(), shutdown.clone(), settings.messages.event_retention_days);
+        running.spawn(async move { ("scheduler", crate::scheduler::run(domain, retention, shutdown).await) });
+    }
+    let contact_policy = domain.limits().contact_policy.as_str();
+    tracing::info!(
+        parts = %parts,
+        mqtt_addr = %shown(gate_addrs.mqtt),
+        ws_addr = %shown(gate_addrs.ws),
+        mqtts_addr = %shown(gate_addrs.mqtts),
+        wss_addr = %shown(gate_addrs.wss),
+        http_addr = %shown(http_addr),
+        bus = %bus,
+        contact_policy,
+        "parley is up"
+    );
+    Ok(Running { parts, gate_addrs, http_addr, store, gate, bridge, shutdown, parts_running: running })
+}
+
+/// The api's state: readiness proves the bus with a round trip and, when the gate
+/// runs in this process, that it answers a CONNECT.
+fn api_state(
+    settings: &Settings,
+    domain: &Domain,
+    bus: &BusEndpoint,
+    mqtt_addr: Option<SocketAddr>,
+    shutdown: &CancellationToken,
+) -> AppState {
+    let probe = Arc::new(BusProbe::start(bus, shutdown.clone()));
+    let bus_check: ReadinessCheck = Arc::new(move || {
+        let probe = probe.clone();
+        Box::pin(async move { probe.check(Duration::from_secs(2)).await.map(|_| ()) })
+    });
+    let mut readiness = vec![("bus", bus_check)];
+    if let Some(mqtt_addr) = mqtt_addr {
+        let gate_tokens = domain.tokens().clone();
+        let gate_check: ReadinessCheck = Arc::new(move || {
+            let tokens = gate_tokens.clone();
+            Box::pin(async move { gate::self_check(mqtt_addr, &tokens, Duration::from_secs(2)).await })
+        });
+        readiness.push(("gate", gate_check));
+    }
+    let bus_client = bus::publisher(bus, "api", shutdown.clone());
+    let publisher: Publisher = Arc::new(move |outgoing| {
+        let client = bus_client.clone();
+        Box::pin(async move {
+            for o in outgoing {
+                if let Err(e) = client.publish(o.topic(), o.mqtt_qos(), false, o.payload()).await {
+                    tracing::error!(error = %e, "could not hand a downlink to the bus");
+                }
+            }
+        })
+    });
+    AppState {
+        domain: domain.clone(),
+        readiness: Arc::new(readiness),
+        publisher,
+        cookie_secure: settings.auth.cookie_secure,
+        trust_forwarded_for: settings.http.trust_forwarded_for,
+    }
+}
+
 /// Binds the gate's listeners that are turned on (a non-empty address); at least one must be.
 async fn bind_gate(mqtt: &parley_config::MqttSettings) -> anyhow::Result<(Vec<GateListener>, GateAddrs)> {
     let mut listeners = Vec::new();
@@ -97,96 +305,8 @@ async fn bind_gate(mqtt: &parley_config::MqttSettings) -> anyhow::Result<(Vec<Ga
     Ok((listeners, addrs))
 }
 
-/// Starts every part; they run until `shutdown` is cancelled or one of them fails.
-pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let store = open_store(&settings).await?;
-    tracing::info!(backend = store.backend_name(), database = %settings.database_url_for_logs(), "database ready");
-    let key = match &settings.auth.signing_key {
-        Some(key) => key.expose().as_bytes().to_vec(),
-        None => parley_domain::load_or_create_signing_key(&settings.data_dir.join("signing.key"))
-            .context("cannot read or create the signing key in data_dir")?,
-    };
-    if key.len() < 32 {
-        return Err(anyhow!("auth.signing_key must be at least 32 bytes"));
-    }
-    let tokens = Tokens::new(
-        &key,
-        TokenSettings {
-            issuer: settings.auth.issuer.clone(),
-            audience: settings.auth.audience.clone(),
-            access_ttl: Duration::from_secs(settings.auth.access_token_ttl_secs),
-            refresh_ttl: Duration::from_secs(settings.auth.refresh_token_ttl_secs),
-        },
-    );
-    let auth = auth(&settings).context("invalid [delivery] settings")?;
-    let domain = Domain::new(store.clone(), tokens.clone(), limits(&settings.messages, &settings.data_dir), auth);
-
-    let gate_settings = GateSettings::from_config(&settings.mqtt)?;
-    let (listeners, gate_addrs) = bind_gate(&settings.mqtt).await?;
-    let http = bind(&settings.http.listen, "http.listen", "PARLEY_HTTP__LISTEN").await?;
-    let http_addr = http.local_addr()?;
-    let bus_listen = settings.bus.listen.clone();
-    let bus = tokio::task::spawn_blocking(move || bus::start_embedded(&bus_listen)).await??;
-
-    let mut parts = JoinSet::new();
-    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
-    {
-        let (domain, bus, shutdown) = (domain.clone(), bus.clone(), shutdown.clone());
-        parts.spawn(async move {
-            let ready = move |h| {
-                let _ = gate_tx.send(h);
-            };
-            ("gate", gate::serve(listeners, gate_settings, domain, &bus, shutdown, ready).await)
-        });
-    }
-    {
-        let (domain, bus, shutdown) = (domain.clone(), bus.clone(), shutdown.clone());
-        parts.spawn(async move { ("bridge", parley_bridge::run(domain, &bus, shutdown).await) });
-    }
-    let probe = Arc::new(BusProbe::start(&bus, shutdown.clone()));
-    let bus_check: ReadinessCheck = Arc::new(move || {
-        let probe = probe.clone();
-        Box::pin(async move { probe.check(Duration::from_secs(2)).await.map(|_| ()) })
-    });
-    let mut readiness = vec![("bus", bus_check)];
-    if let Some(mqtt_addr) = gate_addrs.mqtt {
-        let gate_tokens = domain.tokens().clone();
-        let gate_check: ReadinessCheck = Arc::new(move || {
-            let tokens = gate_tokens.clone();
-            Box::pin(async move { gate::self_check(mqtt_addr, &tokens, Duration::from_secs(2)).await })
-        });
-        readiness.push(("gate", gate_check));
-    }
-    let bus_client = bus::publisher(&bus, "api", shutdown.clone());
-    let publisher: Publisher = Arc::new(move |outgoing| {
-        let client = bus_client.clone();
-        Box::pin(async move {
-            for o in outgoing {
-                if let Err(e) = client.publish(o.topic(), o.mqtt_qos(), false, o.payload()).await {
-                    tracing::error!(error = %e, "could not hand a downlink to the bus");
-                }
-            }
-        })
-    });
-    let state = AppState {
-        domain: domain.clone(),
-        readiness: Arc::new(readiness),
-        publisher,
-        cookie_secure: settings.auth.cookie_secure,
-        trust_forwarded_for: settings.http.trust_forwarded_for,
-    };
-    {
-        let shutdown = shutdown.clone();
-        parts.spawn(async move { ("api", parley_api::serve(http, state, shutdown).await.map_err(Into::into)) });
-    }
-    {
-        let (domain, shutdown, retention) = (domain.clone(), shutdown.clone(), settings.messages.event_retention_days);
-        parts.spawn(async move { ("scheduler", crate::scheduler::run(domain, retention, shutdown).await) });
-    }
-    let gate = gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?;
-    let contact_policy = domain.limits().contact_policy.as_str();
-    tracing::info!(gate = ?gate_addrs, %http_addr, contact_policy, "parley is up");
-    Ok(Running { gate_addrs, http_addr, store, gate, shutdown, parts })
+fn shown(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "-".to_string(), |a| a.to_string())
 }
 
 impl Running {
@@ -197,14 +317,14 @@ impl Running {
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => {}
-            Some(first) = self.parts.join_next() => {
+            Some(first) = self.parts_running.join_next() => {
                 failure = Some(describe(first));
             }
         }
         // Parts stop on their own once shutdown was requested; before that, stopping is a failure.
         let requested = self.shutdown.is_cancelled();
         self.shutdown.cancel();
-        while let Some(next) = self.parts.join_next().await {
+        while let Some(next) = self.parts_running.join_next().await {
             if let Err(e) = describe(next) {
                 tracing::error!(error = %e, "a part failed while stopping");
             }

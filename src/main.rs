@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use parley_config::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gate, the bus, the bridge, the HTTP API and the scheduler (the default).
-    Serve,
+    Serve(Serve),
     /// Apply database migrations and exit.
     Migrate,
     /// Print the effective settings (secrets redacted) and exit.
@@ -38,12 +38,47 @@ enum Command {
     },
 }
 
+#[derive(Args, Default)]
+struct Serve {
+    /// Run only these parts (repeat, or separate with commas: `--only gate,api`); the
+    /// scheduler runs with the api. Needs an external bus (bus.url).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Part {
+    /// The MQTT server devices connect to.
+    Gate,
+    /// Takes uplinks from the bus, applies the rules, stores, publishes downlinks.
+    Bridge,
+    /// The HTTP API, with the scheduler.
+    Api,
+}
+
+impl Serve {
+    fn parts(&self) -> parley::app::Parts {
+        if self.only.is_empty() {
+            return parley::app::Parts::ALL;
+        }
+        let mut parts = parley::app::Parts { gate: false, bridge: false, api: false };
+        for part in &self.only {
+            match part {
+                Part::Gate => parts.gate = true,
+                Part::Bridge => parts.bridge = true,
+                Part::Api => parts.api = true,
+            }
+        }
+        parts
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
     parley::telemetry::init(&settings.log.level, &settings.log.format);
-    match cli.command.unwrap_or(Command::Serve) {
+    match cli.command.unwrap_or(Command::Serve(Serve::default())) {
         Command::Config => {
             print!("{settings}");
             Ok(())
@@ -66,11 +101,13 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve => {
-            tracing::info!(settings = %settings, "starting parley");
+        Command::Serve(serve) => {
+            let parts = serve.parts();
+            tracing::info!(settings = %settings, %parts, "starting parley");
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            let running = parley::app::start(settings, shutdown).await.context("parley could not start")?;
+            let running =
+                parley::app::start_parts(settings, parts, shutdown).await.context("parley could not start")?;
             running.wait().await.context("parley stopped")?;
             tracing::info!("parley stopped cleanly");
             Ok(())

@@ -82,9 +82,9 @@ async fn bad_tokens_are_refused_with_the_connack_code_and_change_nothing(backend
     for (what, username, password, expected) in &cases {
         assert_eq!(refused(&app, username, password).await, *expected, "{what}");
     }
-    let stats = app.running().gate.stats();
+    let stats = app.gate().stats();
     assert_eq!(stats.connections_refused.load(Ordering::Relaxed), cases.len() as u64);
-    assert_eq!(app.running().gate.session_counts(), (1, 1), "only bob's session exists");
+    assert_eq!(app.gate().session_counts(), (1, 1), "only bob's session exists");
     assert_eq!(app.message_rows().await, 0);
 
     // Bob's device never noticed, and Alice with her real token gets in.
@@ -170,7 +170,7 @@ async fn foreign_and_wildcard_subscriptions_are_refused(backend: Backend) {
         a.subscribe(&format!("to/{}/msg", alice.id)).await,
         vec![SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]
     );
-    assert_eq!(app.running().gate.stats().subscriptions_refused.load(Ordering::Relaxed), 8);
+    assert_eq!(app.gate().stats().subscriptions_refused.load(Ordering::Relaxed), 8);
 
     // None of those filters lets Alice see Bob's traffic.
     let carol = app.user("carol").await;
@@ -196,7 +196,7 @@ async fn publishing_as_another_user_is_refused_and_reported(backend: Backend) {
     }
     assert!(b.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300)).await);
     assert!(b.nothing_on(&format!("to/{}/ack", bob.id), Duration::from_millis(100)).await);
-    assert_eq!(app.running().gate.stats().publishes_refused.load(Ordering::Relaxed), 2);
+    assert_eq!(app.gate().stats().publishes_refused.load(Ordering::Relaxed), 2);
     assert_eq!(app.message_rows().await, 0);
     app.stop().await;
 }
@@ -213,7 +213,7 @@ async fn a_persistent_session_keeps_messages_while_the_device_is_away(backend: B
     assert!(!first.session_present);
     first.subscribe(&format!("to/{}/msg", bob.id)).await;
     drop(first);
-    wait_until(|| app.running().gate.session_counts() == (1, 0)).await;
+    wait_until(|| app.gate().session_counts() == (1, 0)).await;
 
     let mut a = app.device(&alice, "alice-phone").await;
     for i in 0..3 {
@@ -250,7 +250,7 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over(back
     a.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "t1", "to": bob.id, "text": "to the new one"}))
         .await;
     assert_eq!(new.next_on(&format!("to/{}/msg", bob.id)).await["text"], "to the new one");
-    assert_eq!(app.running().gate.session_counts(), (2, 2));
+    assert_eq!(app.gate().session_counts(), (2, 2));
     app.stop().await;
 }
 
@@ -266,7 +266,7 @@ async fn another_users_client_id_is_another_session(backend: Backend) {
     b.publish_json(&format!("from/{}/msg", bob.id), &json!({"id": "x", "to": alice.id, "text": "still here?"})).await;
     assert_eq!(a.next_on(&format!("to/{}/msg", alice.id)).await["text"], "still here?");
     assert!(a.closed.borrow().is_none(), "alice's connection was not taken over");
-    assert_eq!(app.running().gate.session_counts(), (2, 2));
+    assert_eq!(app.gate().session_counts(), (2, 2));
     app.stop().await;
 }
 

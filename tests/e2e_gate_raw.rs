@@ -115,7 +115,7 @@ async fn malformed_and_oversized_packets_close_only_that_connection(backend: Bac
         .expect("encode");
     big.write_all(&buf).await.expect("send");
     read_until_closed(&mut big, Duration::from_secs(5)).await;
-    assert!(app.running().gate.stats().malformed_packets.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    assert!(app.gate().stats().malformed_packets.load(std::sync::atomic::Ordering::Relaxed) >= 3);
 
     // Bob, connected throughout, is unaffected and nothing was stored.
     assert!(b.closed.borrow().is_none());

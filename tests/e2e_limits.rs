@@ -71,7 +71,7 @@ async fn a_device_over_its_publish_rate_is_slowed_down_and_loses_nothing() {
     assert_eq!(texts, (0..15).map(|i| format!("hello {i}")).collect::<Vec<_>>(), "all delivered, in order");
     // Ten publishes past a burst of five at five per second cannot take less than two seconds.
     assert!(took >= Duration::from_millis(1900), "the rate was not applied: {took:?}");
-    assert!(app.running().gate.stats().connections_throttled.load(Ordering::Relaxed) >= 1);
+    assert!(app.gate().stats().connections_throttled.load(Ordering::Relaxed) >= 1);
     assert_eq!(app.message_rows().await, 15);
     // Bob's own connection has its own bucket.
     let started = tokio::time::Instant::now();
@@ -107,7 +107,7 @@ async fn a_device_over_its_byte_rate_is_slowed_down_and_loses_nothing() {
     // the last read (at most one burst) comes free: never less than one second.
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1000), "the byte rate was not applied: {took:?}");
-    assert!(app.running().gate.stats().connections_throttled.load(Ordering::Relaxed) >= 1);
+    assert!(app.gate().stats().connections_throttled.load(Ordering::Relaxed) >= 1);
     app.stop().await;
 }
 
@@ -132,7 +132,7 @@ async fn an_address_opening_connections_too_fast_is_refused_before_its_token_is_
     let mut v4c = RawClient::tcp(app.mqtt).await;
     v4c.send(&connect_v4("c5", &alice.id, &alice.access_token, 30)).await;
     assert_eq!(connack_v4(&mut v4c).await, v4::ConnectReturnCode::ServiceUnavailable);
-    let stats = app.running().gate.stats();
+    let stats = app.gate().stats();
     assert_eq!(stats.connections_rate_limited.load(Ordering::Relaxed), 2);
     // The bucket refills: a second later the address may connect again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -162,7 +162,7 @@ async fn a_client_reconnecting_in_a_tight_loop_is_banned_and_others_are_not() {
     let mut banned_v4 = RawClient::tcp(app.mqtt).await;
     banned_v4.send(&connect_v4("flappy", &alice.id, &alice.access_token, 30)).await;
     assert_eq!(connack_v4(&mut banned_v4).await, v4::ConnectReturnCode::ServiceUnavailable);
-    assert_eq!(app.running().gate.stats().connections_banned.load(Ordering::Relaxed), 2);
+    assert_eq!(app.gate().stats().connections_banned.load(Ordering::Relaxed), 2);
     // The same user's other device is not the flapping client.
     let mut other = RawClient::tcp(app.mqtt).await;
     other.send(&connect_v5("steady", &alice.id, &alice.access_token, 30)).await;
@@ -311,6 +311,6 @@ async fn a_connection_flood_leaves_established_devices_alone_and_reconnects_go_t
         .publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "after", "to": bob.id, "text": "after"}))
         .await;
     assert_eq!(devices[1].next_on(&format!("to/{}/msg", bob.id)).await["text"], "after");
-    assert_eq!(app.running().gate.stats().connections_accepted.load(Ordering::Relaxed), 3 + 30);
+    assert_eq!(app.gate().stats().connections_accepted.load(Ordering::Relaxed), 3 + 30);
     app.stop().await;
 }

@@ -211,7 +211,7 @@ async fn websocket_and_tls_refusals_are_clear_and_touch_no_one_else() {
     // A TLS client that does not trust the certificate fails its handshake; MQTT bytes
     // sent in clear to the TLS port end the connection.
     let tls = addrs.mqtts.expect("tls listener");
-    let before = app.running().gate.stats().handshakes_failed.load(Ordering::Relaxed);
+    let before = app.gate().stats().handshakes_failed.load(Ordering::Relaxed);
     let stranger = TestCert::new();
     let connector = tokio_rustls::TlsConnector::from(stranger.client_config());
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
@@ -222,7 +222,7 @@ async fn websocket_and_tls_refusals_are_clear_and_touch_no_one_else() {
     assert!(clear.closed_within(Duration::from_secs(5)).await);
     let plain_http = reqwest::get(format!("http://{ws}/mqtt")).await;
     assert!(!matches!(&plain_http, Ok(r) if r.status().is_success()), "a plain HTTP request: {plain_http:?}");
-    let stats = app.running().gate.stats();
+    let stats = app.gate().stats();
     assert!(stats.handshakes_failed.load(Ordering::Relaxed) >= before + 3, "failed handshakes are counted");
     assert!(stats.malformed_packets.load(Ordering::Relaxed) >= 1);
 
@@ -296,6 +296,6 @@ async fn stalled_handshakes_never_delay_others_and_are_closed_after_the_timeout(
     }
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(950), "closed before the time-out: {waited:?}");
-    assert_eq!(app.running().gate.stats().handshakes_timed_out.load(Ordering::Relaxed), stalled.len() as u64);
+    assert_eq!(app.gate().stats().handshakes_timed_out.load(Ordering::Relaxed), stalled.len() as u64);
     app.stop().await;
 }

@@ -5,24 +5,58 @@
 
 mod uplink;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parley_domain::Domain;
 use parley_wire::bus::BusEndpoint;
 use parley_wire::topics;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
-use tokio::sync::mpsc;
+use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeReasonCode};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use uplink::handle_uplink;
 
-/// Runs the bridge until `shutdown`.
-pub async fn run(domain: Domain, bus: &BusEndpoint, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// A running bridge's counters and state, for operators and tests.
+#[derive(Debug)]
+pub struct BridgeStats {
+    /// Uplinks (and presence reports) this bridge handled and acknowledged.
+    pub uplinks_handled: AtomicU64,
+    /// True while the bus has confirmed the bridge's shared subscriptions.
+    subscribed: watch::Sender<bool>,
+}
+
+impl Default for BridgeStats {
+    fn default() -> Self {
+        Self { uplinks_handled: AtomicU64::new(0), subscribed: watch::channel(false).0 }
+    }
+}
+
+impl BridgeStats {
+    pub fn uplinks_handled(&self) -> u64 {
+        self.uplinks_handled.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the bus has confirmed the bridge's subscriptions, at most `limit`.
+    pub async fn wait_subscribed(&self, limit: Duration) -> bool {
+        let mut rx = self.subscribed.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|s| *s)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Runs the bridge until `shutdown`, counting its work in `stats`.
+pub async fn run(
+    domain: Domain,
+    bus: &BusEndpoint,
+    stats: Arc<BridgeStats>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut options = bus.options("bridge");
     options.set_manual_acks(true);
     let (client, mut events) = AsyncClient::new(options, 1024);
     let (tx, rx) = mpsc::channel::<rumqttc::Publish>(1024);
-    let worker = tokio::spawn(work(domain, client.clone(), rx));
+    let worker = tokio::spawn(work(domain, client.clone(), rx, stats.clone()));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -30,12 +64,19 @@ pub async fn run(domain: Domain, bus: &BusEndpoint, shutdown: CancellationToken)
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!("bridge connected to the bus");
+                tracing::info!(bus = %bus, "bridge connected to the bus");
                 // rumqttc does not resubscribe after a reconnect; do it on every ConnAck.
                 let filters = [topics::BRIDGE_UPLINK_FILTER, topics::BRIDGE_PRESENCE_FILTER];
                 let filters = filters.map(|f| rumqttc::SubscribeFilter::new(f.to_string(), QoS::AtLeastOnce));
                 if let Err(e) = client.try_subscribe_many(filters) {
                     tracing::error!(error = %e, "bridge could not subscribe to uplinks");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack.return_codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_))) {
+                    stats.subscribed.send_replace(true);
+                } else {
+                    tracing::error!(bus = %bus, "the bus refused the bridge's shared subscriptions; check its ACL");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -45,7 +86,8 @@ pub async fn run(domain: Domain, bus: &BusEndpoint, shutdown: CancellationToken)
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "bridge lost the bus; reconnecting");
+                stats.subscribed.send_replace(false);
+                tracing::warn!(bus = %bus, error = %e, "bridge lost the bus; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -61,7 +103,7 @@ pub async fn run(domain: Domain, bus: &BusEndpoint, shutdown: CancellationToken)
 }
 
 /// Handles uplinks one at a time, in bus order, so acknowledgements stay in order.
-async fn work(domain: Domain, client: AsyncClient, mut rx: mpsc::Receiver<rumqttc::Publish>) {
+async fn work(domain: Domain, client: AsyncClient, mut rx: mpsc::Receiver<rumqttc::Publish>, stats: Arc<BridgeStats>) {
     while let Some(publish) = rx.recv().await {
         for d in handle_uplink(&domain, &publish.topic, &publish.payload).await {
             if let Err(e) = client.publish(d.topic(), d.mqtt_qos(), false, d.payload()).await {
@@ -71,5 +113,6 @@ async fn work(domain: Domain, client: AsyncClient, mut rx: mpsc::Receiver<rumqtt
         if let Err(e) = client.ack(&publish).await {
             tracing::warn!(error = %e, "bridge could not acknowledge an uplink");
         }
+        stats.uplinks_handled.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,7 +1,8 @@
 //! The internal bus: an embedded rumqttd on loopback that carries uplinks from
 //! gates to bridges and downlinks back. Only Parley's own parts connect, with a
 //! password generated at each start (see shared/RUMQTT-NOTES.md for why devices
-//! never reach it).
+//! never reach it). Configured with `bus.url`, an external MQTT broker takes its
+//! place and nothing is started here.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use parley_wire::bus::{BusEndpoint, MAX_BUS_PACKET};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, Packet, QoS};
+
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +68,7 @@ pub fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
         .context("could not start the bus thread")?;
     wait_until_listening(addr)?;
     tracing::info!(%addr, "embedded bus listening on loopback");
-    Ok(BusEndpoint { host: ip_text(addr.ip()), port: addr.port(), username: BUS_USER.into(), password })
+    Ok(BusEndpoint { host: ip_text(addr.ip()), port: addr.port(), credentials: Some((BUS_USER.into(), password)) })
 }
 
 fn ip_text(ip: IpAddr) -> String {
@@ -82,6 +84,55 @@ fn wait_until_listening(addr: SocketAddr) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("the embedded bus did not start listening on {addr}")
+}
+
+/// Waits until the external bus accepts a connection, retrying (with a warning per
+/// failure) for at most `limit`. A broker that refuses Parley's credentials fails at
+/// once: waiting would not help.
+pub async fn reach_external(bus: &BusEndpoint, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let (client, mut events) = AsyncClient::new(bus.options("start"), 4);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let connected = tokio::time::timeout(left.max(Duration::from_millis(100)), async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await;
+        let why = match connected {
+            Ok(Ok(())) => {
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+                tracing::info!(%bus, "external bus reachable");
+                return Ok(());
+            }
+            Ok(Err(ConnectionError::ConnectionRefused(code))) if code != ConnectReturnCode::ServiceUnavailable => {
+                bail!(
+                    "the bus at {bus} refused Parley's connection ({code:?}): check the user name and password \
+                     in bus.url (PARLEY_BUS__URL) and the broker's ACL"
+                )
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no CONNACK".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the bus at {bus} is unreachable ({why}) after {}s: check bus.url (PARLEY_BUS__URL), \
+                 or raise bus.start_timeout_secs if the broker starts slowly",
+                limit.as_secs()
+            );
+        }
+        tracing::warn!(%bus, error = %why, attempt, "waiting for the external bus");
+        tokio::time::sleep(Duration::from_secs(1).min(deadline.saturating_duration_since(tokio::time::Instant::now())))
+            .await;
+    }
 }
 
 /// Proves the bus works with a real round trip: publish a number, see it come back.

@@ -13,8 +13,10 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+pub mod bus;
 mod secret;
-pub use secret::{DatabaseUrl, Secret};
+pub use bus::{BusUrlError, ExternalBus};
+pub use secret::{BusUrl, DatabaseUrl, Secret, SecretUrl};
 
 /// Everything Parley can be told, grouped by the part it concerns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,8 +115,13 @@ pub struct MqttSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusSettings {
-    /// Loopback address of the embedded rumqttd; port 0 picks a free one at start.
+    /// Loopback address of the embedded rumqttd (when `url` is unset); port 0 picks a free one at start.
     pub listen: String,
+    /// An external MQTT broker or cluster (`mqtt://user:password@host:1883`) instead of
+    /// the embedded one; required to run parts in separate processes (`serve --only`).
+    pub url: Option<BusUrl>,
+    /// How long a start waits for the external bus to accept Parley before giving up.
+    pub start_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -278,7 +285,7 @@ impl Default for MqttSettings {
 
 impl Default for BusSettings {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:0".into() }
+        Self { listen: "127.0.0.1:0".into(), url: None, start_timeout_secs: 30 }
     }
 }
 
@@ -342,8 +349,12 @@ impl Default for LogSettings {
 
 /// Why settings could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] Box<figment::Error>);
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Read(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Bus(#[from] BusUrlError),
+}
 
 impl Settings {
     /// Reads defaults, then `file` if given, then `PARLEY_…` variables from the process environment.
@@ -357,7 +368,14 @@ impl Settings {
             .ignore(&["config"])
             .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
             .split("__");
-        figment.merge(env).extract().map_err(|e| ConfigError(Box::new(e)))
+        let settings: Settings = figment.merge(env).extract().map_err(|e| ConfigError::Read(Box::new(e)))?;
+        settings.external_bus()?;
+        Ok(settings)
+    }
+
+    /// The external bus named by `bus.url`, or `None` for the embedded one.
+    pub fn external_bus(&self) -> Result<Option<ExternalBus>, BusUrlError> {
+        self.bus.url.as_ref().map(|url| bus::parse(url.expose())).transpose()
     }
 
     /// The database URL in effect: the configured one, or the SQLite file in the data directory.

@@ -37,48 +37,59 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// A database URL: its password, if any, is masked wherever it is shown.
+/// A URL that may carry a password (database, bus): the password is masked wherever
+/// the URL is shown or serialised.
 #[derive(Clone)]
-pub struct DatabaseUrl(pub SecretString);
+pub struct SecretUrl(pub SecretString);
 
-impl DatabaseUrl {
+/// `database.url`.
+pub type DatabaseUrl = SecretUrl;
+
+/// `bus.url`.
+pub type BusUrl = SecretUrl;
+
+impl SecretUrl {
     pub fn new(url: impl Into<String>) -> Self {
         Self(SecretString::from(url.into()))
     }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
 }
 
-impl fmt::Debug for DatabaseUrl {
+impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&mask_url_password(self.0.expose_secret()))
     }
 }
 
-impl Serialize for DatabaseUrl {
+impl Serialize for SecretUrl {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&mask_url_password(self.0.expose_secret()))
     }
 }
 
-impl<'de> Deserialize<'de> for DatabaseUrl {
+impl<'de> Deserialize<'de> for SecretUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(DatabaseUrl::new(String::deserialize(d)?))
+        Ok(SecretUrl::new(String::deserialize(d)?))
     }
 }
 
-/// `postgres://user:pw@host/db` → `postgres://user:[redacted]@host/db`; other URLs unchanged.
+/// `postgres://user:pw@host/db` → `postgres://user:[redacted]@host/db`; URLs without a
+/// password unchanged. The user information ends at the last `@` before any query, so
+/// a password with an unescaped `/` or `@` is still hidden.
 pub(crate) fn mask_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let before_query = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
+    let Some(at) = before_query.rfind('@') else {
+        return url.to_string();
     };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}{tail}"),
-            None => url.to_string(),
-        },
+    let (userinfo, host_and_tail) = (&rest[..at], &rest[at..]);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:[redacted]{host_and_tail}"),
         None => url.to_string(),
     }
 }

@@ -70,3 +70,32 @@ fn the_contact_policy_is_one_of_three_names() {
     assert!(err.contains("friends") && err.contains("contact_policy"), "{err}");
     assert!(err.contains("open") && err.contains("contacts") && err.contains("consulted"), "{err}");
 }
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's own signature
+fn a_bus_url_is_checked_at_load_and_its_password_never_shown() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("PARLEY_BUS__URL", "mqtt://parley:hunter2@mqtt.internal:1884");
+        let s = Settings::load(None).expect("settings load");
+        let bus = s.external_bus().expect("valid").expect("external");
+        assert_eq!((bus.host.as_str(), bus.port), ("mqtt.internal", 1884));
+        let shown = format!("{s} {s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("mqtt://parley:[redacted]@mqtt.internal:1884"), "{shown}");
+
+        jail.set_env("PARLEY_BUS__URL", "mqtts://parley:hunter2@mqtt.internal:8883");
+        let err = Settings::load(None).expect_err("TLS is refused").to_string();
+        assert!(err.contains("bus.url") && err.contains("PARLEY_BUS__URL") && err.contains("TLS"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        Ok(())
+    });
+    assert!(Settings::default().external_bus().expect("no url").is_none(), "the embedded bus is the default");
+}
+
+#[test]
+fn a_password_with_unescaped_slashes_is_still_hidden() {
+    let mut s = Settings::default();
+    s.bus.url = Some(BusUrl::new("mqtt://parley:se/cr@t@mqtt:1883"));
+    let shown = s.to_string();
+    assert!(!shown.contains("se/cr") && shown.contains("mqtt://parley:[redacted]@mqtt:1883"), "{shown}");
+}

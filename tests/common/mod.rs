@@ -3,6 +3,8 @@
 //! clients (rumqttc) talking to it over TCP.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod mosquitto;
 pub mod outbox;
 pub mod raw;
 
@@ -80,8 +82,8 @@ impl TestApp {
         tweak(&mut settings);
         let running = parley::app::start(settings.clone(), CancellationToken::new()).await.expect("parley starts");
         Some(TestApp {
-            http: format!("http://{}", running.http_addr),
-            mqtt: running.gate_addrs.mqtt.expect("the MQTT listener is on"),
+            http: format!("http://{}", running.http_addr.expect("the api runs")),
+            mqtt: running.gate_addrs.mqtt.expect("the gate's MQTT listener is on"),
             running: Some(running),
             client: reqwest::Client::new(),
             settings,
@@ -134,6 +136,11 @@ impl TestApp {
 
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
+    }
+
+    /// The gate of this deployment.
+    pub fn gate(&self) -> &parley_broker::gate::GateHandle {
+        self.running().gate.as_ref().expect("a gate runs in this process")
     }
 
     pub async fn stop(mut self) {
@@ -206,19 +213,12 @@ impl TestApp {
     }
 
     pub fn options(&self, client_id: &str, username: &str, password: &str) -> MqttOptions {
-        let mut o = MqttOptions::new(client_id, self.mqtt.ip().to_string(), self.mqtt.port());
-        o.set_credentials(username, password);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
-        o
+        options_at(self.mqtt, client_id, username, password)
     }
 
     /// A connected 3.1.1 device of `user`, subscribed to all its downlinks.
     pub async fn device(&self, user: &TestUser, client_id: &str) -> Device {
-        let mut d =
-            Device::connect(self.options(client_id, &user.id, &user.access_token)).await.expect("device connects");
-        d.subscribe(&format!("to/{}/#", user.id)).await;
-        d
+        device_at(self.mqtt, user, client_id).await
     }
 
     /// A token for `user`'s sign-in signed with this deployment's key, issued at `issued_at` (Unix seconds).
@@ -376,6 +376,23 @@ impl Device {
     pub async fn publish_raw(&self, topic: &str, body: &[u8]) {
         self.client.publish(topic, QoS::AtLeastOnce, false, body.to_vec()).await.expect("publish");
     }
+}
+
+/// Options for a device connecting to the gate at `gate`.
+pub fn options_at(gate: SocketAddr, client_id: &str, username: &str, password: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, gate.ip().to_string(), gate.port());
+    o.set_credentials(username, password);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    o
+}
+
+/// A connected 3.1.1 device of `user` on the gate at `gate`, subscribed to all its downlinks.
+pub async fn device_at(gate: SocketAddr, user: &TestUser, client_id: &str) -> Device {
+    let mut d =
+        Device::connect(options_at(gate, client_id, &user.id, &user.access_token)).await.expect("device connects");
+    d.subscribe(&format!("to/{}/#", user.id)).await;
+    d
 }
 
 /// The token settings the test deployments use (the defaults).

@@ -14,8 +14,8 @@ pub const MAX_BUS_PACKET: usize = 4 * 1024 * 1024;
 pub struct BusEndpoint {
     pub host: String,
     pub port: u16,
-    pub username: String,
-    pub password: String,
+    /// User name and password; `None` for a broker that takes anonymous clients.
+    pub credentials: Option<(String, String)>,
 }
 
 impl fmt::Debug for BusEndpoint {
@@ -23,19 +23,37 @@ impl fmt::Debug for BusEndpoint {
         f.debug_struct("BusEndpoint")
             .field("host", &self.host)
             .field("port", &self.port)
-            .field("username", &self.username)
+            .field("username", &self.credentials.as_ref().map(|(user, _)| user))
             .field("password", &"[redacted]")
             .finish()
     }
 }
 
+impl fmt::Display for BusEndpoint {
+    /// `mqtt://host:port`, for logs and errors (never the credentials).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "mqtt://{}:{}", self.host, self.port)
+        }
+    }
+}
+
 impl BusEndpoint {
-    /// Options for one internal client; `role` names it in the bus's logs.
+    /// Options for one internal client with a fresh client id; `role` names it in the bus's logs.
     pub fn options(&self, role: &str) -> MqttOptions {
-        let id = format!("parley-{role}-{}", uuid::Uuid::new_v4().simple());
+        self.options_with_id(format!("parley-{role}-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Options for one internal client with the client id `id` (a client that
+    /// reconnects under its own id takes its previous connection over).
+    pub fn options_with_id(&self, id: String) -> MqttOptions {
         let mut options = MqttOptions::new(id, self.host.clone(), self.port);
+        if let Some((user, password)) = &self.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
         options
-            .set_credentials(self.username.clone(), self.password.clone())
             .set_clean_session(true)
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(MAX_BUS_PACKET, MAX_BUS_PACKET)

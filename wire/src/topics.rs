@@ -62,8 +62,14 @@ pub fn gate_presence(gate: &str) -> String {
     format!("sys/presence/{gate}")
 }
 
-/// The filter with which a gate takes every downlink from the bus.
+/// The filter with which a gate takes every downlink from the embedded bus.
 pub const GATE_DOWNLINK_FILTER: &str = "to/#";
+
+/// The filter with which a gate on an external bus takes the downlinks of user `uid`
+/// while that user has a session on it.
+pub fn user_downlink_filter(uid: UserId) -> String {
+    format!("to/{uid}/#")
+}
 
 /// An uplink topic split into its sender and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,8 +30,8 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Ready when the database answers, the bus carries a message round trip and the
-/// gate answers a real MQTT CONNECT.
+/// Ready when the database answers, the bus carries a message round trip and, when
+/// the gate runs in the same process, the gate answers a real MQTT CONNECT.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

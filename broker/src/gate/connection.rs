@@ -268,6 +268,8 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
         .registry
         .attach(user, &client_id, connection, sign_in, c.clean_start, expiry, shared.settings.max_sessions_per_user)
         .ok_or(Refusal::QuotaExceeded)?;
+    // The user's downlinks must reach this gate before the device hears CONNACK.
+    shared.await_downlinks(user, &attached, connection).await?;
     let window =
         usize::from(shared.settings.max_inflight.max(1)).min(usize::from(c.receive_maximum.unwrap_or(u16::MAX).max(1)));
     Ok(Accepted {

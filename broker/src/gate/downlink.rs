@@ -1,13 +1,16 @@
 //! Downlinks: every `to/{uid}/…` message on the bus is queued on the sessions of
-//! that user whose subscriptions match, and their connections are woken.
+//! that user whose subscriptions match, and their connections are woken. The gate
+//! takes downlinks on a bus connection of its own, whose subscriptions
+//! `subscriptions.rs` keeps.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use parley_domain::SessionsRevoked;
+use parley_wire::bus::BusEndpoint;
 use parley_wire::{topics, UserId};
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet};
 use tokio_util::sync::CancellationToken;
 
 use super::session::{Delivery, GateStats, Registry, Session};
@@ -31,7 +34,11 @@ pub fn dispatch(registry: &Registry, stats: &GateStats, max_queued: usize, topic
         }
         return;
     }
-    for session in registry.sessions_of(user) {
+    let sessions = registry.sessions_of(user);
+    if sessions.is_empty() {
+        GateStats::bump(&stats.downlinks_unclaimed);
+    }
+    for session in sessions {
         offer(&session, stats, max_queued, topic, payload.clone(), qos);
     }
 }
@@ -64,40 +71,65 @@ pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, topic: &st
     session.notify.notify_one();
 }
 
-/// Polls the gate's bus connection: subscribes to every downlink on each (re)connect
-/// and dispatches what arrives, until `shutdown`.
+/// Takes downlinks from the bus until `shutdown`: one bus connection at a time, each
+/// with a new client (under one client id, so a new connection replaces a stale one
+/// on the broker), subscribing afresh on each; dispatches what arrives.
 pub async fn run(
-    client: AsyncClient,
-    mut events: EventLoop,
+    bus: BusEndpoint,
     registry: Arc<Registry>,
     stats: Arc<GateStats>,
     max_queued: usize,
     shutdown: CancellationToken,
 ) {
+    let options = bus.options("gate-downlinks");
+    let subscriptions = registry.subscriptions();
     loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            event = events.poll() => event,
+        let (client, mut events) = AsyncClient::new(options.clone(), 64);
+        let connection = subscriptions.reset();
+        let stop = shutdown.child_token();
+        let sender = {
+            let (registry, client, stop) = (registry.clone(), client.clone(), stop.clone());
+            tokio::spawn(async move { registry.subscriptions().send(client, connection, stop).await })
         };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!("gate connected to the bus");
-                // Subscribing from the polling task must not wait on the channel it drains.
-                if let Err(e) = client.try_subscribe(topics::GATE_DOWNLINK_FILTER, QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "gate could not subscribe to downlinks");
+        let why = loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                event = events.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    tracing::info!(bus = %bus, per_user = subscriptions.per_user(), "gate connected to the bus for downlinks");
                 }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                dispatch(&registry, &stats, max_queued, &p.topic, p.payload, p.qos as u8);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "gate lost the bus; reconnecting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    dispatch(&registry, &stats, max_queued, &p.topic, p.payload, p.qos as u8);
                 }
+                Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+                    if let Err(e) = subscriptions.on_sent(pkid, true) {
+                        break Some(e.to_string());
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Unsubscribe(pkid))) => {
+                    if let Err(e) = subscriptions.on_sent(pkid, false) {
+                        break Some(e.to_string());
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => subscriptions.on_suback(ack.pkid, &ack.return_codes),
+                Ok(Event::Incoming(Packet::UnsubAck(ack))) => subscriptions.on_unsuback(ack.pkid),
+                Ok(_) => {}
+                Err(e) => break Some(e.to_string()),
             }
+        };
+        stop.cancel();
+        subscriptions.lost();
+        let _ = sender.await;
+        let Some(why) = why else {
+            let _ = client.try_disconnect();
+            return;
+        };
+        tracing::warn!(bus = %bus, error = %why, "gate lost the bus for downlinks; reconnecting");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

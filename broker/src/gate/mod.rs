@@ -10,6 +10,7 @@ mod connection;
 mod downlink;
 mod limits;
 mod session;
+mod subscriptions;
 mod transport;
 
 use std::sync::atomic::AtomicU64;
@@ -19,15 +20,19 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use parley_domain::{Domain, Rate, Tokens};
 use parley_wire::bus::BusEndpoint;
-use rumqttc::{AsyncClient, QoS};
+use parley_wire::UserId;
+use rumqttc::{AsyncClient, Event, Outgoing, QoS};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use acl::TopicLimits;
+use codec::Refusal;
 use limits::Admission;
 pub use limits::Flapping;
 pub use session::GateStats;
-use session::Registry;
+use session::{Attached, Registry};
+pub use subscriptions::SubscriptionStats;
+use subscriptions::Subscriptions;
 pub use transport::{tls_acceptor, GateListener, Kind, TransportSettings};
 
 /// The gate's limits, from `[mqtt]` settings.
@@ -45,6 +50,12 @@ pub struct GateSettings {
     pub write_timeout: Duration,
     /// This gate's name in presence reports.
     pub node_id: String,
+    /// Subscribe to each connected user's downlinks (an external bus) instead of all of them.
+    pub per_user_subscriptions: bool,
+    /// How long a CONNECT waits for the bus to confirm the user's downlink subscription
+    /// before the device is refused with "server unavailable" (shorter than the usual
+    /// client CONNACK time-outs, 5 s in rumqttc, so the device hears why).
+    pub bus_wait: Duration,
     pub max_keep_alive: u16,
     pub max_client_id_len: usize,
     pub topics: TopicLimits,
@@ -89,6 +100,8 @@ impl GateSettings {
             max_sessions_per_user: 32,
             write_timeout: Duration::from_secs(30),
             node_id: mqtt.node_id.clone(),
+            per_user_subscriptions: false,
+            bus_wait: Duration::from_secs(3),
             max_keep_alive: if mqtt.max_keep_alive_secs == 0 { u16::MAX } else { mqtt.max_keep_alive_secs },
             max_client_id_len: mqtt.max_client_id_len,
             topics: TopicLimits { max_len: mqtt.max_topic_len, max_levels: mqtt.max_topic_levels.max(1) },
@@ -117,6 +130,26 @@ pub(crate) struct Shared {
     admission: Admission,
 }
 
+impl Shared {
+    /// Waits until downlinks for `user` reach this gate (its bus subscription is
+    /// acknowledged), so that whatever is published after the device's CONNACK
+    /// reaches it. If the bus does not confirm in time, the connection's claim on the
+    /// session is undone and the device is told to retry ("server unavailable").
+    pub(crate) async fn await_downlinks(
+        &self,
+        user: UserId,
+        attached: &Attached,
+        connection: u64,
+    ) -> Result<(), Refusal> {
+        if self.registry.subscriptions().wait_active(user, self.settings.bus_wait).await {
+            return Ok(());
+        }
+        tracing::warn!(user_id = %user, wait = ?self.settings.bus_wait, "the bus did not confirm the user's downlinks; CONNECT refused");
+        self.registry.release(&attached.session, connection, !attached.present);
+        Err(Refusal::ServerUnavailable)
+    }
+}
+
 /// A running gate's counters, for operators and tests.
 #[derive(Clone)]
 pub struct GateHandle {
@@ -133,6 +166,22 @@ impl GateHandle {
     pub fn session_counts(&self) -> (usize, usize) {
         self.registry.counts()
     }
+
+    /// How many downlink filters the bus has confirmed for this gate: with an
+    /// external bus one per user with a session here, else the one wildcard.
+    pub fn bus_subscriptions(&self) -> usize {
+        self.registry.subscriptions().active()
+    }
+
+    /// Whether `user`'s downlinks reach this gate now.
+    pub fn receives_downlinks_of(&self, user: UserId) -> bool {
+        self.registry.subscriptions().is_active(user)
+    }
+
+    /// Subscriptions made and removed on the bus.
+    pub fn bus_subscription_stats(&self) -> &SubscriptionStats {
+        &self.registry.subscriptions().stats
+    }
 }
 
 /// Serves devices on `listeners` until `shutdown`, then closes every connection
@@ -145,21 +194,17 @@ pub async fn serve(
     shutdown: CancellationToken,
     ready: impl FnOnce(GateHandle),
 ) -> anyhow::Result<()> {
+    // Uplinks, wills and presence reports go out on one connection; downlinks come
+    // in on another (downlink.rs), so neither waits behind the other.
     let (client, events) = AsyncClient::new(bus.options("gate"), 1024);
+    let mut uplinks = tokio::spawn(poll_uplinks(events, bus.to_string()));
     // Whatever this gate reported before it (re)started no longer holds.
-    let reset = serde_json::json!({ "reset": true }).to_string();
-    client.publish(parley_wire::topics::gate_presence(&settings.node_id), QoS::AtLeastOnce, false, reset).await?;
-    let registry = Arc::new(Registry::default());
+    let presence_topic = parley_wire::topics::gate_presence(&settings.node_id);
+    client.publish(presence_topic.clone(), QoS::AtLeastOnce, false, presence_reset()).await?;
+    let registry = Arc::new(Registry::new(Arc::new(Subscriptions::new(settings.per_user_subscriptions))));
     let stats = Arc::new(GateStats::default());
     let tasks = TaskTracker::new();
-    tasks.spawn(downlink::run(
-        client.clone(),
-        events,
-        registry.clone(),
-        stats.clone(),
-        settings.max_queued,
-        shutdown.clone(),
-    ));
+    tasks.spawn(downlink::run(bus.clone(), registry.clone(), stats.clone(), settings.max_queued, shutdown.clone()));
     ready(GateHandle { stats: stats.clone(), registry: registry.clone() });
     let admission = Admission::new(settings.connection_rate, settings.flapping);
     let shared = Arc::new(Shared {
@@ -180,7 +225,14 @@ pub async fn serve(
     registry.kick_all();
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    // This gate holds no device any more: say so (the bridges mark its users offline),
+    // then leave the bus once that and the last reports are out.
+    let _ = client.try_publish(presence_topic, QoS::AtLeastOnce, false, presence_reset());
     let _ = client.try_disconnect();
+    if tokio::time::timeout(Duration::from_secs(2), &mut uplinks).await.is_err() {
+        uplinks.abort();
+        tracing::warn!("the gate's last presence reports may not have reached the bus");
+    }
     tracing::info!("gate stopped");
     Ok(())
 }
@@ -207,6 +259,25 @@ async fn accept(
                 // Out of file descriptors and the like: pause instead of spinning.
                 tracing::warn!(error = %e, %kind, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn presence_reset() -> String {
+    serde_json::json!({ "reset": true }).to_string()
+}
+
+/// Polls the gate's uplink connection (rumqttc reconnects it) until the gate
+/// disconnects it on the way out.
+async fn poll_uplinks(mut events: rumqttc::EventLoop, bus: String) {
+    loop {
+        match events.poll().await {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(bus, error = %e, "gate lost the bus for uplinks; reconnecting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }

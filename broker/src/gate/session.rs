@@ -15,6 +15,8 @@ use parley_wire::UserId;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::subscriptions::Subscriptions;
+
 /// A message waiting to go to a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -111,6 +113,9 @@ pub struct GateStats {
     pub connections_banned: AtomicU64,
     /// Times a connection was paused for going over its publish or byte rate.
     pub connections_throttled: AtomicU64,
+    /// Downlinks that reached this gate for a user with no session here (with an
+    /// external bus, only those in flight while the user's last session goes).
+    pub downlinks_unclaimed: AtomicU64,
 }
 
 impl GateStats {
@@ -121,10 +126,13 @@ impl GateStats {
 
 type Key = (UserId, String);
 
-/// Every session of this gate, findable by (user, client id) and by user.
+/// Every session of this gate, findable by (user, client id) and by user. It tells
+/// the gate's bus subscriptions whenever a user's first session appears or last one
+/// goes, under its own lock, so those changes reach the bus in the order they happened.
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<Maps>,
+    subscriptions: Arc<Subscriptions>,
 }
 
 #[derive(Debug, Default)]
@@ -144,8 +152,21 @@ pub struct Attached {
 }
 
 impl Registry {
+    pub fn new(subscriptions: Arc<Subscriptions>) -> Self {
+        Self { inner: Mutex::default(), subscriptions }
+    }
+
+    pub fn subscriptions(&self) -> &Subscriptions {
+        &self.subscriptions
+    }
+
     fn maps(&self) -> MutexGuard<'_, Maps> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the subscriptions whether `user` still has a session here (call under the lock).
+    fn sync_user(&self, maps: &Maps, user: UserId) {
+        self.subscriptions.set_user(user, maps.by_user.contains_key(&user));
     }
 
     /// Makes `connection` the owner of the (user, client id) session, pushing out any
@@ -179,6 +200,7 @@ impl Registry {
                 }
                 let count = maps.by_user.get(&user).map_or(0, Vec::len);
                 if count >= max_per_user && !maps.evict_oldest_offline(user) {
+                    self.sync_user(&maps, user);
                     return None;
                 }
                 let s = Arc::new(Session {
@@ -189,6 +211,7 @@ impl Registry {
                 });
                 maps.sessions.insert(key, s.clone());
                 maps.by_user.entry(user).or_default().push(s.clone());
+                self.sync_user(&maps, user);
                 (s, false)
             }
         };
@@ -220,7 +243,21 @@ impl Registry {
             _ => {
                 drop(st);
                 maps.remove(session);
+                self.sync_user(&maps, session.user);
             }
+        }
+    }
+
+    /// Undoes [`Registry::attach`] for a connection that will not be accepted after
+    /// all: a session it `created` is forgotten, a resumed one waits for its device again.
+    pub fn release(&self, session: &Arc<Session>, connection: u64, created: bool) {
+        if !created {
+            return self.detach(session, connection);
+        }
+        let mut maps = self.maps();
+        if session.state().owner == Some(connection) {
+            maps.remove(session);
+            self.sync_user(&maps, session.user);
         }
     }
 
@@ -255,6 +292,7 @@ impl Registry {
             maps.sessions.values().filter(|s| s.state().expires_at.is_some_and(|t| t <= now)).cloned().collect();
         for s in &expired {
             maps.remove(s);
+            self.sync_user(&maps, s.user);
         }
         expired.len()
     }
