@@ -9,10 +9,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use common::raw::RawClient;
-use common::{Backend, TestApp, TestUser};
-use parley_wire::codec::{self, ConnectInfo, Inbound, Protocol, Publish, SubscribeFilter, Will};
+use bytes::Bytes;
+use common::v5::{connect_info, disconnect_reason, next_publish, publish, send, subscribe, v5_client};
+use common::{Backend, TestApp};
+use parley_wire::codec::{ConnectInfo, Inbound, Will};
 use rumqttc::v5::mqttbytes::v5;
 use serde_json::{json, Value};
 
@@ -20,90 +20,13 @@ async fn app() -> TestApp {
     TestApp::spawn_with(Backend::Sqlite, |s| s.mqtt.max_inflight = 2).await.expect("sqlite app")
 }
 
-fn connect_info(user: &TestUser, client_id: &str) -> ConnectInfo {
-    ConnectInfo {
-        protocol: Protocol::V5,
-        client_id: client_id.into(),
-        clean_start: true,
-        keep_alive: 30,
-        username: Some(user.id.clone()),
-        password: Some(user.access_token.clone()),
-        will: None,
-        session_expiry: None,
-        receive_maximum: None,
-        max_packet_size: None,
-        topic_alias_max: 0,
-    }
-}
-
-/// A v5 raw client, connected (CONNACK checked).
-async fn v5_client(app: &TestApp, info: &ConnectInfo) -> (RawClient, v5::ConnAck) {
-    let mut c = RawClient::tcp(app.mqtt).await;
-    let mut buf = BytesMut::new();
-    codec::write_connect(info, &mut buf);
-    c.send(&buf).await;
-    match c.next_v5().await {
-        Some(v5::Packet::ConnAck(ack)) => {
-            assert_eq!(ack.code, v5::ConnectReturnCode::Success);
-            (c, ack)
-        }
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-}
-
-async fn send(c: &mut RawClient, packet: Inbound) {
-    let mut buf = BytesMut::new();
-    codec::write_inbound(Protocol::V5, &packet, &mut buf);
-    c.send(&buf).await;
-}
-
-fn publish(topic: &str, qos: u8, pkid: u16, alias: Option<u16>, body: &Value) -> Inbound {
-    Inbound::Publish(Publish {
-        topic: topic.into(),
-        payload: Bytes::from(body.to_string()),
-        qos,
-        retain: false,
-        dup: false,
-        pkid,
-        topic_alias: alias,
-        subscription_ids: Vec::new(),
-    })
-}
-
-async fn subscribe(c: &mut RawClient, filter: &str, id: Option<usize>) {
-    send(c, Inbound::Subscribe { pkid: 1, filters: vec![SubscribeFilter::new(filter, 1)], id }).await;
-    assert!(matches!(c.next_v5().await, Some(v5::Packet::SubAck(_))));
-}
-
-/// The next PUBLISH, acknowledged when QoS 1.
-async fn next_publish(c: &mut RawClient) -> v5::Publish {
-    loop {
-        if let Some(v5::Packet::Publish(p)) = c.next_v5().await {
-            if p.pkid > 0 {
-                send(c, Inbound::PubAck(p.pkid)).await;
-            }
-            return p;
-        }
-    }
-}
-
-async fn disconnect_reason(c: &mut RawClient) -> v5::DisconnectReasonCode {
-    loop {
-        match c.next_v5().await {
-            Some(v5::Packet::Disconnect(d)) => return d.reason_code,
-            Some(_) => continue,
-            None => panic!("closed without DISCONNECT"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_aliases_work_in_both_directions() {
     let app = app().await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let mut b = app.device(&bob, "bob-phone").await;
-    let info = ConnectInfo { topic_alias_max: 5, ..connect_info(&alice, "alice-v5") };
-    let (mut a, ack) = v5_client(&app, &info).await;
+    let info = ConnectInfo { topic_alias_max: 5, ..connect_info(Some(&alice), "alice-v5") };
+    let (mut a, ack) = v5_client(app.mqtt, &info).await;
     assert_eq!(ack.properties.expect("properties").topic_alias_max, Some(32), "the gate accepts 32 aliases");
     subscribe(&mut a, &format!("to/{}/#", alice.id), None).await;
 
@@ -148,7 +71,7 @@ async fn topic_aliases_work_in_both_directions() {
     // An alias never set is a protocol error; one above the maximum is invalid.
     send(&mut a, publish("", 0, 0, Some(9), &json!({}))).await;
     assert_eq!(disconnect_reason(&mut a).await, v5::DisconnectReasonCode::ProtocolError);
-    let (mut a, _) = v5_client(&app, &info).await;
+    let (mut a, _) = v5_client(app.mqtt, &info).await;
     send(&mut a, publish(&uplink, 0, 0, Some(33), &json!({}))).await;
     assert_eq!(disconnect_reason(&mut a).await, v5::DisconnectReasonCode::TopicAliasInvalid);
     assert_eq!(app.message_rows().await, 5);
@@ -160,7 +83,7 @@ async fn a_v5_qos2_publish_is_delivered_exactly_once_even_when_resent() {
     let app = app().await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let mut b = app.device(&bob, "bob-phone").await;
-    let (mut a, ack) = v5_client(&app, &connect_info(&alice, "alice-v5")).await;
+    let (mut a, ack) = v5_client(app.mqtt, &connect_info(Some(&alice), "alice-v5")).await;
     assert_eq!(ack.properties.expect("properties").max_qos, None, "no Maximum QoS: 2 is available");
     let body = json!({"id": "q2", "to": bob.id, "text": "exactly once"});
     let uplink = format!("from/{}/msg", alice.id);
@@ -194,7 +117,7 @@ async fn deliveries_carry_the_identifiers_of_the_subscriptions_they_match() {
     let app = app().await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let b = app.device(&bob, "bob-phone").await;
-    let (mut a, ack) = v5_client(&app, &connect_info(&alice, "alice-v5")).await;
+    let (mut a, ack) = v5_client(app.mqtt, &connect_info(Some(&alice), "alice-v5")).await;
     assert_eq!(ack.properties.expect("properties").subscription_identifiers_available, Some(1));
     subscribe(&mut a, &format!("to/{}/msg", alice.id), Some(7)).await;
     subscribe(&mut a, &format!("to/{}/#", alice.id), Some(9)).await;
@@ -232,6 +155,8 @@ async fn a_will_waits_for_its_delay_and_a_resumed_session_cancels_it() {
         payload: Bytes::from(json!({"id": id, "to": bob.id, "text": format!("will {id}")}).to_string()),
         qos: 1,
         delay,
+        retain: false,
+        properties: None,
     };
 
     // Lost connection, will delay 2 s, session kept 60 s: the will comes after the delay.
@@ -239,9 +164,9 @@ async fn a_will_waits_for_its_delay_and_a_resumed_session_cancels_it() {
         clean_start: false,
         session_expiry: Some(60),
         will: Some(will("w1", 2)),
-        ..connect_info(&alice, "alice-will")
+        ..connect_info(Some(&alice), "alice-will")
     };
-    let (a, _) = v5_client(&app, &info).await;
+    let (a, _) = v5_client(app.mqtt, &info).await;
     let lost = tokio::time::Instant::now();
     drop(a);
     assert!(b.nothing_on(&bob_msgs, Duration::from_millis(1200)).await, "the will waited for its delay");
@@ -250,23 +175,23 @@ async fn a_will_waits_for_its_delay_and_a_resumed_session_cancels_it() {
 
     // Lost again, but back within the delay: the will is cancelled.
     let info = ConnectInfo { will: Some(will("w2", 3)), ..info };
-    let (a, _) = v5_client(&app, &info).await;
+    let (a, _) = v5_client(app.mqtt, &info).await;
     drop(a);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (back, ack) = v5_client(&app, &ConnectInfo { will: None, ..info.clone() }).await;
+    let (back, ack) = v5_client(app.mqtt, &ConnectInfo { will: None, ..info.clone() }).await;
     assert!(ack.session_present);
     assert!(b.nothing_on(&bob_msgs, Duration::from_millis(3500)).await, "a resumed session cancels the will");
 
     // A clean session ends with its connection: the will goes at once, whatever the delay.
-    let info = ConnectInfo { will: Some(will("w3", 30)), ..connect_info(&alice, "alice-clean") };
-    let (a, _) = v5_client(&app, &info).await;
+    let info = ConnectInfo { will: Some(will("w3", 30)), ..connect_info(Some(&alice), "alice-clean") };
+    let (a, _) = v5_client(app.mqtt, &info).await;
     drop(a);
     assert_eq!(b.next_on(&bob_msgs).await["text"], "will w3");
 
     // DISCONNECT in its shortest forms: normal (no will), and "with will" (the will goes).
     for (bytes, expect_will) in [(&[0xE0u8, 0x00][..], false), (&[0xE0, 0x01, 0x04][..], true)] {
-        let info = ConnectInfo { will: Some(will("w4", 0)), ..connect_info(&alice, "alice-short") };
-        let (mut a, _) = v5_client(&app, &info).await;
+        let info = ConnectInfo { will: Some(will("w4", 0)), ..connect_info(Some(&alice), "alice-short") };
+        let (mut a, _) = v5_client(app.mqtt, &info).await;
         a.send(bytes).await;
         assert!(a.closed_within(Duration::from_secs(5)).await);
         if expect_will {

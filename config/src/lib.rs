@@ -100,6 +100,12 @@ pub struct MqttSettings {
     pub flapping_max_connects: u32,
     pub flapping_window_secs: u64,
     pub flapping_ban_secs: u64,
+    /// A part of the topic space where the gate is a plain MQTT broker, for tests and tools:
+    /// a topic prefix (`lab/`), or `*` for every topic outside Parley's own (`from/`, `to/`,
+    /// `sys/`, `$…`). Empty (the default) turns it off.
+    pub open_namespace: String,
+    /// Clients without credentials may connect, to use the open namespace only.
+    pub allow_anonymous: bool,
     /// How long a persistent session (clean session = 0) outlives its connection, in seconds.
     pub session_expiry_secs: u64,
     /// Messages kept for a device that is away (persistent sessions only); more are dropped and counted.
@@ -274,6 +280,8 @@ impl Default for MqttSettings {
             flapping_max_connects: 30,
             flapping_window_secs: 60,
             flapping_ban_secs: 300,
+            open_namespace: String::new(),
+            allow_anonymous: false,
             session_expiry_secs: 24 * 3600,
             max_queued_messages: 1000,
             max_inflight: 100,

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod mosquitto;
 pub mod outbox;
 pub mod raw;
+pub mod v5;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

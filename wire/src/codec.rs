@@ -25,6 +25,9 @@ pub struct Will {
     pub qos: u8,
     /// v5 Will Delay Interval, in seconds (0: at once).
     pub delay: u32,
+    pub retain: bool,
+    /// The will's other v5 properties, as its PUBLISH will carry them.
+    pub properties: Option<Box<v5::PublishProperties>>,
 }
 
 /// A CONNECT, reduced to what the gate uses.
@@ -60,6 +63,9 @@ pub struct Publish {
     pub topic_alias: Option<u16>,
     /// v5 Subscription Identifiers of the subscriptions that matched (gate to device).
     pub subscription_ids: Vec<usize>,
+    /// The other v5 properties (user properties, content type, response topic…), carried
+    /// unchanged through the open namespace; never with a topic alias or subscription ids.
+    pub properties: Option<Box<v5::PublishProperties>>,
 }
 
 /// One filter of a SUBSCRIBE, with its v5 options (3.1.1: the defaults).
@@ -187,6 +193,8 @@ pub struct ConnAckProps {
     pub server_keep_alive: Option<u16>,
     /// Aliases the gate accepts from the device.
     pub topic_alias_max: Option<u16>,
+    /// Whether retained messages are available (only in an open namespace).
+    pub retain_available: bool,
 }
 
 /// A decoding failure; `Incomplete` only means "read more bytes".
@@ -261,7 +269,14 @@ fn from_v4_connect(c: v4::Connect) -> ConnectInfo {
         keep_alive: c.keep_alive,
         username,
         password,
-        will: c.last_will.map(|w| Will { topic: w.topic, payload: w.message, qos: w.qos as u8, delay: 0 }),
+        will: c.last_will.map(|w| Will {
+            topic: w.topic,
+            payload: w.message,
+            qos: w.qos as u8,
+            delay: 0,
+            retain: w.retain,
+            properties: None,
+        }),
         session_expiry: None,
         receive_maximum: None,
         max_packet_size: None,
@@ -284,7 +299,9 @@ fn from_v5_connect(
                 .map_err(|_| DecodeError::Malformed("will topic is not UTF-8".into()))?,
             payload: w.message,
             qos: w.qos as u8,
-            delay: w.properties.and_then(|p| p.delay_interval).unwrap_or(0),
+            retain: w.retain,
+            delay: w.properties.as_ref().and_then(|p| p.delay_interval).unwrap_or(0),
+            properties: w.properties.and_then(will_publish_properties),
         }),
         None => None,
     };
@@ -302,6 +319,20 @@ fn from_v5_connect(
         max_packet_size: props.max_packet_size,
         topic_alias_max: props.topic_alias_max.unwrap_or(0),
     })
+}
+
+/// A will's properties as its PUBLISH carries them (the delay is the gate's business).
+fn will_publish_properties(w: v5::LastWillProperties) -> Option<Box<v5::PublishProperties>> {
+    let p = v5::PublishProperties {
+        payload_format_indicator: w.payload_format_indicator,
+        message_expiry_interval: w.message_expiry_interval,
+        content_type: w.content_type,
+        response_topic: w.response_topic,
+        correlation_data: w.correlation_data,
+        user_properties: w.user_properties,
+        ..Default::default()
+    };
+    (p != v5::PublishProperties::default()).then(|| Box::new(p))
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -338,6 +369,7 @@ fn from_v4(p: v4::Packet) -> Inbound {
             pkid: p.pkid,
             topic_alias: None,
             subscription_ids: Vec::new(),
+            properties: None,
         }),
         P::PubAck(a) => Inbound::PubAck(a.pkid),
         P::PubRec(a) => Inbound::PubRec(a.pkid),
@@ -362,11 +394,17 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, DecodeError> {
     use v5::Packet as P;
     Ok(match p {
         P::Publish(p) => {
-            let topic_alias = p.properties.as_ref().and_then(|pr| pr.topic_alias);
-            if p.properties.is_some_and(|pr| !pr.subscription_identifiers.is_empty()) {
-                // MQTT-3.3.4-6 (and rumqttc miscounts these properties when reading).
-                return Ok(Inbound::ProtocolViolation("subscription identifier in a PUBLISH from a client"));
-            }
+            let (topic_alias, properties) = match p.properties {
+                Some(pr) if !pr.subscription_identifiers.is_empty() => {
+                    // MQTT-3.3.4-6 (and rumqttc miscounts these properties when reading).
+                    return Ok(Inbound::ProtocolViolation("subscription identifier in a PUBLISH from a client"));
+                }
+                Some(mut pr) => {
+                    let alias = pr.topic_alias.take();
+                    (alias, (pr != v5::PublishProperties::default()).then(|| Box::new(pr)))
+                }
+                None => (None, None),
+            };
             Inbound::Publish(Publish {
                 topic: String::from_utf8(p.topic.to_vec())
                     .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?,
@@ -377,6 +415,7 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, DecodeError> {
                 pkid: p.pkid,
                 topic_alias,
                 subscription_ids: Vec::new(),
+                properties,
             })
         }
         P::PubAck(a) => Inbound::PubAck(a.pkid),
@@ -433,7 +472,7 @@ pub fn write_connect(c: &ConnectInfo, out: &mut BytesMut) {
                 topic: w.topic.clone(),
                 message: w.payload.clone(),
                 qos: qos4(w.qos),
-                retain: false,
+                retain: w.retain,
             });
             let _ = connect.write(out);
         }
@@ -452,16 +491,17 @@ pub fn write_connect(c: &ConnectInfo, out: &mut BytesMut) {
                 properties: Some(properties),
             };
             let will = c.will.as_ref().map(|w| {
-                let properties = (w.delay > 0).then(|| v5::LastWillProperties {
-                    delay_interval: Some(w.delay),
-                    payload_format_indicator: None,
-                    message_expiry_interval: None,
-                    content_type: None,
-                    response_topic: None,
-                    correlation_data: None,
-                    user_properties: Vec::new(),
+                let p = w.properties.as_deref().cloned().unwrap_or_default();
+                let properties = (w.delay > 0 || w.properties.is_some()).then(|| v5::LastWillProperties {
+                    delay_interval: (w.delay > 0).then_some(w.delay),
+                    payload_format_indicator: p.payload_format_indicator,
+                    message_expiry_interval: p.message_expiry_interval,
+                    content_type: p.content_type,
+                    response_topic: p.response_topic,
+                    correlation_data: p.correlation_data,
+                    user_properties: p.user_properties,
                 });
-                v5::LastWill::new(w.topic.clone(), w.payload.clone(), qos5(w.qos), false, properties)
+                v5::LastWill::new(w.topic.clone(), w.payload.clone(), qos5(w.qos), w.retain, properties)
             });
             let login = login(&c.username, &c.password).map(|(username, password)| v5::Login { username, password });
             let _ = v5::Packet::Connect(connect, will, login).write(out, None);
@@ -568,10 +608,12 @@ fn v4_publish(p: Publish) -> v4::Publish {
 }
 
 fn v5_publish(p: Publish) -> v5::Publish {
-    let properties = (p.topic_alias.is_some() || !p.subscription_ids.is_empty()).then(|| v5::PublishProperties {
-        topic_alias: p.topic_alias,
-        subscription_identifiers: p.subscription_ids,
-        ..Default::default()
+    let properties = (p.topic_alias.is_some() || !p.subscription_ids.is_empty() || p.properties.is_some()).then(|| {
+        v5::PublishProperties {
+            topic_alias: p.topic_alias,
+            subscription_identifiers: p.subscription_ids,
+            ..p.properties.map(|b| *b).unwrap_or_default()
+        }
     });
     let mut publish = v5::Publish::new(p.topic, qos5(p.qos), p.payload, properties);
     publish.pkid = p.pkid;
@@ -635,9 +677,9 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
             let properties = refusal.is_none().then(|| v5::ConnAckProperties {
                 session_expiry_interval: props.session_expiry,
                 receive_max: props.receive_maximum,
-                // QoS 2 is available (no property), retained messages are not.
+                // QoS 2 is available (no property); retained messages only in an open namespace.
                 max_qos: None,
-                retain_available: Some(0),
+                retain_available: Some(u8::from(props.retain_available)),
                 max_packet_size: props.max_packet_size,
                 assigned_client_identifier: props.assigned_client_id,
                 topic_alias_max: props.topic_alias_max,

@@ -25,7 +25,8 @@ use super::codec::{
 };
 use super::downlink;
 use super::limits::{Throttle, Turned};
-use super::session::{GateStats, Session, Subscription};
+use super::namespace::{self, Namespace};
+use super::session::{Delivery, GateStats, Inflight, Session, Subscription};
 use super::transport::{Kind, Transport};
 use super::Shared;
 
@@ -224,9 +225,12 @@ fn admit(shared: &Shared, c: &ConnectInfo, peer: SocketAddr) -> Result<(), Refus
 
 /// Checks credentials (the token, and that its sign-in is live) and the will, then
 /// attaches the session.
-async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<Accepted, Refusal> {
-    let (Some(username), Some(password)) = (c.username, c.password) else {
-        return Err(Refusal::BadCredentials);
+async fn authorize(shared: &Shared, mut c: ConnectInfo, connection: u64) -> Result<Accepted, Refusal> {
+    let anonymous_allowed = shared.namespace.as_ref().is_some_and(|ns| ns.allow_anonymous);
+    let (username, password) = match (c.username.take(), c.password.take()) {
+        (Some(u), Some(p)) => (u, p),
+        (None, None) if anonymous_allowed => return attach(shared, c, connection, Identity::anonymous()).await,
+        _ => return Err(Refusal::BadCredentials),
     };
     // The username is the user id: anything else is refused before the token is verified.
     if username.len() != 36 || username.parse::<UserId>().is_err() {
@@ -251,9 +255,52 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
         }
     }
     let left = u64::try_from(claims.exp - super::chrono_free_now_secs()).unwrap_or(0);
-    let token_expires = Instant::now() + Duration::from_secs(left);
-    if let Some(will) = &c.will {
-        if acl::publish_as(&username, rights, &will.topic, &shared.settings.topics) != Verdict::Allowed {
+    let identity = Identity {
+        user,
+        user_text: username,
+        sign_in,
+        rights,
+        token_expires: Instant::now() + Duration::from_secs(left),
+    };
+    attach(shared, c, connection, identity).await
+}
+
+/// Who a connection is: a user (from the token), or anonymous (open namespace only).
+struct Identity {
+    user: UserId,
+    /// The user id as the device wrote it, for ACL prefixes; empty when anonymous.
+    user_text: String,
+    sign_in: uuid::Uuid,
+    rights: Option<DeviceRights>,
+    token_expires: Instant,
+}
+
+impl Identity {
+    fn anonymous() -> Self {
+        Identity {
+            user: namespace::ANONYMOUS,
+            user_text: String::new(),
+            sign_in: uuid::Uuid::nil(),
+            rights: None,
+            // Far away: anonymous clients have no token to expire.
+            token_expires: Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
+        }
+    }
+}
+
+/// Checks the will, then attaches the session.
+async fn attach(shared: &Shared, mut c: ConnectInfo, connection: u64, id: Identity) -> Result<Accepted, Refusal> {
+    let Identity { user, user_text: username, sign_in, rights, token_expires } = id;
+    if let Some(will) = &mut c.will {
+        let open = shared.namespace.as_ref().is_some_and(|ns| ns.contains(&will.topic));
+        let allowed = if open {
+            acl::publish(&username, &will.topic, &shared.settings.topics) != Verdict::Invalid
+        } else {
+            // On Parley's topics the will's retain flag is ignored, like a publish's.
+            !username.is_empty()
+                && acl::publish_as(&username, rights, &will.topic, &shared.settings.topics) == Verdict::Allowed
+        };
+        if !allowed {
             return Err(Refusal::NotAuthorized);
         }
     }
@@ -264,9 +311,11 @@ async fn authorize(shared: &Shared, c: ConnectInfo, connection: u64) -> Result<A
         Protocol::V4 => (!c.clean_start).then_some(limit),
         Protocol::V5 => c.session_expiry.map(|s| Duration::from_secs(u64::from(s)).min(limit)).filter(|d| !d.is_zero()),
     };
+    // Anonymous clients share one "user": its session limit is the gate's.
+    let max_sessions = if user == namespace::ANONYMOUS { usize::MAX } else { shared.settings.max_sessions_per_user };
     let attached = shared
         .registry
-        .attach(user, &client_id, connection, sign_in, c.clean_start, expiry, shared.settings.max_sessions_per_user)
+        .attach(user, &client_id, connection, sign_in, c.clean_start, expiry, max_sessions)
         .ok_or(Refusal::QuotaExceeded)?;
     // The user's downlinks must reach this gate before the device hears CONNACK.
     shared.await_downlinks(user, &attached, connection).await?;
@@ -337,6 +386,7 @@ impl Connection {
             receive_maximum: Some(settings.max_inflight.max(1)),
             max_packet_size: Some(settings.max_packet_size as u32),
             topic_alias_max: Some(TOPIC_ALIAS_MAX),
+            retain_available: self.shared.namespace.is_some(),
             server_keep_alive: match self.accepted.keep_alive {
                 KeepAlive::Told(secs) => Some(secs),
                 KeepAlive::Asked(_) => None,
@@ -469,20 +519,25 @@ impl Connection {
     async fn handle(&mut self, packet: Inbound) -> Option<End> {
         match packet {
             Inbound::Publish(p) => return self.publish(p).await,
-            Inbound::PubAck(pkid) => {
+            Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
                 let mut st = self.accepted.session.state();
-                if let Some(pos) = st.inflight.iter().position(|(id, _)| *id == pkid) {
+                if let Some(pos) = st.inflight.iter().position(|i| i.pkid == pkid) {
                     st.inflight.remove(pos);
                 }
                 drop(st);
                 self.drain();
             }
+            Inbound::PubRec(pkid) => {
+                // QoS 2 towards the device, second step: release it.
+                if let Some(i) = self.accepted.session.state().inflight.iter_mut().find(|i| i.pkid == pkid) {
+                    i.released = true;
+                }
+                self.send(Outbound::PubRel(pkid));
+            }
             Inbound::PubRel(pkid) => {
                 self.accepted.session.state().incoming_qos2.remove(&pkid);
                 self.send(Outbound::PubComp(pkid));
             }
-            // The gate never sends QoS 2, so these can only be stray; ignore them.
-            Inbound::PubRec(_) | Inbound::PubComp(_) => {}
             Inbound::Subscribe { pkid, filters, id } => self.subscribe(pkid, filters, id),
             Inbound::Unsubscribe { pkid, filters } => {
                 let count = filters.len();
@@ -516,10 +571,27 @@ impl Connection {
                 self.aliases_in.insert(alias, p.topic.clone());
             }
         }
-        if p.retain && v5 {
+        let limits = &self.shared.settings.topics;
+        let open = self.shared.namespace.as_ref().is_some_and(|ns| ns.contains(&p.topic));
+        let verdict = if open {
+            // Anyone may publish here, retained too; only the topic's form is checked.
+            match acl::publish(&self.accepted.user_text, &p.topic, limits) {
+                Verdict::Invalid => Verdict::Invalid,
+                _ => Verdict::Allowed,
+            }
+        } else if p.retain && v5 && self.shared.namespace.is_none() {
+            // CONNACK said retained messages are not available.
             return Some(End::Closed(CloseReason::RetainNotSupported));
-        }
-        match acl::publish_as(&self.accepted.user_text, self.accepted.rights, &p.topic, &self.shared.settings.topics) {
+        } else if (p.retain && v5) || self.accepted.user_text.is_empty() {
+            // Never retained on Parley's topics; anonymous clients have none.
+            match acl::publish(&self.accepted.user_text, &p.topic, limits) {
+                Verdict::Invalid => Verdict::Invalid,
+                _ => Verdict::NotAuthorized,
+            }
+        } else {
+            acl::publish_as(&self.accepted.user_text, self.accepted.rights, &p.topic, limits)
+        };
+        match verdict {
             Verdict::Allowed => {}
             Verdict::Invalid => {
                 tracing::warn!(topic = %p.topic, "invalid topic; closing");
@@ -554,7 +626,12 @@ impl Connection {
             // QoS 0 stays QoS 0 (typing and the like); 1 and 2 travel the bus at QoS 1.
             // Waiting here pushes back on a fast device.
             let qos = if p.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-            if let Err(e) = self.shared.bus.publish(p.topic, qos, false, p.payload).await {
+            let (topic, payload) = if open {
+                Namespace::envelope(&namespace::session_key(&self.accepted.session), &p)
+            } else {
+                (p.topic, p.payload)
+            };
+            if let Err(e) = self.shared.bus.publish(topic, qos, false, payload).await {
                 tracing::error!(error = %e, "bus refused an uplink; closing");
                 return Some(End::Closed(CloseReason::ShuttingDown));
             }
@@ -569,25 +646,45 @@ impl Connection {
 
     fn subscribe(&mut self, pkid: u16, filters: Vec<SubscribeFilter>, id: Option<usize>) {
         let max = self.shared.settings.max_subscriptions;
-        let mut st = self.accepted.session.state();
+        let namespace = self.shared.namespace.clone();
+        let session = self.accepted.session.clone();
+        let mut st = session.state();
         let mut results = Vec::with_capacity(filters.len());
-        for SubscribeFilter { filter, qos, .. } in filters {
-            let result = match acl::subscribe(&self.accepted.user_text, &filter, &self.shared.settings.topics) {
+        let mut retained = Vec::new();
+        for SubscribeFilter { filter, qos, no_local, retain_as_published, retain_handling } in filters {
+            let open = namespace.as_ref().filter(|ns| ns.contains(&filter));
+            let verdict = match acl::subscribe(&self.accepted.user_text, &filter, &self.shared.settings.topics) {
+                Verdict::Invalid => Verdict::Invalid,
+                _ if open.is_some() => Verdict::Allowed,
+                _ if self.accepted.user_text.is_empty() => Verdict::NotAuthorized,
+                verdict => verdict,
+            };
+            let result = match verdict {
                 Verdict::Invalid => SubResult::FilterInvalid,
                 Verdict::NotAuthorized => SubResult::NotAuthorized,
                 Verdict::Allowed => {
                     // Delivered QoS is the lower of the message's and this one.
                     let granted = qos.min(2);
-                    if let Some(existing) = st.subscriptions.iter_mut().find(|s| s.filter == filter) {
-                        existing.qos = granted;
-                        existing.id = id;
-                        SubResult::Granted(granted)
-                    } else if st.subscriptions.len() >= max {
-                        SubResult::QuotaExceeded
-                    } else {
-                        st.subscriptions.push(Subscription { filter: filter.clone(), qos: granted, id });
-                        SubResult::Granted(granted)
+                    let subscription =
+                        Subscription { filter: filter.clone(), qos: granted, id, no_local, retain_as_published };
+                    let existing = st.subscriptions.iter().position(|s| s.filter == filter);
+                    let result = match existing {
+                        Some(i) => {
+                            st.subscriptions[i] = subscription;
+                            SubResult::Granted(granted)
+                        }
+                        None if st.subscriptions.len() >= max => SubResult::QuotaExceeded,
+                        None => {
+                            st.subscriptions.push(subscription);
+                            SubResult::Granted(granted)
+                        }
+                    };
+                    // Retain Handling: 0 sends retained messages, 1 only for a new subscription, 2 never.
+                    let send_retained = retain_handling == 0 || (retain_handling == 1 && existing.is_none());
+                    if let (Some(ns), SubResult::Granted(_), true) = (open, result, send_retained) {
+                        retained.extend(ns.retained_for(&filter, granted, id));
                     }
+                    result
                 }
             };
             if !matches!(result, SubResult::Granted(_)) {
@@ -596,12 +693,17 @@ impl Connection {
             }
             results.push(result);
         }
+        st.queue.extend(retained);
         drop(st);
         self.send(Outbound::SubAck { pkid, results });
+        self.drain();
     }
 
     /// Tells the device, on `to/{uid}/error`, which topic it may not publish to.
     fn report_refusal(&self, topic: &str) {
+        if self.accepted.user_text.is_empty() {
+            return;
+        }
         let body = serde_json::json!({
             "error": { "code": "not_authorized", "message": "publishing to this topic is not allowed" },
             "topic": topic,
@@ -620,19 +722,30 @@ impl Connection {
     /// After a resumed session: everything unacknowledged goes again, marked DUP.
     fn resend_inflight(&mut self) {
         let pending: Vec<_> = self.accepted.session.state().inflight.iter().cloned().collect();
-        for (pkid, d) in pending {
-            let (topic, topic_alias) = self.alias_out(d.topic);
-            self.send(Outbound::Publish(Publish {
-                topic,
-                payload: d.payload,
-                qos: d.qos,
-                retain: false,
-                dup: true,
-                pkid,
-                topic_alias,
-                subscription_ids: d.subscription_ids,
-            }));
+        for i in pending {
+            if i.released {
+                self.send(Outbound::PubRel(i.pkid));
+            } else {
+                self.write_delivery(i.delivery, i.pkid, true);
+            }
         }
+    }
+
+    /// Writes one message for the device.
+    fn write_delivery(&mut self, d: Delivery, pkid: u16, dup: bool) {
+        let (topic, topic_alias) = self.alias_out(d.topic);
+        let publish = Publish {
+            topic,
+            payload: d.payload,
+            qos: d.qos,
+            retain: d.retain,
+            dup,
+            pkid,
+            topic_alias,
+            subscription_ids: d.subscription_ids,
+            properties: d.properties,
+        };
+        codec::write(self.accepted.protocol, Outbound::Publish(publish), &mut self.wbuf);
     }
 
     /// The topic to write for a message to the device, using topic aliases when the
@@ -671,27 +784,13 @@ impl Connection {
                 continue;
             }
             let pkid = if d.qos > 0 {
-                let id = st.next_pkid();
-                st.inflight.push_back((id, d.clone()));
-                id
+                let pkid = st.next_pkid();
+                st.inflight.push_back(Inflight { pkid, delivery: d.clone(), released: false });
+                pkid
             } else {
                 0
             };
-            let (topic, topic_alias) = self.alias_out(d.topic);
-            codec::write(
-                self.accepted.protocol,
-                Outbound::Publish(Publish {
-                    topic,
-                    payload: d.payload,
-                    qos: d.qos,
-                    retain: false,
-                    dup: false,
-                    pkid,
-                    topic_alias,
-                    subscription_ids: d.subscription_ids,
-                }),
-                &mut self.wbuf,
-            );
+            self.write_delivery(d, pkid, false);
         }
     }
 
@@ -729,8 +828,25 @@ impl Connection {
         let bus = self.shared.bus.clone();
         let session_expiry = self.accepted.session.state().expiry.unwrap_or(Duration::ZERO);
         let delay = Duration::from_secs(u64::from(will.delay)).min(session_expiry);
+        let qos = if will.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        let (topic, payload) = if self.shared.namespace.as_ref().is_some_and(|ns| ns.contains(&will.topic)) {
+            let publish = Publish {
+                topic: will.topic,
+                payload: will.payload,
+                qos: will.qos,
+                retain: will.retain,
+                dup: false,
+                pkid: 0,
+                topic_alias: None,
+                subscription_ids: Vec::new(),
+                properties: will.properties,
+            };
+            Namespace::envelope(&namespace::session_key(&self.accepted.session), &publish)
+        } else {
+            (will.topic, will.payload)
+        };
         let publish = move || {
-            if let Err(e) = bus.try_publish(will.topic, QoS::AtLeastOnce, false, will.payload) {
+            if let Err(e) = bus.try_publish(topic, qos, false, payload) {
                 tracing::warn!(error = %e, "will could not be published");
             }
         };
@@ -758,6 +874,9 @@ impl Connection {
 
 /// Tells the bridges how many devices of `user` this gate holds now.
 async fn report_presence(shared: &Shared, user: UserId) {
+    if user == namespace::ANONYMOUS {
+        return;
+    }
     let report =
         GatePresence { reset: false, user_id: Some(user), devices: shared.registry.connected_devices(user) as i64 };
     let topic = topics::gate_presence(&shared.settings.node_id);

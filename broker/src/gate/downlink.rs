@@ -13,6 +13,7 @@ use parley_wire::{topics, UserId};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet};
 use tokio_util::sync::CancellationToken;
 
+use super::namespace::{self, Namespace};
 use super::session::{Delivery, GateStats, Registry, Session};
 
 /// Queues a downlink on every matching session of the topic's user. Sign-in
@@ -66,7 +67,7 @@ pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, topic: &st
         tracing::warn!(user_id = %session.user, client_id = %session.client_id, topic, "session queue full; message dropped");
         return;
     }
-    st.queue.push_back(Delivery { topic: topic.to_string(), payload, qos, subscription_ids });
+    st.queue.push_back(Delivery::new(topic, payload, qos, subscription_ids));
     drop(st);
     session.notify.notify_one();
 }
@@ -78,6 +79,7 @@ pub async fn run(
     bus: BusEndpoint,
     registry: Arc<Registry>,
     stats: Arc<GateStats>,
+    namespace: Option<Arc<Namespace>>,
     max_queued: usize,
     shutdown: CancellationToken,
 ) {
@@ -100,9 +102,12 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(bus = %bus, per_user = subscriptions.per_user(), "gate connected to the bus for downlinks");
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    dispatch(&registry, &stats, max_queued, &p.topic, p.payload, p.qos as u8);
-                }
+                Ok(Event::Incoming(Packet::Publish(p))) => match &namespace {
+                    Some(ns) if p.topic.starts_with(namespace::BUS_PREFIX) => {
+                        ns.dispatch(&registry, &stats, max_queued, p.payload);
+                    }
+                    _ => dispatch(&registry, &stats, max_queued, &p.topic, p.payload, p.qos as u8),
+                },
                 Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
                     if let Err(e) = subscriptions.on_sent(pkid, true) {
                         break Some(e.to_string());

@@ -9,6 +9,7 @@ pub use parley_wire::codec;
 mod connection;
 mod downlink;
 mod limits;
+mod namespace;
 mod session;
 mod subscriptions;
 mod transport;
@@ -29,6 +30,7 @@ pub use acl::TopicLimits;
 use codec::Refusal;
 use limits::Admission;
 pub use limits::Flapping;
+use namespace::Namespace;
 pub use session::GateStats;
 use session::{Attached, Registry};
 pub use subscriptions::SubscriptionStats;
@@ -66,6 +68,9 @@ pub struct GateSettings {
     pub connection_rate: Option<Rate>,
     pub flapping: Option<Flapping>,
     pub transport: TransportSettings,
+    /// The open namespace (`*` or a topic prefix), and whether anonymous clients may use it.
+    pub open_namespace: Option<String>,
+    pub allow_anonymous: bool,
 }
 
 fn rate(per_sec: u32, burst: u32) -> Option<Rate> {
@@ -115,6 +120,8 @@ impl GateSettings {
                 ban: Duration::from_secs(mqtt.flapping_ban_secs),
             }),
             transport: TransportSettings { tls, ws_path: mqtt.ws_path.clone(), ws_max_message: max_packet_size + 4096 },
+            open_namespace: (!mqtt.open_namespace.is_empty()).then(|| mqtt.open_namespace.clone()),
+            allow_anonymous: mqtt.allow_anonymous,
         })
     }
 }
@@ -128,6 +135,8 @@ pub(crate) struct Shared {
     bus: AsyncClient,
     next_connection: AtomicU64,
     admission: Admission,
+    /// The open namespace, when configured.
+    namespace: Option<Arc<Namespace>>,
 }
 
 impl Shared {
@@ -201,10 +210,20 @@ pub async fn serve(
     // Whatever this gate reported before it (re)started no longer holds.
     let presence_topic = parley_wire::topics::gate_presence(&settings.node_id);
     client.publish(presence_topic.clone(), QoS::AtLeastOnce, false, presence_reset()).await?;
-    let registry = Arc::new(Registry::new(Arc::new(Subscriptions::new(settings.per_user_subscriptions))));
+    let namespace =
+        settings.open_namespace.as_deref().map(|open| Arc::new(Namespace::new(open, settings.allow_anonymous)));
+    let subscriptions = Subscriptions::new(settings.per_user_subscriptions, namespace.is_some());
+    let registry = Arc::new(Registry::new(Arc::new(subscriptions)));
     let stats = Arc::new(GateStats::default());
     let tasks = TaskTracker::new();
-    tasks.spawn(downlink::run(bus.clone(), registry.clone(), stats.clone(), settings.max_queued, shutdown.clone()));
+    tasks.spawn(downlink::run(
+        bus.clone(),
+        registry.clone(),
+        stats.clone(),
+        namespace.clone(),
+        settings.max_queued,
+        shutdown.clone(),
+    ));
     ready(GateHandle { stats: stats.clone(), registry: registry.clone() });
     let admission = Admission::new(settings.connection_rate, settings.flapping);
     let shared = Arc::new(Shared {
@@ -215,6 +234,7 @@ pub async fn serve(
         bus: client.clone(),
         next_connection: AtomicU64::new(1),
         admission,
+        namespace,
     });
     tasks.spawn(housekeeping(shared.clone(), shutdown.clone()));
     for GateListener { listener, kind } in listeners {

@@ -15,6 +15,8 @@ use parley_wire::UserId;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
 use super::subscriptions::Subscriptions;
 
 /// A message waiting to go to a device.
@@ -25,6 +27,26 @@ pub struct Delivery {
     pub qos: u8,
     /// v5 Subscription Identifiers of the matching subscriptions.
     pub subscription_ids: Vec<usize>,
+    /// The RETAIN flag as sent (open namespace only: retained on subscribe, or Retain As Published).
+    pub retain: bool,
+    /// v5 properties passed through (open namespace only).
+    pub properties: Option<Box<PublishProperties>>,
+}
+
+impl Delivery {
+    /// A plain downlink: no retain flag, no properties.
+    pub fn new(topic: &str, payload: Bytes, qos: u8, subscription_ids: Vec<usize>) -> Self {
+        Self { topic: topic.to_string(), payload, qos, subscription_ids, retain: false, properties: None }
+    }
+}
+
+/// A QoS 1 or 2 message written to the device and not yet acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inflight {
+    pub pkid: u16,
+    pub delivery: Delivery,
+    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    pub released: bool,
 }
 
 /// One subscription filter and the QoS granted for it.
@@ -34,6 +56,10 @@ pub struct Subscription {
     pub qos: u8,
     /// v5 Subscription Identifier, echoed on what the subscription delivers.
     pub id: Option<usize>,
+    /// v5 No Local: not the messages this same client published (open namespace).
+    pub no_local: bool,
+    /// v5 Retain As Published: keep the RETAIN flag on live messages (open namespace).
+    pub retain_as_published: bool,
 }
 
 /// A session's mutable state; always reached through [`Session::state`].
@@ -41,8 +67,8 @@ pub struct Subscription {
 pub struct SessionState {
     pub subscriptions: Vec<Subscription>,
     pub queue: VecDeque<Delivery>,
-    /// QoS 1 messages written to the device and not yet acknowledged, in send order.
-    pub inflight: VecDeque<(u16, Delivery)>,
+    /// QoS 1 and 2 messages written to the device and not yet acknowledged, in send order.
+    pub inflight: VecDeque<Inflight>,
     /// QoS 2 packet ids received from the device and not yet released.
     pub incoming_qos2: HashSet<u16>,
     next_pkid: u16,
@@ -68,7 +94,7 @@ impl SessionState {
             if self.next_pkid == 0 {
                 continue;
             }
-            if !self.inflight.iter().any(|(id, _)| *id == self.next_pkid) {
+            if !self.inflight.iter().any(|i| i.pkid == self.next_pkid) {
                 return self.next_pkid;
             }
         }
@@ -272,6 +298,11 @@ impl Registry {
             }
         }
         count
+    }
+
+    /// Every session of this gate (for the open namespace, which matches them all).
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.maps().sessions.values().cloned().collect()
     }
 
     /// The sessions of `user` (connected or waiting).

@@ -37,6 +37,8 @@ enum Key {
     All,
     /// `to/{uid}/#` (external bus).
     User(UserId),
+    /// `ns/#`: the open namespace, when configured.
+    Namespace,
 }
 
 impl Key {
@@ -44,6 +46,7 @@ impl Key {
         match self {
             Key::All => topics::GATE_DOWNLINK_FILTER.to_string(),
             Key::User(uid) => topics::user_downlink_filter(uid),
+            Key::Namespace => format!("{}#", super::namespace::BUS_PREFIX),
         }
     }
 }
@@ -122,16 +125,20 @@ pub struct Subscriptions {
 
 impl Default for Subscriptions {
     fn default() -> Self {
-        Self::new(false)
+        Self::new(false, false)
     }
 }
 
 impl Subscriptions {
-    /// `per_user`: one filter per user with a session here (external bus), else one wildcard.
-    pub fn new(per_user: bool) -> Self {
+    /// `per_user`: one filter per user with a session here (external bus), else one
+    /// wildcard; `namespace`: one more for the open namespace.
+    pub fn new(per_user: bool, namespace: bool) -> Self {
         let mut inner = Inner::default();
         if !per_user {
             inner.wanted.insert(Key::All, State::Wanted);
+        }
+        if namespace {
+            inner.wanted.insert(Key::Namespace, State::Wanted);
         }
         Self {
             per_user,
@@ -377,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_user_is_active_only_after_the_suback_of_its_own_request() {
-        let subs = Subscriptions::new(true);
+        let subs = Subscriptions::new(true, false);
         let connection = subs.reset();
         let (alice, bob) = (UserId::new(), UserId::new());
         subs.set_user(alice, true);
@@ -392,7 +399,7 @@ mod tests {
 
     #[test]
     fn leaving_unsubscribes_and_coming_back_subscribes_again_in_order() {
-        let subs = Subscriptions::new(true);
+        let subs = Subscriptions::new(true, false);
         let connection = subs.reset();
         let alice = UserId::new();
         subs.set_user(alice, true);
@@ -410,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_user_gone_before_being_asked_for_costs_nothing_on_the_bus() {
-        let subs = Subscriptions::new(true);
+        let subs = Subscriptions::new(true, false);
         let connection = subs.reset();
         let alice = UserId::new();
         subs.set_user(alice, true);
@@ -420,7 +427,7 @@ mod tests {
 
     #[test]
     fn a_lost_connection_deactivates_everything_and_the_next_one_asks_again() {
-        let subs = Subscriptions::new(true);
+        let subs = Subscriptions::new(true, false);
         let first = subs.reset();
         let users: Vec<UserId> = (0..200).map(|_| UserId::new()).collect();
         for u in &users {
@@ -447,7 +454,7 @@ mod tests {
 
     #[test]
     fn the_embedded_bus_takes_one_wildcard_for_everyone() {
-        let subs = Subscriptions::new(false);
+        let subs = Subscriptions::new(false, false);
         let connection = subs.reset();
         subs.set_user(UserId::new(), true);
         assert_eq!(subs.next_request(connection), Next::Send(Kind::Subscribe, vec!["to/#".to_string()]));

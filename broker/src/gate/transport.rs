@@ -116,6 +116,8 @@ pub enum Transport {
 
 impl Transport {
     /// Runs the TLS and WebSocket handshakes `kind` needs on an accepted socket.
+    // The upgrade callback's error type is tungstenite's contract.
+    #[allow(clippy::result_large_err)]
     pub async fn handshake(kind: Kind, tcp: TcpStream, settings: &TransportSettings) -> Result<Transport, String> {
         let _ = tcp.set_nodelay(true);
         let stream: ByteStream = if kind.tls() {

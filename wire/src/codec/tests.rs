@@ -111,9 +111,26 @@ mod roundtrip {
         prop_oneof!["[a-z0-9/_-]{1,30}", "[a-z0-9/]{0,20}#".prop_map(|f| f), Just("+/+".to_string())]
     }
 
+    /// v5 properties a device may attach (user properties, content type, correlation data).
+    fn properties(v5: bool) -> impl Strategy<Value = Option<Box<v5::PublishProperties>>> {
+        let user = vec(("[a-z]{1,8}", "[ -~]{0,12}"), 0..3);
+        (user, proptest::option::of("[a-z/+.-]{1,20}"), proptest::option::of(vec(any::<u8>(), 1..8))).prop_map(
+            move |(user_properties, content_type, correlation)| {
+                let p = v5::PublishProperties {
+                    user_properties,
+                    content_type,
+                    correlation_data: correlation.map(Bytes::from),
+                    ..Default::default()
+                };
+                (v5 && p != v5::PublishProperties::default()).then(|| Box::new(p))
+            },
+        )
+    }
+
     fn publish(v5: bool) -> impl Strategy<Value = Publish> {
-        (topic(), vec(any::<u8>(), 0..300), 0u8..3, any::<bool>(), any::<bool>(), 1u16.., 0u16..40).prop_map(
-            move |(topic, payload, qos, retain, dup, pkid, alias)| Publish {
+        let fields = (topic(), vec(any::<u8>(), 0..300), 0u8..3, any::<bool>(), any::<bool>(), 1u16.., 0u16..40);
+        (fields, properties(v5)).prop_map(move |((topic, payload, qos, retain, dup, pkid, alias), properties)| {
+            Publish {
                 topic,
                 payload: Bytes::from(payload),
                 qos,
@@ -123,8 +140,9 @@ mod roundtrip {
                 pkid: if qos > 0 { pkid } else { 0 },
                 topic_alias: (v5 && alias > 0).then_some(alias),
                 subscription_ids: Vec::new(),
-            },
-        )
+                properties,
+            }
+        })
     }
 
     fn subscribe(v5: bool) -> impl Strategy<Value = Inbound> {
@@ -163,7 +181,14 @@ mod roundtrip {
             any::<bool>(),
             any::<u16>(),
             proptest::option::of(("[a-z0-9-]{1,36}", "[A-Za-z0-9._-]{1,200}")),
-            proptest::option::of((topic(), vec(any::<u8>(), 0..100), 0u8..3, 0u32..1000)),
+            proptest::option::of((
+                topic(),
+                vec(any::<u8>(), 0..100),
+                0u8..3,
+                0u32..1000,
+                any::<bool>(),
+                properties(true),
+            )),
             (proptest::option::of(1u32..), proptest::option::of(1u16..), proptest::option::of(16u32..), 0u16..100),
         )
             .prop_map(|(v5, client_id, clean_start, keep_alive, login, will, props)| {
@@ -175,11 +200,13 @@ mod roundtrip {
                     keep_alive,
                     username: login.as_ref().map(|(u, _)| u.clone()),
                     password: login.map(|(_, p)| p),
-                    will: will.map(|(topic, payload, qos, delay)| Will {
+                    will: will.map(|(topic, payload, qos, delay, retain, properties)| Will {
                         topic,
                         payload: Bytes::from(payload),
                         qos,
                         delay: if v5 { delay } else { 0 },
+                        retain,
+                        properties: properties.filter(|_| v5),
                     }),
                     session_expiry: session_expiry.filter(|_| v5),
                     receive_maximum: receive_maximum.filter(|_| v5),
@@ -217,6 +244,7 @@ mod roundtrip {
             let p = Publish {
                 topic_alias: p.topic_alias.filter(|_| v5),
                 subscription_ids: if v5 { ids } else { Vec::new() },
+                properties: p.properties.clone().filter(|_| v5),
                 ..p
             };
             let mut out = BytesMut::new();
@@ -230,7 +258,9 @@ mod roundtrip {
                 let props = got.properties.unwrap_or_default();
                 prop_assert_eq!(got.topic, p.topic.as_bytes());
                 prop_assert_eq!((got.payload, got.qos as u8, got.pkid, got.dup, got.retain), (p.payload, p.qos, p.pkid, p.dup, p.retain));
-                prop_assert_eq!((props.topic_alias, props.subscription_identifiers), (p.topic_alias, p.subscription_ids));
+                prop_assert_eq!((props.topic_alias, props.subscription_identifiers.clone()), (p.topic_alias, p.subscription_ids));
+                let rest = v5::PublishProperties { topic_alias: None, subscription_identifiers: Vec::new(), ..props };
+                prop_assert_eq!(rest, p.properties.map(|b| *b).unwrap_or_default());
             } else {
                 prop_assert_eq!(read(protocol, &mut out, 1 << 20), Ok(Inbound::Publish(p)));
             }

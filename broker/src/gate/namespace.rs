@@ -1,0 +1,230 @@
+//! The open namespace: a part of the topic space where the gate is a plain MQTT
+//! broker, for tests and tools (an MQTT interoperability suite, a load generator's
+//! peer runs). Off by default. When on (`mqtt.open_namespace`), any client — and,
+//! with `mqtt.allow_anonymous`, clients without credentials — may publish and
+//! subscribe there with every feature of MQTT 5: QoS 0–2, retained messages with
+//! Retain Handling and Retain As Published, No Local, subscription identifiers and
+//! the publisher's properties. Parley's own topics (`from/`, `to/`, `sys/`, `$…`)
+//! are never part of it, and nothing in it is stored or seen by the bridges.
+//!
+//! Messages travel between gates on the bus under `ns/{topic}`, wrapped in an
+//! envelope (the publishing client, then the MQTT 5 PUBLISH itself) because the bus
+//! speaks 3.1.1 without properties. Every gate keeps the retained messages it sees
+//! go by, in memory (at most [`MAX_RETAINED`]); a gate started later knows only
+//! those published since.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parley_wire::codec::{self, Inbound, Protocol, Publish};
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+use super::session::{Delivery, GateStats, Registry, Session};
+
+/// Prefix of namespace messages on the bus.
+pub const BUS_PREFIX: &str = "ns/";
+
+/// Retained messages a gate keeps; beyond that new ones are refused (and counted).
+pub const MAX_RETAINED: usize = 10_000;
+
+const ENVELOPE_VERSION: u8 = 1;
+
+/// The user id of clients that connect without credentials.
+pub const ANONYMOUS: parley_wire::UserId = parley_wire::UserId(uuid::Uuid::nil());
+
+#[derive(Debug, Clone)]
+struct Retained {
+    payload: Bytes,
+    qos: u8,
+    properties: Option<Box<PublishProperties>>,
+}
+
+/// Which topics are open, and the retained messages in them.
+#[derive(Debug)]
+pub struct Namespace {
+    /// `None`: every topic outside Parley's own; else topics starting with this prefix.
+    prefix: Option<String>,
+    pub allow_anonymous: bool,
+    retained: Mutex<BTreeMap<String, Retained>>,
+}
+
+impl Namespace {
+    /// `open` is a topic prefix (`lab/`), or `*` for every topic outside Parley's own.
+    pub fn new(open: &str, allow_anonymous: bool) -> Self {
+        let prefix = (open != "*").then(|| open.to_string());
+        Self { prefix, allow_anonymous, retained: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Whether `topic` (a name or a filter) lies in the open namespace.
+    pub fn contains(&self, topic: &str) -> bool {
+        match &self.prefix {
+            Some(prefix) => topic.starts_with(prefix.as_str()),
+            None => !["from/", "to/", "sys/", "$"].iter().any(|p| topic.starts_with(p)),
+        }
+    }
+
+    /// The bus message for a publish by client `origin` (its session's key).
+    pub fn envelope(origin: &str, p: &Publish) -> (String, Bytes) {
+        let mut out = BytesMut::with_capacity(16 + origin.len() + p.topic.len() + p.payload.len());
+        out.put_u8(ENVELOPE_VERSION);
+        out.put_u16(origin.len() as u16);
+        out.put_slice(origin.as_bytes());
+        let publish = Publish {
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+            qos: p.qos,
+            retain: p.retain,
+            dup: false,
+            pkid: u16::from(p.qos > 0),
+            topic_alias: None,
+            subscription_ids: Vec::new(),
+            properties: p.properties.clone(),
+        };
+        codec::write_inbound(Protocol::V5, &Inbound::Publish(publish), &mut out);
+        (format!("{BUS_PREFIX}{}", p.topic), out.freeze())
+    }
+
+    /// Delivers a namespace message from the bus to every matching session of this
+    /// gate, and keeps it if it is retained.
+    pub fn dispatch(&self, registry: &Registry, stats: &GateStats, max_queued: usize, mut payload: Bytes) {
+        let Some((origin, publish)) = open_envelope(&mut payload) else {
+            tracing::warn!("unreadable namespace message on the bus; ignored");
+            return;
+        };
+        if publish.retain {
+            self.retain(stats, &publish);
+        }
+        for session in registry.all() {
+            let own = session_key(&session) == origin;
+            offer(&session, stats, max_queued, &publish, own);
+        }
+    }
+
+    fn retain(&self, stats: &GateStats, p: &Publish) {
+        let mut retained = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        if p.payload.is_empty() {
+            retained.remove(&p.topic);
+        } else if retained.len() < MAX_RETAINED || retained.contains_key(&p.topic) {
+            let message = Retained { payload: p.payload.clone(), qos: p.qos, properties: p.properties.clone() };
+            retained.insert(p.topic.clone(), message);
+        } else {
+            GateStats::bump(&stats.deliveries_dropped);
+            tracing::warn!(topic = %p.topic, "retained message store full; not retained");
+        }
+    }
+
+    /// The retained messages matching `filter`, as deliveries at most at `qos`
+    /// (sent with RETAIN set, whatever Retain As Published says).
+    pub fn retained_for(&self, filter: &str, qos: u8, subscription_id: Option<usize>) -> Vec<Delivery> {
+        let retained = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        retained
+            .iter()
+            .filter(|(topic, _)| rumqttc::matches(topic, filter))
+            .map(|(topic, r)| Delivery {
+                topic: topic.clone(),
+                payload: r.payload.clone(),
+                qos: r.qos.min(qos),
+                subscription_ids: subscription_id.into_iter().collect(),
+                retain: true,
+                properties: r.properties.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The key No Local compares: the same client of the same user.
+pub fn session_key(session: &Session) -> String {
+    format!("{}\n{}", session.user, session.client_id)
+}
+
+fn open_envelope(payload: &mut Bytes) -> Option<(String, Publish)> {
+    if payload.len() < 3 || payload[0] != ENVELOPE_VERSION {
+        return None;
+    }
+    let origin_len = usize::from(u16::from_be_bytes([payload[1], payload[2]]));
+    let origin = std::str::from_utf8(payload.get(3..3 + origin_len)?).ok()?.to_string();
+    let mut rest = BytesMut::from(payload.get(3 + origin_len..)?);
+    match codec::read(Protocol::V5, &mut rest, usize::MAX) {
+        Ok(Inbound::Publish(p)) => Some((origin, p)),
+        _ => None,
+    }
+}
+
+/// Queues a namespace message on one session if a subscription matches: at the
+/// highest QoS granted among the matching subscriptions (and at most the message's),
+/// skipping subscriptions with No Local when the session published it.
+fn offer(session: &Session, stats: &GateStats, max_queued: usize, p: &Publish, own: bool) {
+    let mut st = session.state();
+    let mut granted: Option<u8> = None;
+    let mut retain = false;
+    let mut subscription_ids = Vec::new();
+    for s in st.subscriptions.iter().filter(|s| !(own && s.no_local) && rumqttc::matches(&p.topic, &s.filter)) {
+        granted = granted.max(Some(s.qos));
+        retain |= s.retain_as_published && p.retain;
+        subscription_ids.extend(s.id);
+    }
+    let Some(granted) = granted else { return };
+    let qos = p.qos.min(granted);
+    if st.owner.is_none() && (qos == 0 || st.expiry.is_none()) {
+        return;
+    }
+    if st.queue.len() >= max_queued {
+        GateStats::bump(&stats.deliveries_dropped);
+        return;
+    }
+    st.queue.push_back(Delivery {
+        topic: p.topic.clone(),
+        payload: p.payload.clone(),
+        qos,
+        subscription_ids,
+        retain,
+        properties: p.properties.clone(),
+    });
+    drop(st);
+    session.notify.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parleys_own_topics_are_never_open() {
+        let everything = Namespace::new("*", false);
+        for topic in ["TopicA", "TopicA/B", "/TopicA", "#", "+/+", "lab/x", "from", "tofu/x"] {
+            assert!(everything.contains(topic), "{topic}");
+        }
+        for topic in ["from/u/msg", "to/u/#", "sys/presence/g", "$SYS/x", "$share/g/x"] {
+            assert!(!everything.contains(topic), "{topic}");
+        }
+        let lab = Namespace::new("lab/", false);
+        assert!(lab.contains("lab/a/b") && lab.contains("lab/#"));
+        assert!(!lab.contains("TopicA") && !lab.contains("#") && !lab.contains("from/u/msg"));
+    }
+
+    #[test]
+    fn envelopes_carry_the_publisher_and_the_whole_publish() {
+        let properties = PublishProperties {
+            user_properties: vec![("a".into(), "2".into())],
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        };
+        let p = Publish {
+            topic: "TopicA/B".into(),
+            payload: Bytes::from_static(b"qos 2"),
+            qos: 2,
+            retain: true,
+            dup: false,
+            pkid: 1,
+            topic_alias: None,
+            subscription_ids: Vec::new(),
+            properties: Some(Box::new(properties)),
+        };
+        let (topic, mut payload) = Namespace::envelope("user\nclient", &p);
+        assert_eq!(topic, "ns/TopicA/B");
+        assert_eq!(open_envelope(&mut payload), Some(("user\nclient".to_string(), p)));
+        assert_eq!(open_envelope(&mut Bytes::from_static(b"\x02junk")), None);
+        assert_eq!(open_envelope(&mut Bytes::from_static(b"\x01\xff\xff")), None);
+    }
+}
