@@ -251,3 +251,33 @@ async fn anonymous_clients_are_refused_unless_allowed() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_expire_and_disconnect_may_extend_the_session() {
+    let app = app("*").await;
+    // A session that would end with its connection is kept by the DISCONNECT's expiry.
+    let (mut o, _) = v5_client(app.mqtt, &connect_info(None, "expiring")).await;
+    subscribe_with(&mut o, filter("TopicA/#", 2), None).await;
+    send(&mut o, Inbound::Disconnect { with_will: false, session_expiry: Some(60) }).await;
+    assert!(o.closed_within(Duration::from_secs(5)).await);
+
+    let (mut b, _) = v5_client(app.mqtt, &connect_info(None, "publisher")).await;
+    for (i, expiry) in [(1u16, 1u32), (2, 30)] {
+        let Inbound::Publish(mut p) = message("TopicA/E", &format!("expires in {expiry}"), 1, false, i) else {
+            unreachable!()
+        };
+        p.properties =
+            Some(Box::new(v5::PublishProperties { message_expiry_interval: Some(expiry), ..Default::default() }));
+        publish_acked(&mut b, Inbound::Publish(p)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let resume = ConnectInfo { clean_start: false, session_expiry: Some(60), ..connect_info(None, "expiring") };
+    let (mut o, ack) = v5_client(app.mqtt, &resume).await;
+    assert!(ack.session_present, "the DISCONNECT's Session Expiry Interval kept the session");
+    let got = next_publish(&mut o).await;
+    assert_eq!(got.payload.as_ref(), b"expires in 30", "the expired message was dropped");
+    let left = got.properties.expect("properties").message_expiry_interval.expect("interval");
+    assert!((27..30).contains(&left), "the interval is reduced by the time it waited: {left}");
+    assert!(no_publish_within(&mut o, QUIET).await);
+    app.stop().await;
+}

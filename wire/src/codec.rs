@@ -108,6 +108,8 @@ pub enum Inbound {
     /// `with_will`: v5 reason 0x04 asks for the will to be published anyway.
     Disconnect {
         with_will: bool,
+        /// v5: a new Session Expiry Interval for the session, in seconds.
+        session_expiry: Option<u32>,
     },
     /// A second CONNECT, or a packet only a server sends: a protocol violation.
     ProtocolViolation(&'static str),
@@ -347,7 +349,7 @@ pub fn read(protocol: Protocol, buf: &mut BytesMut, max: usize) -> Result<Inboun
         // what most clients send, and what rumqttc's parser refuses (MQTT 5 §3.14.2).
         let with_will = header.frame_length() == 3 && buf[2] == 0x04;
         let _ = buf.split_to(header.frame_length());
-        return Ok(Inbound::Disconnect { with_will });
+        return Ok(Inbound::Disconnect { with_will, session_expiry: None });
     }
     match protocol {
         Protocol::V4 => v4::Packet::read(buf, max).map_err(|e| DecodeError::Malformed(e.to_string())).map(from_v4),
@@ -382,7 +384,7 @@ fn from_v4(p: v4::Packet) -> Inbound {
         },
         P::Unsubscribe(u) => Inbound::Unsubscribe { pkid: u.pkid, filters: u.topics },
         P::PingReq => Inbound::PingReq,
-        P::Disconnect => Inbound::Disconnect { with_will: false },
+        P::Disconnect => Inbound::Disconnect { with_will: false, session_expiry: None },
         P::Connect(_) => Inbound::ProtocolViolation("second CONNECT"),
         P::ConnAck(_) | P::SubAck(_) | P::UnsubAck(_) | P::PingResp => {
             Inbound::ProtocolViolation("server-only packet from a client")
@@ -443,9 +445,10 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, DecodeError> {
         },
         P::Unsubscribe(u) => Inbound::Unsubscribe { pkid: u.pkid, filters: u.filters },
         P::PingReq(_) => Inbound::PingReq,
-        P::Disconnect(d) => {
-            Inbound::Disconnect { with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage }
-        }
+        P::Disconnect(d) => Inbound::Disconnect {
+            with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+            session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
+        },
         P::Connect(..) => Inbound::ProtocolViolation("second CONNECT"),
         P::Auth(_) => Inbound::ProtocolViolation("AUTH is not supported"),
         P::ConnAck(_) | P::SubAck(_) | P::UnsubAck(_) | P::PingResp(_) => {
@@ -560,8 +563,27 @@ pub fn write_inbound(protocol: Protocol, packet: &Inbound, out: &mut BytesMut) {
                 }
                 Inbound::PingReq => v5::Packet::PingReq(v5::PingReq),
                 // By hand: rumqttc writes a reason without properties with a stray byte.
-                Inbound::Disconnect { with_will: true } => return out.extend_from_slice(&[0xE0, 0x01, 0x04]),
-                Inbound::Disconnect { with_will: false } => return out.extend_from_slice(&[0xE0, 0x00]),
+                Inbound::Disconnect { with_will: true, session_expiry: None } => {
+                    return out.extend_from_slice(&[0xE0, 0x01, 0x04])
+                }
+                Inbound::Disconnect { with_will: false, session_expiry: None } => {
+                    return out.extend_from_slice(&[0xE0, 0x00])
+                }
+                Inbound::Disconnect { with_will, session_expiry: Some(secs) } => {
+                    v5::Packet::Disconnect(v5::Disconnect {
+                        reason_code: if with_will {
+                            v5::DisconnectReasonCode::DisconnectWithWillMessage
+                        } else {
+                            v5::DisconnectReasonCode::NormalDisconnection
+                        },
+                        properties: Some(v5::DisconnectProperties {
+                            session_expiry_interval: Some(secs),
+                            reason_string: None,
+                            user_properties: Vec::new(),
+                            server_reference: None,
+                        }),
+                    })
+                }
                 Inbound::ProtocolViolation(_) => return,
             };
             let _ = packet.write(out, None);

@@ -545,7 +545,14 @@ impl Connection {
                 self.send(Outbound::UnsubAck { pkid, count });
             }
             Inbound::PingReq => self.send(Outbound::PingResp),
-            Inbound::Disconnect { with_will } => return Some(End::Disconnected { with_will }),
+            Inbound::Disconnect { with_will, session_expiry } => {
+                if let Some(secs) = session_expiry {
+                    // MQTT 5: DISCONNECT may change the session's expiry (within the gate's limit).
+                    let expiry = Duration::from_secs(u64::from(secs)).min(self.shared.settings.session_expiry);
+                    self.accepted.session.state().expiry = (!expiry.is_zero()).then_some(expiry);
+                }
+                return Some(End::Disconnected { with_will });
+            }
             Inbound::ProtocolViolation(what) => {
                 tracing::warn!(what, "protocol violation; closing");
                 return Some(End::Closed(CloseReason::ProtocolError));
@@ -777,7 +784,11 @@ impl Connection {
             if front.qos > 0 && st.inflight.len() >= window {
                 break;
             }
-            let Some(d) = st.queue.pop_front() else { break };
+            let Some(mut d) = st.queue.pop_front() else { break };
+            if !d.still_valid() {
+                GateStats::bump(&self.shared.stats.deliveries_dropped);
+                continue;
+            }
             // v5 devices may announce a maximum packet size; larger messages are dropped.
             if max_packet.is_some_and(|m| d.topic.len() + d.payload.len() + 16 > m) {
                 GateStats::bump(&self.shared.stats.deliveries_dropped);

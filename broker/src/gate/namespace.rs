@@ -38,6 +38,7 @@ struct Retained {
     payload: Bytes,
     qos: u8,
     properties: Option<Box<PublishProperties>>,
+    stored_at: std::time::Instant,
 }
 
 /// Which topics are open, and the retained messages in them.
@@ -106,7 +107,12 @@ impl Namespace {
         if p.payload.is_empty() {
             retained.remove(&p.topic);
         } else if retained.len() < MAX_RETAINED || retained.contains_key(&p.topic) {
-            let message = Retained { payload: p.payload.clone(), qos: p.qos, properties: p.properties.clone() };
+            let message = Retained {
+                payload: p.payload.clone(),
+                qos: p.qos,
+                properties: p.properties.clone(),
+                stored_at: std::time::Instant::now(),
+            };
             retained.insert(p.topic.clone(), message);
         } else {
             GateStats::bump(&stats.deliveries_dropped);
@@ -121,13 +127,18 @@ impl Namespace {
         retained
             .iter()
             .filter(|(topic, _)| rumqttc::matches(topic, filter))
-            .map(|(topic, r)| Delivery {
-                topic: topic.clone(),
-                payload: r.payload.clone(),
-                qos: r.qos.min(qos),
-                subscription_ids: subscription_id.into_iter().collect(),
-                retain: true,
-                properties: r.properties.clone(),
+            .filter_map(|(topic, r)| {
+                let mut d = Delivery {
+                    retain: true,
+                    properties: r.properties.clone(),
+                    queued_at: Some(r.stored_at),
+                    ..Delivery::new(topic, r.payload.clone(), r.qos.min(qos), subscription_id.into_iter().collect())
+                };
+                // A retained message expires too; what is left of its interval goes with it.
+                d.still_valid().then(|| {
+                    let properties = d.properties.take();
+                    d.with_properties(properties)
+                })
             })
             .collect()
     }
@@ -173,14 +184,8 @@ fn offer(session: &Session, stats: &GateStats, max_queued: usize, p: &Publish, o
         GateStats::bump(&stats.deliveries_dropped);
         return;
     }
-    st.queue.push_back(Delivery {
-        topic: p.topic.clone(),
-        payload: p.payload.clone(),
-        qos,
-        subscription_ids,
-        retain,
-        properties: p.properties.clone(),
-    });
+    let delivery = Delivery { retain, ..Delivery::new(&p.topic, p.payload.clone(), qos, subscription_ids) };
+    st.queue.push_back(delivery.with_properties(p.properties.clone()));
     drop(st);
     session.notify.notify_one();
 }

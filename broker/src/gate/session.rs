@@ -31,12 +31,44 @@ pub struct Delivery {
     pub retain: bool,
     /// v5 properties passed through (open namespace only).
     pub properties: Option<Box<PublishProperties>>,
+    /// When it was queued, for a message with a v5 Message Expiry Interval.
+    pub queued_at: Option<Instant>,
 }
 
 impl Delivery {
     /// A plain downlink: no retain flag, no properties.
     pub fn new(topic: &str, payload: Bytes, qos: u8, subscription_ids: Vec<usize>) -> Self {
-        Self { topic: topic.to_string(), payload, qos, subscription_ids, retain: false, properties: None }
+        Self {
+            topic: topic.to_string(),
+            payload,
+            qos,
+            subscription_ids,
+            retain: false,
+            properties: None,
+            queued_at: None,
+        }
+    }
+
+    /// A message with `properties`, timed if they carry a Message Expiry Interval.
+    pub fn with_properties(mut self, properties: Option<Box<PublishProperties>>) -> Self {
+        self.queued_at = properties.as_ref().and_then(|p| p.message_expiry_interval).map(|_| Instant::now());
+        self.properties = properties;
+        self
+    }
+
+    /// Whether the message may still go out (MQTT 5 §3.3.2.3.3): false once its
+    /// Message Expiry Interval has passed; otherwise the interval is reduced by the
+    /// time the message waited.
+    pub fn still_valid(&mut self) -> bool {
+        let (Some(queued_at), Some(p)) = (self.queued_at, self.properties.as_mut()) else { return true };
+        let Some(interval) = p.message_expiry_interval else { return true };
+        let waited = u32::try_from(queued_at.elapsed().as_secs()).unwrap_or(u32::MAX);
+        if waited >= interval {
+            return false;
+        }
+        p.message_expiry_interval = Some(interval - waited);
+        self.queued_at = None;
+        true
     }
 }
 

@@ -170,7 +170,8 @@ mod roundtrip {
             subscribe(v5),
             (1u16.., vec(filter(), 1..4)).prop_map(|(pkid, filters)| Inbound::Unsubscribe { pkid, filters }),
             Just(Inbound::PingReq),
-            any::<bool>().prop_map(move |w| Inbound::Disconnect { with_will: w && v5 }),
+            (any::<bool>(), proptest::option::of(any::<u32>()))
+                .prop_map(move |(w, e)| Inbound::Disconnect { with_will: w && v5, session_expiry: e.filter(|_| v5) }),
         ]
     }
 
