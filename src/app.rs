@@ -215,7 +215,7 @@ pub async fn start_parts(settings: Settings, parts: Parts, shutdown: Cancellatio
         }
     };
     if let Some(http) = http {
-        let state = api_state(&settings, &domain, &bus, gate_addrs.mqtt, &shutdown);
+        let state = api_state(&settings, &domain, &bus, gate_addrs.mqtt, gate.clone(), &shutdown);
         let stop = shutdown.clone();
         running.spawn(async move { ("api", parley_api::serve(http, state, stop).await.map_err(Into::into)) });
         let (domain, shutdown, retention) = (domain.clone(), shutdown.clone(), settings.messages.event_retention_days);
@@ -243,6 +243,7 @@ fn api_state(
     domain: &Domain,
     bus: &BusEndpoint,
     mqtt_addr: Option<SocketAddr>,
+    gate: Option<GateHandle>,
     shutdown: &CancellationToken,
 ) -> AppState {
     let probe = Arc::new(BusProbe::start(bus, shutdown.clone()));
@@ -276,6 +277,7 @@ fn api_state(
         publisher,
         cookie_secure: settings.auth.cookie_secure,
         trust_forwarded_for: settings.http.trust_forwarded_for,
+        metrics: gate.map(|gate| -> parley_api::MetricsSource { Arc::new(move || gate.prometheus()) }),
     }
 }
 

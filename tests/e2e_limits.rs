@@ -163,6 +163,15 @@ async fn a_client_reconnecting_in_a_tight_loop_is_banned_and_others_are_not() {
     banned_v4.send(&connect_v4("flappy", &alice.id, &alice.access_token, 30)).await;
     assert_eq!(connack_v4(&mut banned_v4).await, v4::ConnectReturnCode::ServiceUnavailable);
     assert_eq!(app.gate().stats().connections_banned.load(Ordering::Relaxed), 2);
+    // Operators see it on the metrics page.
+    let page = app.client.get(format!("{}/metrics", app.http)).send().await.expect("metrics");
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().expect("type").starts_with("text/plain"));
+    let page = page.text().await.expect("text");
+    for line in ["parley_gate_connections_banned_total 2", "parley_gate_connections_accepted_total 3"] {
+        assert!(page.lines().any(|l| l == line), "{line} in:\n{page}");
+    }
+    assert!(page.contains("# TYPE parley_gate_connections_banned_total counter"));
     // The same user's other device is not the flapping client.
     let mut other = RawClient::tcp(app.mqtt).await;
     other.send(&connect_v5("steady", &alice.id, &alice.access_token, 30)).await;

@@ -37,7 +37,12 @@ pub struct AppState {
     pub cookie_secure: bool,
     /// Take client addresses from `X-Forwarded-For` (`http.trust_forwarded_for`).
     pub trust_forwarded_for: bool,
+    /// Metrics of the other parts in this process (the gate's), Prometheus text format.
+    pub metrics: Option<MetricsSource>,
 }
+
+/// Renders metrics in the Prometheus text format.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl AppState {
     /// Publishes downlinks caused by a request; an empty list costs nothing.
@@ -60,6 +65,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/docs", get(ops::docs))
         .route("/v1/auth/register", post(auth::register))

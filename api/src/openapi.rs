@@ -28,7 +28,7 @@ use crate::routes::{
         messages::edit, messages::delete, messages::react, messages::unreact, messages::reactions, messages::edits, messages::receipts,
         sync::sync, sync::unread, sync::presence, sync::search,
         uploads::create, uploads::fetch,
-        ops::healthz, ops::readyz,
+        ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::ErrorResponse, crate::error::ErrorDetail)),
     modifiers(&BearerAuth),

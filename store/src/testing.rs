@@ -76,3 +76,17 @@ pub async fn migrated_store(backend: Backend) -> Option<(crate::Store, TestDatab
     store.migrate().await.expect("migrate");
     Some((store, db))
 }
+
+/// A user to insert in tests: username `name`, `role`, no email or phone, a dummy hash.
+pub fn new_user(name: &str, role: parley_wire::Role) -> crate::NewUser {
+    crate::NewUser {
+        id: parley_wire::UserId::new(),
+        username: Some(name.to_string()),
+        email: None,
+        phone: None,
+        display_name: None,
+        password_hash: "hash".into(),
+        role,
+        created_at_ms: 1_000,
+    }
+}

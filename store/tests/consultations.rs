@@ -4,9 +4,7 @@
 //! and the standing the contact policy reads.
 
 use parley_store::testing::{migrated_store as store, Backend};
-use parley_store::{
-    ConsultationCursor, ConsultationStanding, ConsultationStatus, NewConsultation, NewUser, Store, StoreError,
-};
+use parley_store::{ConsultationCursor, ConsultationStanding, ConsultationStatus, NewConsultation, Store, StoreError};
 use parley_wire::{Role, UserId};
 use uuid::Uuid;
 
@@ -19,17 +17,7 @@ parley_store::both_backends!(
 );
 
 async fn user(store: &Store, name: &str, role: Role) -> UserId {
-    let new = NewUser {
-        id: UserId::new(),
-        username: Some(name.to_string()),
-        email: None,
-        phone: None,
-        display_name: None,
-        password_hash: "hash".into(),
-        role,
-        created_at_ms: 1_000,
-    };
-    store.insert_user(&new).await.expect("user").id
+    store.insert_user(&parley_store::testing::new_user(name, role)).await.expect("user").id
 }
 
 fn asked(user: UserId, provider: UserId, now_ms: i64) -> NewConsultation {

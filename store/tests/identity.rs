@@ -19,14 +19,9 @@ parley_store::both_backends!(
 
 async fn user(store: &Store, name: &str, role: Role) -> UserId {
     let new = NewUser {
-        id: UserId::new(),
-        username: Some(name.to_string()),
         email: Some(format!("{name}@example.com")),
-        phone: None,
         display_name: Some(name.to_uppercase()),
-        password_hash: "hash".into(),
-        role,
-        created_at_ms: 1_000,
+        ..parley_store::testing::new_user(name, role)
     };
     store.insert_user(&new).await.expect("user").id
 }

@@ -2,23 +2,14 @@
 //! message, stored concurrently, must be stored once and answered identically.
 //! Asserted on SQLite and PostgreSQL.
 
-use parley_store::testing::{migrated_store as store, Backend};
+use parley_store::testing::{migrated_store as store, new_user, Backend};
 use parley_store::{NewGroup, NewMessage, NewUser, Store, Stored, Target};
 use parley_wire::{ConversationId, UserId};
 
 parley_store::both_backends!(concurrent_copies_of_one_message_are_stored_once);
 
 fn user(name: &str) -> NewUser {
-    NewUser {
-        id: UserId::new(),
-        username: Some(name.to_string()),
-        email: None,
-        phone: None,
-        display_name: None,
-        password_hash: "hash".into(),
-        role: parley_wire::Role::User,
-        created_at_ms: 1_000,
-    }
+    new_user(name, parley_wire::Role::User)
 }
 
 fn msg(from: UserId, target: Target, client_id: &str) -> NewMessage {

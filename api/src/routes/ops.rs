@@ -59,6 +59,17 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(Readiness { status: if ready { "ready" } else { "unready" }, checks }))
 }
 
+/// Counters of the parts running in this process, in the Prometheus text format:
+/// for the gate, connections accepted and refused (by cause: rate, ban, handshake
+/// failures and time-outs), malformed and oversized packets, refused publishes and
+/// subscriptions, dropped deliveries, throttled connections, sessions.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let body = state.metrics.as_ref().map(|render| render()).unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
 /// The OpenAPI 3.1 document of this API.
 pub async fn openapi() -> impl IntoResponse {
     axum::Json(crate::openapi::ApiDoc::openapi())

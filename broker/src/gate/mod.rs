@@ -176,6 +176,20 @@ impl GateHandle {
         self.registry.counts()
     }
 
+    /// The gate's counters and gauges in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for (name, counter) in self.stats.counters() {
+            let value = counter.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(out, "# TYPE parley_gate_{name}_total counter\nparley_gate_{name}_total {value}");
+        }
+        let (sessions, connected) = self.session_counts();
+        let _ = writeln!(out, "# TYPE parley_gate_sessions gauge\nparley_gate_sessions {sessions}");
+        let _ = writeln!(out, "# TYPE parley_gate_connected_devices gauge\nparley_gate_connected_devices {connected}");
+        out
+    }
+
     /// How many downlink filters the bus has confirmed for this gate: with an
     /// external bus one per user with a session here, else the one wildcard.
     pub fn bus_subscriptions(&self) -> usize {

@@ -180,6 +180,25 @@ impl GateStats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Every counter with its name, for the metrics page.
+    pub fn counters(&self) -> [(&'static str, &AtomicU64); 13] {
+        [
+            ("connections_accepted", &self.connections_accepted),
+            ("connections_refused", &self.connections_refused),
+            ("publishes_refused", &self.publishes_refused),
+            ("subscriptions_refused", &self.subscriptions_refused),
+            ("deliveries_dropped", &self.deliveries_dropped),
+            ("malformed_packets", &self.malformed_packets),
+            ("packets_too_large", &self.packets_too_large),
+            ("handshakes_failed", &self.handshakes_failed),
+            ("handshakes_timed_out", &self.handshakes_timed_out),
+            ("connections_rate_limited", &self.connections_rate_limited),
+            ("connections_banned", &self.connections_banned),
+            ("connections_throttled", &self.connections_throttled),
+            ("downlinks_unclaimed", &self.downlinks_unclaimed),
+        ]
+    }
 }
 
 type Key = (UserId, String);
