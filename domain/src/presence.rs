@@ -29,8 +29,11 @@ impl Domain {
     /// Applies a gate's report; returns the presence signals it causes.
     #[tracing::instrument(skip_all, fields(gate))]
     pub async fn gate_presence(&self, gate: &str, report: &GatePresence) -> Result<Vec<Outgoing>, DomainError> {
+        let now = now_ms();
+        // Reports of gates that predate the sequence count as of now.
+        let seq = if report.seq > 0 { report.seq } else { now };
         if report.reset {
-            let gone = self.store().reset_gate_presence(gate, now_ms()).await?;
+            let gone = self.store().reset_gate_presence(gate, seq, now).await?;
             let mut out = Vec::new();
             for user in gone {
                 out.extend(self.announce(user).await?);
@@ -40,7 +43,7 @@ impl Domain {
         let Some(user) = report.user_id else {
             return Err(DomainError::invalid("invalid_report", "a presence report names a user or resets"));
         };
-        match self.store().set_gate_presence(user, gate, report.devices, now_ms()).await {
+        match self.store().set_gate_presence(user, gate, report.devices, seq, now).await {
             Ok((before, after)) if before != after => self.announce(user).await,
             Ok(_) => Ok(Vec::new()),
             // A user id that is not an account (the gate's own readiness probe).

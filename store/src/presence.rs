@@ -24,15 +24,17 @@ pub struct PresenceRecord {
 const TOTAL: &str = "SELECT CAST(COALESCE(SUM(devices), 0) AS BIGINT) AS n FROM user_presence WHERE user_id = $1";
 
 impl Store {
-    /// Records that `gate` holds `devices` connections of `user`; returns whether the
-    /// user was online before and is online now. Going offline stamps `last_seen_at`
-    /// and clears "away".
+    /// Records that `gate` holds `devices` connections of `user`, as of the gate's
+    /// report `seq` (a report older than the one stored changes nothing); returns
+    /// whether the user was online before and is online now. Going offline stamps
+    /// `last_seen_at` (`now_ms`) and clears "away".
     #[tracing::instrument(skip_all)]
     pub async fn set_gate_presence(
         &self,
         user: UserId,
         gate: &str,
         devices: i64,
+        seq: i64,
         now_ms: i64,
     ) -> Result<(bool, bool), StoreError> {
         on_pool!(self, |pool| {
@@ -40,12 +42,13 @@ impl Store {
             let before: i64 = sqlx::query(TOTAL).bind(user.0).fetch_one(&mut *tx).await?.try_get("n")?;
             sqlx::query(
                 "INSERT INTO user_presence (user_id, gate_id, devices, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (user_id, gate_id) DO UPDATE SET devices = $3, updated_at = $4",
+                 ON CONFLICT (user_id, gate_id) DO UPDATE SET devices = $3, updated_at = $4 \
+                 WHERE user_presence.updated_at <= $4",
             )
             .bind(user.0)
             .bind(gate)
             .bind(devices.max(0))
-            .bind(now_ms)
+            .bind(seq)
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::classify(e, &[]))?;
@@ -62,21 +65,31 @@ impl Store {
         })
     }
 
-    /// Forgets every connection `gate` reported (it restarted); returns the users
-    /// this left with no connected device, who are stamped last seen now.
+    /// Forgets every connection `gate` reported before its report `seq` (it restarted
+    /// or stopped): the rows stay at zero devices, so a late older report cannot bring
+    /// a connection back. Returns the users this left with no connected device, who
+    /// are stamped last seen now.
     #[tracing::instrument(skip_all)]
-    pub async fn reset_gate_presence(&self, gate: &str, now_ms: i64) -> Result<Vec<UserId>, StoreError> {
+    pub async fn reset_gate_presence(&self, gate: &str, seq: i64, now_ms: i64) -> Result<Vec<UserId>, StoreError> {
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             let mut affected = Vec::new();
-            for row in sqlx::query("SELECT user_id FROM user_presence WHERE gate_id = $1 AND devices > 0")
-                .bind(gate)
-                .fetch_all(&mut *tx)
-                .await?
+            for row in
+                sqlx::query("SELECT user_id FROM user_presence WHERE gate_id = $1 AND devices > 0 AND updated_at <= $2")
+                    .bind(gate)
+                    .bind(seq)
+                    .fetch_all(&mut *tx)
+                    .await?
             {
                 affected.push(UserId(row.try_get::<Uuid, _>("user_id")?));
             }
-            sqlx::query("DELETE FROM user_presence WHERE gate_id = $1").bind(gate).execute(&mut *tx).await?;
+            sqlx::query(
+                "UPDATE user_presence SET devices = 0, updated_at = $2 WHERE gate_id = $1 AND updated_at <= $2",
+            )
+            .bind(gate)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
             let mut offline = Vec::new();
             for user in affected {
                 let n: i64 = sqlx::query(TOTAL).bind(user.0).fetch_one(&mut *tx).await?.try_get("n")?;

@@ -9,6 +9,7 @@ use parley_wire::{Availability, ConversationId, Role, UserId};
 parley_store::both_backends!(
     conversation_search_matches_other_participants_display_name_username_and_specialty_in_any_case,
     presence_carries_each_accounts_role_and_availability,
+    presence_reports_applied_out_of_order_keep_the_newest,
 );
 
 async fn user(store: &Store, username: &str, display_name: Option<&str>, role: Role) -> UserId {
@@ -97,7 +98,7 @@ async fn presence_carries_each_accounts_role_and_availability(backend: Backend) 
     let ann = user(&store, "ann", None, Role::User).await;
     let change = ProfileChange { availability: Some(Some(Availability::Busy)), ..Default::default() };
     store.update_profile(doc, &change).await.expect("profile").expect("exists");
-    store.set_gate_presence(doc, "gate-1", 1, 100).await.expect("online");
+    store.set_gate_presence(doc, "gate-1", 1, 100, 100).await.expect("online");
 
     let mut seen = store.presence_of(&[doc, ann]).await.expect("presence");
     seen.sort_by_key(|p| p.user_id != doc);
@@ -105,4 +106,33 @@ async fn presence_carries_each_accounts_role_and_availability(backend: Backend) 
     assert!(seen[0].online);
     assert_eq!((seen[1].user_id, seen[1].role, seen[1].availability), (ann, Role::User, None));
     assert!(!seen[1].online);
+}
+
+/// Bridges share a gate's reports and may apply them in any order: the newest (by
+/// the gate's sequence) wins, for reports and for a gate's reset alike.
+async fn presence_reports_applied_out_of_order_keep_the_newest(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let ann = user(&store, "ann", None, Role::User).await;
+    let online = |store: Store| async move { store.presence_of(&[ann]).await.expect("presence")[0].online };
+    // Connected (seq 20), then an older "0 devices" (seq 10) arrives late: still online.
+    assert_eq!(store.set_gate_presence(ann, "gate-1", 1, 20, 1_000).await.expect("set"), (false, true));
+    assert_eq!(store.set_gate_presence(ann, "gate-1", 0, 10, 1_001).await.expect("stale"), (true, true));
+    assert!(online(store.clone()).await);
+    // The newer "0 devices" takes her offline and stamps last seen.
+    assert_eq!(store.set_gate_presence(ann, "gate-1", 0, 30, 1_002).await.expect("set"), (true, false));
+    let seen = store.presence_of(&[ann]).await.expect("presence");
+    assert_eq!(seen[0].last_seen_at.map(|t| t.timestamp_millis()), Some(1_002));
+    // A gate's reset forgets what it reported before the reset, and a late older
+    // report cannot bring the connection back.
+    store.set_gate_presence(ann, "gate-2", 2, 40, 1_003).await.expect("set");
+    assert_eq!(store.reset_gate_presence("gate-2", 50, 1_004).await.expect("reset"), vec![ann]);
+    assert_eq!(store.set_gate_presence(ann, "gate-2", 1, 45, 1_005).await.expect("late"), (false, false));
+    assert!(!online(store.clone()).await);
+    // What the gate reports after its reset counts.
+    assert_eq!(store.set_gate_presence(ann, "gate-2", 1, 60, 1_006).await.expect("set"), (false, true));
+    // Another gate's reset leaves gate-2's devices alone.
+    assert_eq!(store.reset_gate_presence("gate-1", 70, 1_007).await.expect("reset"), Vec::<UserId>::new());
+    assert!(online(store).await);
 }

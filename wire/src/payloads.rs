@@ -354,6 +354,11 @@ pub struct GatePresence {
     pub user_id: Option<UserId>,
     #[serde(default)]
     pub devices: i64,
+    /// Increases with every report of one gate (milliseconds since the epoch, made
+    /// strictly increasing): several bridges share the reports and may apply them out
+    /// of order, so an older report never overwrites a newer one. 0 from older gates.
+    #[serde(default)]
+    pub seq: i64,
 }
 
 /// `from/{uid}/settings` and `PATCH /v1/conversations/{id}/settings`: change some

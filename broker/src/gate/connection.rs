@@ -888,8 +888,8 @@ async fn report_presence(shared: &Shared, user: UserId) {
     if user == namespace::ANONYMOUS {
         return;
     }
-    let report =
-        GatePresence { reset: false, user_id: Some(user), devices: shared.registry.connected_devices(user) as i64 };
+    let (devices, seq) = shared.presence_seq.stamp(|| shared.registry.connected_devices(user) as i64);
+    let report = GatePresence { reset: false, user_id: Some(user), devices, seq };
     let topic = topics::gate_presence(&shared.settings.node_id);
     let payload = serde_json::to_vec(&report).unwrap_or_default();
     if let Err(e) = shared.bus.publish(topic, QoS::AtLeastOnce, false, payload).await {

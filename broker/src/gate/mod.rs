@@ -137,6 +137,7 @@ pub(crate) struct Shared {
     admission: Admission,
     /// The open namespace, when configured.
     namespace: Option<Arc<Namespace>>,
+    presence_seq: PresenceSeq,
 }
 
 impl Shared {
@@ -223,7 +224,9 @@ pub async fn serve(
     let mut uplinks = tokio::spawn(poll_uplinks(events, bus.to_string()));
     // Whatever this gate reported before it (re)started no longer holds.
     let presence_topic = parley_wire::topics::gate_presence(&settings.node_id);
-    client.publish(presence_topic.clone(), QoS::AtLeastOnce, false, presence_reset()).await?;
+    let presence_seq = PresenceSeq::default();
+    let ((), seq) = presence_seq.stamp(|| ());
+    client.publish(presence_topic.clone(), QoS::AtLeastOnce, false, presence_reset(seq)).await?;
     let namespace =
         settings.open_namespace.as_deref().map(|open| Arc::new(Namespace::new(open, settings.allow_anonymous)));
     let subscriptions = Subscriptions::new(settings.per_user_subscriptions, namespace.is_some());
@@ -249,6 +252,7 @@ pub async fn serve(
         next_connection: AtomicU64::new(1),
         admission,
         namespace,
+        presence_seq,
     });
     tasks.spawn(housekeeping(shared.clone(), shutdown.clone()));
     for GateListener { listener, kind } in listeners {
@@ -261,7 +265,8 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     // This gate holds no device any more: say so (the bridges mark its users offline),
     // then leave the bus once that and the last reports are out.
-    let _ = client.try_publish(presence_topic, QoS::AtLeastOnce, false, presence_reset());
+    let ((), seq) = shared.presence_seq.stamp(|| ());
+    let _ = client.try_publish(presence_topic, QoS::AtLeastOnce, false, presence_reset(seq));
     let _ = client.try_disconnect();
     if tokio::time::timeout(Duration::from_secs(2), &mut uplinks).await.is_err() {
         uplinks.abort();
@@ -298,8 +303,26 @@ async fn accept(
     }
 }
 
-fn presence_reset() -> String {
-    serde_json::json!({ "reset": true }).to_string()
+fn presence_reset(seq: i64) -> String {
+    serde_json::json!({ "reset": true, "seq": seq }).to_string()
+}
+
+/// Numbers this gate's presence reports: milliseconds since the epoch, strictly
+/// increasing, so bridges applying them out of order keep the newest.
+#[derive(Debug, Default)]
+pub(crate) struct PresenceSeq(std::sync::Mutex<i64>);
+
+impl PresenceSeq {
+    /// The next number, with `measure` (the report's content) taken under the same
+    /// lock, so a later number always goes with a later measurement.
+    pub(crate) fn stamp<T>(&self, measure: impl FnOnce() -> T) -> (T, i64) {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        *last = now.max(*last + 1);
+        (measure(), *last)
+    }
 }
 
 /// Polls the gate's uplink connection (rumqttc reconnects it) until the gate
