@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use parley_wire::codec::{self, ConnectInfo, Protocol};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -188,28 +189,35 @@ async fn tls_stream(addr: std::net::SocketAddr, cert: &TestCert) -> std::io::Res
     connector.connect(ServerName::try_from("127.0.0.1").expect("server name"), tcp).await
 }
 
-/// A 3.1.1 CONNECT with the user id and token as credentials.
+/// A 3.1.1 CONNECT with the user id and token as credentials (clean session).
 pub fn connect_v4(client_id: &str, user: &str, token: &str, keep_alive: u16) -> BytesMut {
-    let mut c = v4::Connect::new(client_id);
-    c.keep_alive = keep_alive;
-    c.set_login(user, token);
-    let mut buf = BytesMut::new();
-    c.write(&mut buf).expect("encode connect");
-    buf
+    connect(Protocol::V4, client_id, user, token, keep_alive)
 }
 
-/// A v5 CONNECT with the user id and token as credentials.
+/// A v5 CONNECT with the user id and token as credentials (clean start).
 pub fn connect_v5(client_id: &str, user: &str, token: &str, keep_alive: u16) -> BytesMut {
-    let connect = v5::Connect { keep_alive, client_id: client_id.into(), clean_start: true, properties: None };
-    let login = v5::Login { username: user.into(), password: token.into() };
+    connect(Protocol::V5, client_id, user, token, keep_alive)
+}
+
+fn connect(protocol: Protocol, client_id: &str, user: &str, token: &str, keep_alive: u16) -> BytesMut {
     let mut buf = BytesMut::new();
-    v5::Packet::Connect(connect, None, Some(login)).write(&mut buf, None).expect("encode connect");
+    codec::write_connect(&connect_info(protocol, client_id, Some((user, token)), keep_alive), &mut buf);
     buf
 }
 
-/// Encodes one 3.1.1 packet.
-pub fn v4_bytes(packet: impl FnOnce(&mut BytesMut) -> Result<usize, rumqttc::mqttbytes::Error>) -> BytesMut {
-    let mut buf = BytesMut::new();
-    packet(&mut buf).expect("encode");
-    buf
+/// A clean-start CONNECT with `login` (user id, token) as credentials, or none.
+pub fn connect_info(protocol: Protocol, client_id: &str, login: Option<(&str, &str)>, keep_alive: u16) -> ConnectInfo {
+    ConnectInfo {
+        protocol,
+        client_id: client_id.into(),
+        clean_start: true,
+        keep_alive,
+        username: login.map(|(u, _)| u.into()),
+        password: login.map(|(_, p)| p.into()),
+        will: None,
+        session_expiry: None,
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: 0,
+    }
 }

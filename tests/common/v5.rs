@@ -13,19 +13,8 @@ use super::TestUser;
 
 /// A v5 CONNECT of `user` (anonymous without), clean start, keepalive 30 s.
 pub fn connect_info(user: Option<&TestUser>, client_id: &str) -> ConnectInfo {
-    ConnectInfo {
-        protocol: Protocol::V5,
-        client_id: client_id.into(),
-        clean_start: true,
-        keep_alive: 30,
-        username: user.map(|u| u.id.clone()),
-        password: user.map(|u| u.access_token.clone()),
-        will: None,
-        session_expiry: None,
-        receive_maximum: None,
-        max_packet_size: None,
-        topic_alias_max: 0,
-    }
+    let login = user.map(|u| (u.id.as_str(), u.access_token.as_str()));
+    super::raw::connect_info(Protocol::V5, client_id, login, 30)
 }
 
 /// A v5 raw client, connected (CONNACK checked).
@@ -67,8 +56,7 @@ pub fn publish(topic: &str, qos: u8, pkid: u16, alias: Option<u16>, body: &Value
 
 /// Subscribes at QoS 1 and waits for the SUBACK.
 pub async fn subscribe(c: &mut RawClient, filter: &str, id: Option<usize>) {
-    send(c, Inbound::Subscribe { pkid: 1, filters: vec![SubscribeFilter::new(filter, 1)], id }).await;
-    assert!(matches!(c.next_v5().await, Some(v5::Packet::SubAck(_))));
+    subscribe_with(c, SubscribeFilter::new(filter, 1), id).await;
 }
 
 /// The next PUBLISH, acknowledged as its QoS asks (QoS 2: PUBREC now, and the

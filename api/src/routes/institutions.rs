@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::extract::{Client, Holder, Json, Path};
 use crate::routes::auth::{published, token_response, RevokedResponse, TokenResponse};
+use crate::routes::members::{AddMember, SetRole};
 use crate::routes::users::{profile_change, ProfileUpdate, PublicUser};
 use crate::{ApiError, AppState, ErrorResponse};
 
@@ -48,20 +49,6 @@ pub struct MembershipView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MembershipList {
     pub institutions: Vec<MembershipView>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AddMember {
-    pub user_id: UserId,
-    /// `member` (default), `admin` or `owner` (owners only).
-    pub role: Option<String>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MemberRole {
-    pub role: String,
 }
 
 fn member_view((m, account): (InstitutionMember, StoreUser)) -> MemberView {
@@ -144,14 +131,14 @@ pub async fn add_member(
 
 /// Change a member's role (the last owner stays an owner).
 #[utoipa::path(patch, path = "/v1/institutions/{id}/members/{user_id}", tag = "institutions",
-    params(("id" = UserId, Path), ("user_id" = UserId, Path)), request_body = MemberRole, security(("bearer" = [])),
+    params(("id" = UserId, Path), ("user_id" = UserId, Path)), request_body = SetRole, security(("bearer" = [])),
     responses((status = 204), (status = 403, body = ErrorResponse), (status = 404, description = "member_not_found", body = ErrorResponse),
         (status = 409, description = "last_owner", body = ErrorResponse)))]
 pub async fn set_member_role(
     State(state): State<AppState>,
     Holder(signed_in): Holder,
     Path((id, user)): Path<(UserId, UserId)>,
-    Json(req): Json<MemberRole>,
+    Json(req): Json<SetRole>,
 ) -> Result<StatusCode, ApiError> {
     state.domain.set_institution_member_role(signed_in.user, id, user, &req.role).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -14,14 +14,15 @@ use crate::{ApiError, AppState, ErrorResponse};
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     pub user_id: UserId,
-    /// `member` (default) or `admin` (owner only).
+    /// `member` (default), `admin`, or for an institution `owner`. In a group only
+    /// the owner adds admins; in an institution only owners add owners.
     pub role: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetRole {
-    /// `owner` (hands the group over), `admin` or `member`.
+    /// `owner` (for a group: hands it over), `admin` or `member`.
     pub role: String,
 }
 

@@ -716,14 +716,9 @@ impl Connection {
             "topic": topic,
         });
         let error_topic = format!("{}error", topics::downlink_prefix(&self.accepted.user_text));
-        downlink::offer(
-            &self.accepted.session,
-            &self.shared.stats,
-            self.shared.settings.max_queued,
-            &error_topic,
-            Bytes::from(body.to_string()),
-            0,
-        );
+        let payload = Bytes::from(body.to_string());
+        let offered = downlink::Offered::plain(&error_topic, &payload, 0);
+        downlink::offer(&self.accepted.session, &self.shared.stats, self.shared.settings.max_queued, &offered, false);
     }
 
     /// After a resumed session: everything unacknowledged goes again, marked DUP.

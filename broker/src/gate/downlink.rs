@@ -14,6 +14,8 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet};
 use tokio_util::sync::CancellationToken;
 
 use super::namespace::{self, Namespace};
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
 use super::session::{Delivery, GateStats, Registry, Session};
 
 /// Queues a downlink on every matching session of the topic's user. Sign-in
@@ -40,34 +42,57 @@ pub fn dispatch(registry: &Registry, stats: &GateStats, max_queued: usize, topic
         GateStats::bump(&stats.downlinks_unclaimed);
     }
     for session in sessions {
-        offer(&session, stats, max_queued, topic, payload.clone(), qos);
+        offer(&session, stats, max_queued, &Offered::plain(topic, &payload, qos), false);
+    }
+}
+
+/// A message offered to the sessions of this gate.
+pub struct Offered<'a> {
+    pub topic: &'a str,
+    pub payload: &'a Bytes,
+    pub qos: u8,
+    /// Open namespace only: published retained, and with these v5 properties.
+    pub retain: bool,
+    pub properties: Option<&'a PublishProperties>,
+}
+
+impl<'a> Offered<'a> {
+    /// A downlink: no retain flag, no properties.
+    pub fn plain(topic: &'a str, payload: &'a Bytes, qos: u8) -> Self {
+        Self { topic, payload, qos, retain: false, properties: None }
     }
 }
 
 /// Queues one message on one session if a subscription matches, at the lower of
-/// the message's and the subscription's QoS. A session without a connection keeps
-/// only QoS 1 messages, and only if it is persistent; a full queue drops and counts.
-pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, topic: &str, payload: Bytes, qos: u8) {
+/// the message's QoS and the highest granted by the matching subscriptions (those
+/// with No Local skip the session's own messages: `own`). A session without a
+/// connection keeps only QoS 1 and 2 messages, and only if it is persistent; a full
+/// queue drops and counts.
+pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, m: &Offered<'_>, own: bool) {
     let mut st = session.state();
     let mut granted = None;
+    let mut retain = false;
     let mut subscription_ids = Vec::new();
-    for s in st.subscriptions.iter().filter(|s| rumqttc::matches(topic, &s.filter)) {
+    for s in st.subscriptions.iter().filter(|s| !(own && s.no_local) && rumqttc::matches(m.topic, &s.filter)) {
         granted = granted.max(Some(s.qos));
+        retain |= s.retain_as_published && m.retain;
         subscription_ids.extend(s.id);
     }
     let Some(granted) = granted else {
         return;
     };
-    let qos = qos.min(granted);
+    let qos = m.qos.min(granted);
     if st.owner.is_none() && (qos == 0 || st.expiry.is_none()) {
         return;
     }
     if st.queue.len() >= max_queued {
         GateStats::bump(&stats.deliveries_dropped);
+        let topic = m.topic;
         tracing::warn!(user_id = %session.user, client_id = %session.client_id, topic, "session queue full; message dropped");
         return;
     }
-    st.queue.push_back(Delivery::new(topic, payload, qos, subscription_ids));
+    let delivery = Delivery { retain, ..Delivery::new(m.topic, m.payload.clone(), qos, subscription_ids) };
+    st.queue.push_back(delivery.with_properties(m.properties.map(|p| Box::new(p.clone()))));
     drop(st);
     session.notify.notify_one();
 }

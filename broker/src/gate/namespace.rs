@@ -20,6 +20,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use parley_wire::codec::{self, Inbound, Protocol, Publish};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
+use super::downlink::{self, Offered};
 use super::session::{Delivery, GateStats, Registry, Session};
 
 /// Prefix of namespace messages on the bus.
@@ -96,9 +97,18 @@ impl Namespace {
         if publish.retain {
             self.retain(stats, &publish);
         }
+        // The publishing client, for No Local (parsed once, compared with each session).
+        let origin = origin.split_once('\n').and_then(|(u, c)| Some((u.parse::<parley_wire::UserId>().ok()?, c)));
+        let offered = Offered {
+            topic: &publish.topic,
+            payload: &publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties: publish.properties.as_deref(),
+        };
         for session in registry.all() {
-            let own = session_key(&session) == origin;
-            offer(&session, stats, max_queued, &publish, own);
+            let own = origin.is_some_and(|(user, client)| session.user == user && session.client_id == client);
+            downlink::offer(&session, stats, max_queued, &offered, own);
         }
     }
 
@@ -144,7 +154,7 @@ impl Namespace {
     }
 }
 
-/// The key No Local compares: the same client of the same user.
+/// How a publishing client is named in envelopes, for No Local: its user and client id.
 pub fn session_key(session: &Session) -> String {
     format!("{}\n{}", session.user, session.client_id)
 }
@@ -160,34 +170,6 @@ fn open_envelope(payload: &mut Bytes) -> Option<(String, Publish)> {
         Ok(Inbound::Publish(p)) => Some((origin, p)),
         _ => None,
     }
-}
-
-/// Queues a namespace message on one session if a subscription matches: at the
-/// highest QoS granted among the matching subscriptions (and at most the message's),
-/// skipping subscriptions with No Local when the session published it.
-fn offer(session: &Session, stats: &GateStats, max_queued: usize, p: &Publish, own: bool) {
-    let mut st = session.state();
-    let mut granted: Option<u8> = None;
-    let mut retain = false;
-    let mut subscription_ids = Vec::new();
-    for s in st.subscriptions.iter().filter(|s| !(own && s.no_local) && rumqttc::matches(&p.topic, &s.filter)) {
-        granted = granted.max(Some(s.qos));
-        retain |= s.retain_as_published && p.retain;
-        subscription_ids.extend(s.id);
-    }
-    let Some(granted) = granted else { return };
-    let qos = p.qos.min(granted);
-    if st.owner.is_none() && (qos == 0 || st.expiry.is_none()) {
-        return;
-    }
-    if st.queue.len() >= max_queued {
-        GateStats::bump(&stats.deliveries_dropped);
-        return;
-    }
-    let delivery = Delivery { retain, ..Delivery::new(&p.topic, p.payload.clone(), qos, subscription_ids) };
-    st.queue.push_back(delivery.with_properties(p.properties.clone()));
-    drop(st);
-    session.notify.notify_one();
 }
 
 #[cfg(test)]
