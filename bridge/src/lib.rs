@@ -54,7 +54,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut options = bus.options("bridge");
     options.set_manual_acks(true);
-    let (client, mut events) = AsyncClient::new(options, 1024);
+    let (client, mut events) = parley_wire::bus::client(options, 1024);
     let (tx, rx) = mpsc::channel::<rumqttc::Publish>(1024);
     let worker = tokio::spawn(work(domain, client.clone(), rx, stats.clone()));
     loop {

@@ -94,7 +94,7 @@ pub async fn reach_external(bus: &BusEndpoint, limit: Duration) -> anyhow::Resul
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let (client, mut events) = AsyncClient::new(bus.options("start"), 4);
+        let (client, mut events) = parley_wire::bus::client(bus.options("start"), 4);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let connected = tokio::time::timeout(left.max(Duration::from_millis(100)), async {
             loop {
@@ -149,7 +149,7 @@ impl BusProbe {
     /// Connects a probe client; it lives until `shutdown`.
     pub fn start(bus: &BusEndpoint, shutdown: CancellationToken) -> BusProbe {
         let topic = format!("parley/probe/{}", uuid::Uuid::new_v4().simple());
-        let (client, mut events) = AsyncClient::new(bus.options("probe"), 16);
+        let (client, mut events) = parley_wire::bus::client(bus.options("probe"), 16);
         let (tx, seen) = watch::channel(0u64);
         let (sub_tx, subscribed) = watch::channel(false);
         let sub_client = client.clone();
@@ -209,7 +209,7 @@ impl BusProbe {
 /// A publish-only client of the bus (for the HTTP API); its event loop runs on its
 /// own task until `shutdown`, reconnecting after failures.
 pub fn publisher(bus: &BusEndpoint, role: &str, shutdown: CancellationToken) -> AsyncClient {
-    let (client, mut events) = AsyncClient::new(bus.options(role), 1024);
+    let (client, mut events) = parley_wire::bus::client(bus.options(role), 1024);
     tokio::spawn(async move {
         loop {
             let event = tokio::select! {

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use rumqttc::MqttOptions;
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, NetworkOptions};
 
 /// Largest packet on the bus, either direction; device limits are enforced by the gate.
 pub const MAX_BUS_PACKET: usize = 4 * 1024 * 1024;
@@ -38,6 +38,17 @@ impl fmt::Display for BusEndpoint {
             write!(f, "mqtt://{}:{}", self.host, self.port)
         }
     }
+}
+
+/// A client of the bus with Nagle's algorithm off: the bus carries small
+/// messages one after another, and each would otherwise wait for the peer's
+/// delayed ACK (40 ms on Linux) whenever one is still unacknowledged.
+pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop) {
+    let (client, mut events) = AsyncClient::new(options, capacity);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    (client, events)
 }
 
 impl BusEndpoint {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use parley_domain::SessionsRevoked;
 use parley_wire::bus::BusEndpoint;
 use parley_wire::{topics, UserId};
-use rumqttc::{AsyncClient, Event, Outgoing, Packet};
+use rumqttc::{Event, Outgoing, Packet};
 use tokio_util::sync::CancellationToken;
 
 use super::namespace::{self, Namespace};
@@ -111,7 +111,7 @@ pub async fn run(
     let options = bus.options("gate-downlinks");
     let subscriptions = registry.subscriptions();
     loop {
-        let (client, mut events) = AsyncClient::new(options.clone(), 64);
+        let (client, mut events) = parley_wire::bus::client(options.clone(), 64);
         let connection = subscriptions.reset();
         let stop = shutdown.child_token();
         let sender = {

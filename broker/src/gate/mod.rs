@@ -220,7 +220,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // Uplinks, wills and presence reports go out on one connection; downlinks come
     // in on another (downlink.rs), so neither waits behind the other.
-    let (client, events) = AsyncClient::new(bus.options("gate"), 1024);
+    let (client, events) = parley_wire::bus::client(bus.options("gate"), 1024);
     let mut uplinks = tokio::spawn(poll_uplinks(events, bus.to_string()));
     // Whatever this gate reported before it (re)started no longer holds.
     let presence_topic = parley_wire::topics::gate_presence(&settings.node_id);

@@ -1,0 +1,80 @@
+//! parley-bench against the real `parley` binary and Mosquitto: a short run of
+//! each kind must come out clean (everything acknowledged delivered once, in
+//! order), and the fault mode must really cut connections and still lose nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use parley_bench::targets::{Kind, Programs, Target};
+use parley_bench::workloads::{self, Options, Workload};
+
+fn programs() -> Programs {
+    Programs {
+        parley: PathBuf::from(env!("CARGO_BIN_EXE_parley")),
+        mosquitto: PathBuf::from("mosquitto"),
+        bench: PathBuf::from("parley-bench"),
+        postgres: None,
+        bus: None,
+    }
+}
+
+fn options(workload: Workload, devices: usize, rate: f64, seconds: f64) -> Options {
+    Options {
+        workload,
+        devices,
+        room: 2,
+        rate,
+        seconds,
+        warmup: 0.5,
+        drain: 20.0,
+        connect_parallel: 50,
+        keep_alive_secs: 30,
+        backoff_ms: 50,
+        jitter_ms: 200,
+        fault_every: Duration::from_millis(100),
+        blackhole_hold: Duration::from_secs(3),
+        progress: false,
+        run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_chat_run_against_parley_delivers_everything_once_and_in_order() {
+    let target = Target::start(Kind::ParleySqlite, &programs()).await.expect("parley starts");
+    let report = workloads::run(&target, &options(Workload::Chat, 10, 100.0, 2.0)).await;
+    target.stop().await.expect("stops");
+    let report = report.expect("the run completes");
+    assert!(report.sent >= 200, "{report:?}");
+    assert_eq!(report.acked, report.sent, "every message stored: {report:?}");
+    assert_eq!(report.delivered, report.sent, "each 1:1 message reaches the other member: {report:?}");
+    assert_eq!((report.lost, report.duplicates, report.out_of_order, report.refused), (0, 0, 0, 0), "{report:?}");
+    assert_eq!(report.ack_latency.count, report.delivery_latency.count, "{report:?}");
+    assert!(report.ack_latency.p50 > 0.0 && report.ack_latency.p50 <= report.ack_latency.max, "{report:?}");
+    assert!(report.server_cpu_seconds.is_some_and(|s| s > 0.0), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_run_against_mosquitto_counts_pubacks_as_acknowledgements() {
+    let target = Target::start(Kind::Mosquitto, &programs()).await.expect("mosquitto starts");
+    let report = workloads::run(&target, &options(Workload::Chat, 10, 100.0, 2.0)).await;
+    target.stop().await.expect("stops");
+    let report = report.expect("the run completes");
+    assert!(report.sent >= 200, "{report:?}");
+    assert_eq!((report.acked, report.delivered, report.lost), (report.sent, report.sent, 0), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_fault_proxy_nothing_acknowledged_is_lost_or_stored_twice() {
+    let target = Target::start(Kind::ParleySqlite, &programs()).await.expect("parley starts");
+    let mut faults = options(Workload::Faults, 10, 40.0, 5.0);
+    faults.keep_alive_secs = 2;
+    faults.fault_every = Duration::from_millis(150);
+    let report = workloads::run(&target, &faults).await;
+    target.stop().await.expect("stops");
+    let report = report.expect("the run completes");
+    assert!(report.dropped + report.blackholed >= 10, "the proxy did its job: {report:?}");
+    assert!(report.reconnects >= 5, "{report:?}");
+    assert_eq!(report.acked, report.sent, "every message stored in the end: {report:?}");
+    assert_eq!((report.lost, report.duplicates, report.unacknowledged), (0, 0, 0), "{report:?}");
+    assert_eq!(report.delivered, report.sent, "{report:?}");
+}
