@@ -21,6 +21,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock;
 use crate::provision::Account;
 use crate::tracker::Tracker;
 
@@ -389,8 +390,4 @@ impl Device {
 fn parse_id(id: &str) -> Option<(u32, u32)> {
     let (from, k) = id.split_once('-')?;
     Some((from.parse().ok()?, k.parse().ok()?))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -13,3 +13,8 @@ pub mod report;
 pub mod targets;
 pub mod tracker;
 pub mod workloads;
+
+/// Locks a mutex; a panic elsewhere while holding it leaves counts still worth reading.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -17,6 +17,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::lock;
+
 #[derive(Clone)]
 struct Link {
     kill: CancellationToken,
@@ -144,8 +146,4 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, link: &Link) {
         }
     }
     link.kill.cancel();
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use crate::lock;
+
 /// Counters read live by the progress line and at the end.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -280,10 +282,6 @@ impl Tracker {
         let fanout = self.audience.first().map_or(1, |a| a.len() as u64);
         acked == sent && c.delivered.load(Relaxed) + c.echoed.load(Relaxed) >= acked * fanout
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -266,7 +266,6 @@ async fn traffic(
     let progress = options.progress.then(|| tokio::spawn(progress(tracker.clone(), extras.clone())));
     if let (Workload::Reconnect, Some(proxy)) = (options.workload, proxy) {
         tokio::time::sleep_until(at(measure_us + (end_us - measure_us) / 3)).await;
-        report.connect_latency = Percentiles::default();
         if let Ok(mut l) = tracker.latencies.lock() {
             l.connect = histogram();
         }
