@@ -32,6 +32,12 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// True inside a PostgreSQL transaction. Its locks are per row, so writers that
+/// lock several rows of a table take them in id order; SQLite has one writer.
+pub(crate) fn is_postgres<DB: sqlx::Database>(_: &sqlx::Transaction<'_, DB>) -> bool {
+    DB::NAME == "PostgreSQL"
+}
+
 impl Store {
     /// Opens a pool for `url` (`sqlite://…` or `postgres://…`). SQLite files are created
     /// when missing and run in WAL mode with foreign keys enforced.

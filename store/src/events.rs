@@ -34,6 +34,27 @@ pub struct EventPage {
     pub oldest_seq: i64,
 }
 
+/// On PostgreSQL, locks the rows of `$users` (an iterator of `&UserId`) in id
+/// order inside transaction `$tx`, as every writer of several users' logs does
+/// first, so two transactions never each hold a row the other waits for. It is a
+/// statement of its own: an UPDATE that locks in a subquery still follows older
+/// row versions it saw before the locks and can deadlock on them. SQLite has one
+/// writer at a time and needs nothing.
+macro_rules! lock_users {
+    ($tx:expr, $users:expr) => {{
+        if $crate::backend::is_postgres(&$tx) {
+            let mut lock = sqlx::QueryBuilder::new("SELECT id FROM users WHERE id IN (");
+            let mut ids = lock.separated(", ");
+            for u in $users {
+                ids.push_bind(u.0);
+            }
+            lock.push(") ORDER BY id FOR NO KEY UPDATE");
+            lock.build().execute(&mut *$tx).await?;
+        }
+    }};
+}
+pub(crate) use lock_users;
+
 /// Appends one event for each user in `$users` (a `&[UserId]`) inside transaction
 /// `$tx`, taking the next number of each user's log; evaluates to the
 /// `Vec<(UserId, i64)>` of numbers taken.
@@ -42,6 +63,7 @@ macro_rules! append_events {
         let users: &[parley_wire::UserId] = $users;
         let mut taken: Vec<(parley_wire::UserId, i64)> = Vec::with_capacity(users.len());
         if !users.is_empty() {
+            $crate::events::lock_users!($tx, users);
             let mut bump =
                 sqlx::QueryBuilder::new("UPDATE users SET last_event_seq = last_event_seq + 1 WHERE id IN (");
             let mut ids = bump.separated(", ");

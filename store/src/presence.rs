@@ -74,12 +74,14 @@ impl Store {
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             let mut affected = Vec::new();
-            for row in
-                sqlx::query("SELECT user_id FROM user_presence WHERE gate_id = $1 AND devices > 0 AND updated_at <= $2")
-                    .bind(gate)
-                    .bind(seq)
-                    .fetch_all(&mut *tx)
-                    .await?
+            for row in sqlx::query(
+                "SELECT user_id FROM user_presence WHERE gate_id = $1 AND devices > 0 AND updated_at <= $2 \
+                     ORDER BY user_id",
+            )
+            .bind(gate)
+            .bind(seq)
+            .fetch_all(&mut *tx)
+            .await?
             {
                 affected.push(UserId(row.try_get::<Uuid, _>("user_id")?));
             }
