@@ -111,6 +111,11 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
         }
     }
 
+    // A burst like this one reaches the bridge faster than it stores one message at
+    // a time: most of it shares transactions, with the retries among it.
+    let bridge = app.running.as_ref().and_then(|r| r.bridge.clone()).expect("the bridge runs here");
+    assert!(bridge.stored_together() > 0, "no message of the burst was stored in a batch");
+
     let a_seqs = check_acks(a_acks, "a", 100);
     let b_seqs = check_acks(b_acks, "b", 100);
     let mut all: Vec<i64> = a_seqs.iter().chain(&b_seqs).copied().collect();

@@ -4,6 +4,7 @@
 //! acknowledged on the bus only after its downlinks were handed to the bus.
 
 mod uplink;
+mod work;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,30 +13,40 @@ use std::time::Duration;
 use parley_domain::Domain;
 use parley_wire::bus::BusEndpoint;
 use parley_wire::topics;
-use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{Event, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use uplink::handle_uplink;
+pub use uplink::{handle_messages, handle_uplink};
 
 /// A running bridge's counters and state, for operators and tests.
 #[derive(Debug)]
 pub struct BridgeStats {
     /// Uplinks (and presence reports) this bridge handled and acknowledged.
     pub uplinks_handled: AtomicU64,
+    /// Messages stored in a transaction shared with others of the same batch.
+    pub stored_together: AtomicU64,
     /// True while the bus has confirmed the bridge's shared subscriptions.
     subscribed: watch::Sender<bool>,
 }
 
 impl Default for BridgeStats {
     fn default() -> Self {
-        Self { uplinks_handled: AtomicU64::new(0), subscribed: watch::channel(false).0 }
+        Self {
+            uplinks_handled: AtomicU64::new(0),
+            stored_together: AtomicU64::new(0),
+            subscribed: watch::channel(false).0,
+        }
     }
 }
 
 impl BridgeStats {
     pub fn uplinks_handled(&self) -> u64 {
         self.uplinks_handled.load(Ordering::Relaxed)
+    }
+
+    pub fn stored_together(&self) -> u64 {
+        self.stored_together.load(Ordering::Relaxed)
     }
 
     /// Waits until the bus has confirmed the bridge's subscriptions, at most `limit`.
@@ -55,8 +66,12 @@ pub async fn run(
     let mut options = bus.options("bridge");
     options.set_manual_acks(true);
     let (client, mut events) = parley_wire::bus::client(options, 1024);
+    // Downlinks leave on a connection of their own: acknowledgements never wait
+    // behind a window full of publishes (see `work`).
+    let downlinks = parley_wire::bus::publisher(bus, "bridge-out", shutdown.child_token());
     let (tx, rx) = mpsc::channel::<rumqttc::Publish>(1024);
-    let worker = tokio::spawn(work(domain, client.clone(), rx, stats.clone()));
+    let bus_clients = work::Bus { acks: client.clone(), downlinks };
+    let worker = tokio::spawn(work::work(domain, bus_clients, rx, stats.clone()));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -100,19 +115,4 @@ pub async fn run(
     let _ = client.try_disconnect();
     tracing::info!("bridge stopped");
     Ok(())
-}
-
-/// Handles uplinks one at a time, in bus order, so acknowledgements stay in order.
-async fn work(domain: Domain, client: AsyncClient, mut rx: mpsc::Receiver<rumqttc::Publish>, stats: Arc<BridgeStats>) {
-    while let Some(publish) = rx.recv().await {
-        for d in handle_uplink(&domain, &publish.topic, &publish.payload).await {
-            if let Err(e) = client.publish(d.topic(), d.mqtt_qos(), false, d.payload()).await {
-                tracing::error!(error = %e, "bridge could not publish a downlink");
-            }
-        }
-        if let Err(e) = client.ack(&publish).await {
-            tracing::warn!(error = %e, "bridge could not acknowledge an uplink");
-        }
-        stats.uplinks_handled.fetch_add(1, Ordering::Relaxed);
-    }
 }

@@ -1,7 +1,7 @@
 //! One uplink in, the downlinks it causes out. No MQTT client here, so tests call
 //! it directly against a real database.
 
-use parley_domain::{message_outgoing, Domain, DomainError, Stored};
+use parley_domain::{message_outgoing, Domain, DomainError, Posted, Stored};
 use parley_wire::payloads::{
     AckError, DeleteMessage, EditMessage, ErrorBody, GatePresence, Outgoing, PresenceUpdate, React, ReceiptUpdate,
     SendMessage, SettingsUpdate, SyncRequest, TypingUpdate,
@@ -108,7 +108,36 @@ async fn send_message(domain: &Domain, sender: UserId, payload: &[u8]) -> Vec<Ou
         Err((id, message)) => return vec![error(sender, topics::ACK, id, "invalid_payload", message)],
     };
     let client_id = msg.id.clone();
-    match domain.send_message(sender, msg).await {
+    message_answer(sender, client_id, domain.send_message(sender, msg).await)
+}
+
+/// Message uplinks (`from/{uid}/msg`, as (sender, payload)) handled together: for
+/// each, in order, what [`handle_uplink`] would publish for it alone. The ones
+/// that store something share one transaction. Also returns how many did.
+pub async fn handle_messages(domain: &Domain, uplinks: &[(UserId, &[u8])]) -> (Vec<Vec<Outgoing>>, usize) {
+    let mut out: Vec<Vec<Outgoing>> = uplinks.iter().map(|_| Vec::new()).collect();
+    let mut batch = Vec::with_capacity(uplinks.len());
+    let mut slots = Vec::with_capacity(uplinks.len());
+    for (i, (sender, payload)) in uplinks.iter().enumerate() {
+        match decode::<SendMessage>(payload) {
+            Ok(msg) => {
+                slots.push((i, *sender, msg.id.clone()));
+                batch.push((*sender, msg));
+            }
+            Err((id, message)) => out[i] = vec![error(*sender, topics::ACK, id, "invalid_payload", message)],
+        }
+    }
+    let (results, together) = domain.send_messages(batch).await;
+    for ((i, sender, client_id), result) in slots.into_iter().zip(results) {
+        out[i] = message_answer(sender, client_id, result);
+    }
+    (out, together)
+}
+
+/// The sender's acknowledgement and every member's delivery of a stored message,
+/// or the refusal on the sender's ack topic.
+fn message_answer(sender: UserId, client_id: String, result: Result<Stored<Posted>, DomainError>) -> Vec<Outgoing> {
+    match result {
         Ok(stored) => {
             let fresh = matches!(stored, Stored::New(_));
             let posted = stored.into_inner();

@@ -206,21 +206,4 @@ impl BusProbe {
     }
 }
 
-/// A publish-only client of the bus (for the HTTP API); its event loop runs on its
-/// own task until `shutdown`, reconnecting after failures.
-pub fn publisher(bus: &BusEndpoint, role: &str, shutdown: CancellationToken) -> AsyncClient {
-    let (client, mut events) = parley_wire::bus::client(bus.options(role), 1024);
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = events.poll() => event,
-            };
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "publisher lost the bus; reconnecting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    });
-    client
-}
+pub use parley_wire::bus::publisher;

@@ -36,6 +36,61 @@ impl Domain {
         if let Some(existing) = self.store().message_by_client_id(sender, &msg.id).await? {
             return Ok(Stored::Existing(self.store().posted(existing).await?));
         }
+        let new = self.prepare(sender, msg).await?;
+        self.post(new).await
+    }
+
+    /// Stores several messages, each from its own sender, as [`Domain::send_message`]
+    /// would one after another, and answers each in order. What can be stored
+    /// together is, in one transaction (see [`parley_store::Store::store_messages`]),
+    /// with no query before it: retries are found there. The one difference from
+    /// one at a time is that a retry counts against its sender's message rate.
+    /// Also returns how many were stored together.
+    #[tracing::instrument(skip_all, fields(messages = batch.len()))]
+    pub async fn send_messages(
+        &self,
+        batch: Vec<(UserId, SendMessage)>,
+    ) -> (Vec<Result<Stored<Posted>, DomainError>>, usize) {
+        let mut out: Vec<Option<Result<Stored<Posted>, DomainError>>> = batch.iter().map(|_| None).collect();
+        let mut new = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        for (i, (sender, msg)) in batch.into_iter().enumerate() {
+            if let Err(e) = check_client_id(&msg.id) {
+                out[i] = Some(Err(e));
+                continue;
+            }
+            let client_id = msg.id.clone();
+            match self.prepare(sender, msg).await {
+                Ok(prepared) => {
+                    new.push(prepared);
+                    slots.push(i);
+                }
+                // A retry passes whatever it passed the first time (the store answers
+                // those in the batch); only a refusal looks whether it is one.
+                Err(e) => {
+                    out[i] = Some(match self.store().message_by_client_id(sender, &client_id).await {
+                        Ok(Some(existing)) => {
+                            self.store().posted(existing).await.map(Stored::Existing).map_err(DomainError::from)
+                        }
+                        Ok(None) => Err(e),
+                        Err(lookup) => Err(lookup.into()),
+                    })
+                }
+            }
+        }
+        let batched = self.store().store_messages(&new).await;
+        for (slot, result) in slots.into_iter().zip(batched.results) {
+            out[slot] = Some(result.map_err(refused));
+        }
+        let out = out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(DomainError::Internal("a message of the batch was not answered".into()))))
+            .collect();
+        (out, batched.together)
+    }
+
+    /// Checks a message that is not a retry and says what to store.
+    async fn prepare(&self, sender: UserId, msg: SendMessage) -> Result<NewMessage, DomainError> {
         let target = match (msg.to, msg.conversation_id) {
             (Some(to), None) if to == sender => {
                 return Err(DomainError::invalid("invalid_recipient", "a message cannot be sent to oneself"))
@@ -67,7 +122,7 @@ impl Domain {
                 retry_after: wait,
             });
         }
-        let new = NewMessage {
+        Ok(NewMessage {
             sender,
             target,
             client_id: msg.id,
@@ -76,8 +131,7 @@ impl Domain {
             reply_to: msg.reply_to,
             attachment,
             now_ms: now_ms(),
-        };
-        self.post(new).await
+        })
     }
 
     /// Stores a message the server writes (membership changes and the like).
@@ -101,23 +155,7 @@ impl Domain {
     }
 
     async fn post(&self, new: NewMessage) -> Result<Stored<Posted>, DomainError> {
-        match self.store().store_message(&new).await {
-            Ok(stored) => Ok(stored),
-            Err(StoreError::MissingReference) => Err(DomainError::not_found("unknown_recipient", "no such recipient")),
-            Err(StoreError::NotMember) => {
-                Err(DomainError::not_found("conversation_not_found", "no such conversation, or not a member"))
-            }
-            Err(StoreError::Blocked { by_sender: true }) => {
-                Err(DomainError::forbidden("you_blocked", "you blocked this user; unblock to send"))
-            }
-            Err(StoreError::Blocked { by_sender: false }) => {
-                Err(DomainError::forbidden("blocked", "this user does not accept your messages"))
-            }
-            Err(StoreError::InvalidReply) => {
-                Err(DomainError::invalid("invalid_reply", "reply_to is not a message of this conversation"))
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.store().store_message(&new).await.map_err(refused)
     }
 
     /// The message's kind, its text rules, and its attachment (an upload of the
@@ -234,6 +272,26 @@ pub fn message_outgoing(posted: &Posted, ack_to: Option<UserId>) -> Vec<Outgoing
         out.push(Outgoing::new(*user, topics::MSG, &Event::new(*event_seq, "message", &posted.message)));
     }
     out
+}
+
+/// What a store refusal of a message means to its sender.
+fn refused(e: StoreError) -> DomainError {
+    match e {
+        StoreError::MissingReference => DomainError::not_found("unknown_recipient", "no such recipient"),
+        StoreError::NotMember => {
+            DomainError::not_found("conversation_not_found", "no such conversation, or not a member")
+        }
+        StoreError::Blocked { by_sender: true } => {
+            DomainError::forbidden("you_blocked", "you blocked this user; unblock to send")
+        }
+        StoreError::Blocked { by_sender: false } => {
+            DomainError::forbidden("blocked", "this user does not accept your messages")
+        }
+        StoreError::InvalidReply => {
+            DomainError::invalid("invalid_reply", "reply_to is not a message of this conversation")
+        }
+        e => e.into(),
+    }
 }
 
 fn check_client_id(id: &str) -> Result<(), DomainError> {

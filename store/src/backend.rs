@@ -38,6 +38,16 @@ pub(crate) fn is_postgres<DB: sqlx::Database>(_: &sqlx::Transaction<'_, DB>) -> 
     DB::NAME == "PostgreSQL"
 }
 
+/// How a transaction that will write begins: SQLite takes its write lock at once
+/// (a read that later upgrades fails when another connection wrote meanwhile).
+pub(crate) fn begin_writing<DB: sqlx::Database>(_: &sqlx::Pool<DB>) -> &'static str {
+    if DB::NAME == "SQLite" {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN"
+    }
+}
+
 impl Store {
     /// Opens a pool for `url` (`sqlite://…` or `postgres://…`). SQLite files are created
     /// when missing and run in WAL mode with foreign keys enforced.

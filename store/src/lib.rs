@@ -5,6 +5,7 @@
 //! Times are stored as milliseconds since the epoch in both backends.
 
 mod backend;
+mod batch;
 mod codes;
 mod consultations;
 mod contacts;
@@ -27,6 +28,7 @@ mod users;
 pub mod testing;
 
 pub use backend::Store;
+pub use batch::Batched;
 pub use codes::{Attempt, Issue, NewCode, SendLimits};
 pub use consultations::{
     ConsultationChange, ConsultationCursor, ConsultationRecord, ConsultationStanding, ConsultationStatus,

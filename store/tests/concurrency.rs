@@ -10,6 +10,8 @@ use parley_wire::{ConversationId, Role, UserId};
 
 parley_store::both_backends!(crossing_writers_never_deadlock_and_logs_stay_gapless);
 
+// Batches lock their conversations and then their users, each in id order, like single writes.
+
 /// A small deterministic generator, so a failure can be replayed.
 struct Lcg(u64);
 
@@ -57,7 +59,28 @@ async fn crossing_writers_never_deadlock_and_logs_stay_gapless(backend: Backend)
             let mut rng = Lcg(w as u64 + 1);
             for k in 0..WRITES {
                 let from = users[rng.below(users.len())];
-                let result = match rng.below(3) {
+                let result = match rng.below(4) {
+                    3 => {
+                        // A bridge's batch: direct and group messages, several conversations.
+                        let batch: Vec<NewMessage> = (0..6)
+                            .map(|j| {
+                                let from = users[rng.below(users.len())];
+                                let mut to = users[rng.below(users.len())];
+                                while to == from {
+                                    to = users[rng.below(users.len())];
+                                }
+                                let id = format!("{w}-{k}-{j}");
+                                match rng.below(2) {
+                                    0 => direct(from, to, &id),
+                                    _ => {
+                                        NewMessage { target: Target::Conversation(group.id), ..direct(from, from, &id) }
+                                    }
+                                }
+                            })
+                            .collect();
+                        let outcome = store.store_messages(&batch).await;
+                        outcome.results.into_iter().collect::<Result<Vec<_>, _>>().map(|_| ())
+                    }
                     0 => {
                         let mut to = users[rng.below(users.len())];
                         while to == from {

@@ -51,6 +51,25 @@ pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop)
     (client, events)
 }
 
+/// A publish-only client of the bus (the HTTP API's, the bridge's downlinks); its
+/// event loop runs on its own task until `shutdown`, reconnecting after failures.
+pub fn publisher(bus: &BusEndpoint, role: &str, shutdown: tokio_util::sync::CancellationToken) -> AsyncClient {
+    let (client, mut events) = client(bus.options(role), 1024);
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = events.poll() => event,
+            };
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "publisher lost the bus; reconnecting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    client
+}
+
 impl BusEndpoint {
     /// Options for one internal client with a fresh client id; `role` names it in the bus's logs.
     pub fn options(&self, role: &str) -> MqttOptions {

@@ -1,0 +1,166 @@
+//! Messages stored as a batch get exactly the answers, numbers and events they
+//! would get stored one at a time. Each test runs once per backend; the PostgreSQL
+//! variant needs `PARLEY_TEST_POSTGRES_URL`.
+
+use parley_store::testing::{migrated_store as store, new_user, Backend};
+use parley_store::{NewGroup, NewMessage, NewUser, SettingsChange, Store, StoreError, Stored, Target};
+use parley_wire::{ConversationId, MessageId, Role, UserId};
+
+parley_store::both_backends!(a_batch_answers_each_message_as_if_stored_alone, a_batch_of_one_group_keeps_its_order);
+
+/// The people of the scene, the same ids in every database it is played in.
+struct Cast {
+    users: Vec<NewUser>,
+    group: ConversationId,
+}
+
+impl Cast {
+    fn new() -> Self {
+        Cast { users: ["a", "b", "c", "d"].map(|n| new_user(n, Role::User)).into(), group: ConversationId::new() }
+    }
+
+    fn id(&self, i: usize) -> UserId {
+        self.users[i].id
+    }
+
+    /// Users, a 1:1 conversation a–b with one message, a group {a, b, c}, and a
+    /// conversation a–c that c blocked. Returns the id of a's first message to b.
+    async fn set(&self, store: &Store) -> MessageId {
+        for u in &self.users {
+            store.insert_user(u).await.expect("user");
+        }
+        let (a, b, c) = (self.id(0), self.id(1), self.id(2));
+        let group = NewGroup {
+            id: self.group,
+            title: None,
+            audience: "group".into(),
+            context_type: None,
+            context_id: None,
+            creator: a,
+            members: vec![b, c],
+            now_ms: 1,
+        };
+        store.create_group(&group).await.expect("group");
+        let seed = store.store_message(&msg(a, Target::Direct(b), "seed", None)).await.expect("seed").into_inner();
+        let ac = store.store_message(&msg(a, Target::Direct(c), "hi", None)).await.expect("ac").into_inner();
+        let block = SettingsChange { blocked: Some(true), ..Default::default() };
+        store
+            .update_member_settings(ac.message.conversation_id, c, &block, 3, |_| "{}".into())
+            .await
+            .expect("block")
+            .expect("member");
+        seed.message.id
+    }
+
+    /// Every case the bridge meets, in one batch.
+    fn batch(&self, seed: MessageId) -> Vec<NewMessage> {
+        let (a, b, c, d) = (self.id(0), self.id(1), self.id(2), self.id(3));
+        let group = Target::Conversation(self.group);
+        vec![
+            msg(a, Target::Direct(b), "1", None),
+            msg(b, Target::Direct(a), "2", None),
+            msg(a, group, "3", None),
+            msg(d, group, "4", None),                    // not a member
+            msg(a, Target::Direct(d), "5", None),        // the first message of a–d
+            msg(a, Target::Direct(d), "6", None),        // the second, same batch
+            msg(a, Target::Direct(b), "1", None),        // a retry inside the batch
+            msg(a, Target::Direct(b), "seed", None),     // a retry of an earlier message
+            msg(a, Target::Direct(c), "9", None),        // blocked
+            msg(b, group, "10", Some(seed)),             // a reply to another conversation
+            msg(b, Target::Direct(a), "11", Some(seed)), // a reply in place
+            msg(c, group, "12", None),
+            msg(a, Target::Direct(UserId::new()), "13", None), // nobody
+            msg(a, Target::Conversation(ConversationId::new()), "14", None), // no such conversation
+        ]
+    }
+}
+
+fn msg(sender: UserId, target: Target, client_id: &str, reply_to: Option<MessageId>) -> NewMessage {
+    NewMessage {
+        sender,
+        target,
+        client_id: client_id.into(),
+        kind: "text",
+        body: format!("text {client_id}"),
+        reply_to,
+        attachment: None,
+        now_ms: 100,
+    }
+}
+
+/// What an answer says, without the ids each database makes up.
+fn shape(result: &Result<Stored<parley_store::Posted>, StoreError>) -> String {
+    match result {
+        Ok(stored) => {
+            let fresh = matches!(stored, Stored::New(_));
+            let posted = stored.clone().into_inner();
+            let mut deliveries = posted.deliveries.clone();
+            deliveries.sort();
+            let m = &posted.message;
+            format!("new={fresh} {} seq={} {:?} reply={}", m.client_id, m.seq, deliveries, m.reply_to.is_some())
+        }
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// Each user's log as (number, kind, client id of the message).
+async fn logs(store: &Store, cast: &Cast) -> Vec<Vec<(i64, String, Option<String>)>> {
+    let mut out = Vec::new();
+    for u in &cast.users {
+        let page = store.events_after(u.id, 0, 1000).await.expect("events");
+        out.push(page.events.into_iter().map(|e| (e.seq, e.kind, e.message.map(|m| m.client_id))).collect());
+    }
+    out
+}
+
+async fn a_batch_answers_each_message_as_if_stored_alone(backend: Backend) {
+    let (Some((batched, _db1)), Some((alone, _db2))) = (store(backend).await, store(backend).await) else {
+        return;
+    };
+    let cast = Cast::new();
+    let seed_batched = cast.set(&batched).await;
+    let seed_alone = cast.set(&alone).await;
+
+    let outcome = batched.store_messages(&cast.batch(seed_batched)).await;
+    let mut expected = Vec::new();
+    for m in cast.batch(seed_alone) {
+        expected.push(shape(&alone.store_message(&m).await));
+    }
+    let got: Vec<String> = outcome.results.iter().map(shape).collect();
+    assert_eq!(got, expected);
+    assert_eq!(outcome.together, 7, "1, 2, 3, 5, 6, 11 and 12 share the transaction: {got:#?}");
+    for (i, want) in
+        [(3, "NotMember"), (8, "Blocked { by_sender: false }"), (9, "InvalidReply"), (12, "MissingReference")]
+    {
+        assert_eq!(got[i], want, "message {i}");
+    }
+    let first = outcome.results[0].as_ref().expect("1").clone().into_inner();
+    let retry = outcome.results[6].as_ref().expect("retry of 1").clone();
+    assert!(matches!(&retry, Stored::Existing(p) if p.message.id == first.message.id), "{retry:?}");
+    assert_eq!(logs(&batched, &cast).await, logs(&alone, &cast).await, "every log as if one at a time");
+    let group = batched.get_conversation(cast.group).await.expect("get").expect("group");
+    assert_eq!(group.last_seq, 2, "3 and 12, numbered without a gap");
+}
+
+async fn a_batch_of_one_group_keeps_its_order(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else { return };
+    let cast = Cast::new();
+    cast.set(&store).await;
+    let senders = [cast.id(0), cast.id(1), cast.id(2)];
+    let batch: Vec<NewMessage> =
+        (0..30).map(|k| msg(senders[k % 3], Target::Conversation(cast.group), &format!("g{k}"), None)).collect();
+    let outcome = store.store_messages(&batch).await;
+    assert_eq!(outcome.together, 30);
+    let seqs: Vec<i64> =
+        outcome.results.iter().map(|r| r.as_ref().expect("stored").clone().into_inner().message.seq).collect();
+    assert_eq!(seqs, (1..=30).collect::<Vec<i64>>(), "numbered in the order given");
+    for (k, user) in senders.iter().enumerate() {
+        let page = store.events_after(*user, 0, 1000).await.expect("events");
+        let texts: Vec<String> =
+            page.events.iter().filter_map(|e| e.message.as_ref().map(|m| m.client_id.clone())).collect();
+        let group: Vec<String> = texts.into_iter().filter(|t| t.starts_with('g')).collect();
+        assert_eq!(group, (0..30).map(|k| format!("g{k}")).collect::<Vec<_>>(), "member {k} saw the order given");
+        let seqs: Vec<i64> = page.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=page.last_seq).collect::<Vec<_>>(), "member {k}'s log has no gap");
+    }
+}
