@@ -78,7 +78,7 @@ pub struct Options {
 pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     let n = options.devices;
     let room = if options.workload == Workload::Idle { 1 } else { options.room.max(2) };
-    if n < room || n % room != 0 {
+    if n < room || !n.is_multiple_of(room) {
         bail!("--devices ({n}) must be a multiple of the room size ({room})");
     }
     let accounts = accounts(target, options, n).await?;
@@ -305,7 +305,7 @@ async fn signals(device: Arc<Device>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        device.typing(n % 2 == 0).await;
+        device.typing(n.is_multiple_of(2)).await;
         if n % 5 == 4 {
             device.presence(if n % 10 == 4 { "away" } else { "online" }).await;
         }

@@ -4,15 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use parley_wire::payloads::Message;
 use parley_wire::{ConversationId, MessageId, UserId};
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::backend::on_pool;
 use crate::conversations::direct_key;
-use crate::events::lock_users;
-use crate::{time_from_ms, NewMessage, Posted, Store, StoreError, Stored, Target};
+use crate::events::lock_rows;
+use crate::{NewMessage, Posted, Store, StoreError, Stored, Target};
 
 /// Rows per multi-row statement, well under both backends' bound-parameter limits.
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -183,17 +182,9 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(vec![None; msgs.len()]);
             }
-            if crate::backend::is_postgres(&tx) {
-                // The conversation rows in id order, as their sequence numbers are taken below.
-                for chunk in conversations.chunks(ROWS_PER_STATEMENT) {
-                    let mut q = sqlx::QueryBuilder::new("SELECT id FROM conversations WHERE id IN (");
-                    let mut list = q.separated(", ");
-                    for c in chunk {
-                        list.push_bind(*c);
-                    }
-                    q.push(") ORDER BY id FOR NO KEY UPDATE");
-                    q.build().execute(&mut *tx).await?;
-                }
+            // The conversation rows in id order, as their sequence numbers are taken below.
+            for chunk in conversations.chunks(ROWS_PER_STATEMENT) {
+                lock_rows!(tx, "conversations", chunk.iter().copied());
             }
             // Members (and blocks) of every conversation named.
             let mut members: HashMap<Uuid, Vec<(UserId, bool)>> = HashMap::new();
@@ -326,7 +317,7 @@ impl Store {
             let counted: Vec<(UserId, i64)> = events_of.into_iter().collect();
             let mut next_event: HashMap<UserId, i64> = HashMap::new();
             for chunk in counted.chunks(ROWS_PER_STATEMENT) {
-                lock_users!(tx, chunk.iter().map(|(u, _)| u));
+                lock_rows!(tx, "users", chunk.iter().map(|(u, _)| u.0));
                 let mut q = sqlx::QueryBuilder::new("UPDATE users SET last_event_seq = last_event_seq + CASE id");
                 for (u, n) in chunk {
                     q.push(" WHEN ").push_bind(u.0).push(" THEN ").push_bind(*n);
@@ -377,22 +368,7 @@ impl Store {
             let mut out: Vec<Option<Stored<Posted>>> = vec![None; msgs.len()];
             for &i in &accepted {
                 let (Some(conversation), Some(&seq)) = (conversation_of[i], seq_of.get(&i)) else { continue };
-                let msg = &msgs[i];
-                let message = Message {
-                    id: ids[i],
-                    conversation_id: ConversationId(conversation),
-                    seq,
-                    sender_id: msg.sender,
-                    client_id: msg.client_id.clone(),
-                    kind: msg.kind.to_string(),
-                    text: msg.body.clone(),
-                    sent_at: time_from_ms(msg.now_ms),
-                    reply_to: msg.reply_to,
-                    attachment: msg.attachment.clone(),
-                    edited_at: None,
-                    deleted: false,
-                    reactions: Default::default(),
-                };
+                let message = msgs[i].stored(ids[i], ConversationId(conversation), seq);
                 out[i] = Some(Stored::New(Posted { message, deliveries: deliveries.remove(&i).unwrap_or_default() }));
             }
             Ok(out)

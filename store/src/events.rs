@@ -34,26 +34,27 @@ pub struct EventPage {
     pub oldest_seq: i64,
 }
 
-/// On PostgreSQL, locks the rows of `$users` (an iterator of `&UserId`) in id
-/// order inside transaction `$tx`, as every writer of several users' logs does
-/// first, so two transactions never each hold a row the other waits for. It is a
+/// On PostgreSQL, locks the rows of table `$table` whose ids are `$ids` (an
+/// iterator of `Uuid`) in id order inside transaction `$tx`. Every writer that
+/// locks several rows of a table takes them this way (conversations before users),
+/// so two transactions never each hold a row the other waits for. It is a
 /// statement of its own: an UPDATE that locks in a subquery still follows older
 /// row versions it saw before the locks and can deadlock on them. SQLite has one
 /// writer at a time and needs nothing.
-macro_rules! lock_users {
-    ($tx:expr, $users:expr) => {{
+macro_rules! lock_rows {
+    ($tx:expr, $table:literal, $ids:expr) => {{
         if $crate::backend::is_postgres(&$tx) {
-            let mut lock = sqlx::QueryBuilder::new("SELECT id FROM users WHERE id IN (");
-            let mut ids = lock.separated(", ");
-            for u in $users {
-                ids.push_bind(u.0);
+            let mut lock = sqlx::QueryBuilder::new(concat!("SELECT id FROM ", $table, " WHERE id IN ("));
+            let mut list = lock.separated(", ");
+            for id in $ids {
+                list.push_bind(id);
             }
             lock.push(") ORDER BY id FOR NO KEY UPDATE");
             lock.build().execute(&mut *$tx).await?;
         }
     }};
 }
-pub(crate) use lock_users;
+pub(crate) use lock_rows;
 
 /// Appends one event for each user in `$users` (a `&[UserId]`) inside transaction
 /// `$tx`, taking the next number of each user's log; evaluates to the
@@ -63,7 +64,7 @@ macro_rules! append_events {
         let users: &[parley_wire::UserId] = $users;
         let mut taken: Vec<(parley_wire::UserId, i64)> = Vec::with_capacity(users.len());
         if !users.is_empty() {
-            $crate::events::lock_users!($tx, users);
+            $crate::events::lock_rows!($tx, "users", users.iter().map(|u| u.0));
             let mut bump =
                 sqlx::QueryBuilder::new("UPDATE users SET last_event_seq = last_event_seq + 1 WHERE id IN (");
             let mut ids = bump.separated(", ");

@@ -36,6 +36,27 @@ pub struct NewMessage {
     pub now_ms: i64,
 }
 
+impl NewMessage {
+    /// The message as it reads once stored under `id`, number `seq` of `conversation`.
+    pub(crate) fn stored(&self, id: MessageId, conversation: ConversationId, seq: i64) -> Message {
+        Message {
+            id,
+            conversation_id: conversation,
+            seq,
+            sender_id: self.sender,
+            client_id: self.client_id.clone(),
+            kind: self.kind.to_string(),
+            text: self.body.clone(),
+            sent_at: time_from_ms(self.now_ms),
+            reply_to: self.reply_to,
+            attachment: self.attachment.clone(),
+            edited_at: None,
+            deleted: false,
+            reactions: Default::default(),
+        }
+    }
+}
+
 /// A stored message and, for each member, the number its event took in that
 /// member's log (the sender included, for the sender's other devices).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,21 +325,7 @@ impl Store {
             let deliveries =
                 append_events!(tx, &members, "message", Some(conversation_id.0), Some(message_id.0), "{}", msg.now_ms);
             tx.commit().await?;
-            let message = Message {
-                id: message_id,
-                conversation_id,
-                seq,
-                sender_id: msg.sender,
-                client_id: msg.client_id.clone(),
-                kind: msg.kind.to_string(),
-                text: msg.body.clone(),
-                sent_at: time_from_ms(msg.now_ms),
-                reply_to: msg.reply_to,
-                attachment: msg.attachment.clone(),
-                edited_at: None,
-                deleted: false,
-                reactions: Default::default(),
-            };
+            let message = msg.stored(message_id, conversation_id, seq);
             Ok(Stored::New(Posted { message, deliveries }))
         });
         result

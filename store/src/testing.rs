@@ -77,6 +77,25 @@ pub async fn migrated_store(backend: Backend) -> Option<(crate::Store, TestDatab
     Some((store, db))
 }
 
+/// A text message for tests: body `text {client_id}`, no reply, no attachment.
+pub fn text_message(
+    sender: parley_wire::UserId,
+    target: crate::Target,
+    client_id: &str,
+    now_ms: i64,
+) -> crate::NewMessage {
+    crate::NewMessage {
+        sender,
+        target,
+        client_id: client_id.into(),
+        kind: "text",
+        body: format!("text {client_id}"),
+        reply_to: None,
+        attachment: None,
+        now_ms,
+    }
+}
+
 /// A user to insert in tests: username `name`, `role`, no email or phone, a dummy hash.
 pub fn new_user(name: &str, role: parley_wire::Role) -> crate::NewUser {
     crate::NewUser {

@@ -2,7 +2,7 @@
 //! would get stored one at a time. Each test runs once per backend; the PostgreSQL
 //! variant needs `PARLEY_TEST_POSTGRES_URL`.
 
-use parley_store::testing::{migrated_store as store, new_user, Backend};
+use parley_store::testing::{migrated_store as store, new_user, text_message, Backend};
 use parley_store::{NewGroup, NewMessage, NewUser, SettingsChange, Store, StoreError, Stored, Target};
 use parley_wire::{ConversationId, MessageId, Role, UserId};
 
@@ -76,16 +76,7 @@ impl Cast {
 }
 
 fn msg(sender: UserId, target: Target, client_id: &str, reply_to: Option<MessageId>) -> NewMessage {
-    NewMessage {
-        sender,
-        target,
-        client_id: client_id.into(),
-        kind: "text",
-        body: format!("text {client_id}"),
-        reply_to,
-        attachment: None,
-        now_ms: 100,
-    }
+    NewMessage { reply_to, ..text_message(sender, target, client_id, 100) }
 }
 
 /// What an answer says, without the ids each database makes up.

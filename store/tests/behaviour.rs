@@ -37,16 +37,7 @@ fn user(name: &str) -> NewUser {
 }
 
 fn msg(from: UserId, to: UserId, client_id: &str, now_ms: i64) -> NewMessage {
-    NewMessage {
-        sender: from,
-        target: Target::Direct(to),
-        client_id: client_id.into(),
-        kind: "text",
-        body: format!("text {client_id}"),
-        reply_to: None,
-        attachment: None,
-        now_ms,
-    }
+    parley_store::testing::text_message(from, Target::Direct(to), client_id, now_ms)
 }
 
 fn in_group(from: UserId, group: ConversationId, client_id: &str, now_ms: i64) -> NewMessage {

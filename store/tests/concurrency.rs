@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use parley_store::testing::{migrated_store as store, new_user, Backend};
+use parley_store::testing::{migrated_store as store, new_user, text_message, Backend};
 use parley_store::{NewGroup, NewMessage, Target};
 use parley_wire::{ConversationId, Role, UserId};
 
@@ -134,14 +134,5 @@ async fn crossing_writers_never_deadlock_and_logs_stay_gapless(backend: Backend)
 }
 
 fn direct(from: UserId, to: UserId, client_id: &str) -> NewMessage {
-    NewMessage {
-        sender: from,
-        target: Target::Direct(to),
-        client_id: client_id.into(),
-        kind: "text",
-        body: format!("text {client_id}"),
-        reply_to: None,
-        attachment: None,
-        now_ms: 5,
-    }
+    text_message(from, Target::Direct(to), client_id, 5)
 }
