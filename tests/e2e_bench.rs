@@ -15,6 +15,7 @@ fn programs() -> Programs {
         bench: PathBuf::from("parley-bench"),
         postgres: None,
         bus: None,
+        log: "warn".into(),
     }
 }
 

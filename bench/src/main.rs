@@ -42,6 +42,9 @@ struct Run {
     /// Run Parley on this external MQTT broker as its bus instead of the embedded rumqttd.
     #[arg(long)]
     parley_bus: Option<String>,
+    /// Parley's log filter (`log.level`), e.g. `warn,parley_bridge=debug` to see each batch.
+    #[arg(long, default_value = "warn")]
+    parley_log: String,
     /// Simulated devices (one account each).
     #[arg(long, default_value_t = 100)]
     devices: usize,
@@ -105,6 +108,7 @@ async fn bench(run: Run) -> anyhow::Result<()> {
         bench,
         postgres: run.postgres.clone(),
         bus: run.parley_bus.clone(),
+        log: run.parley_log.clone(),
     };
     let kinds = run.targets.iter().map(|t| Kind::parse(t)).collect::<anyhow::Result<Vec<_>>>()?;
     let options = Options {

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::TcpListener;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -69,6 +70,8 @@ pub struct Programs {
     pub postgres: Option<String>,
     /// An external bus for Parley (`bus.url`) instead of the embedded rumqttd.
     pub bus: Option<String>,
+    /// Parley's log filter.
+    pub log: String,
 }
 
 /// A started system.
@@ -101,7 +104,7 @@ impl Target {
                     None
                 };
                 let config = dir.path().join("parley.toml");
-                let mut text = parley_config(dir.path(), mqtt_port, http_port, url.as_deref());
+                let mut text = parley_config(dir.path(), mqtt_port, http_port, url.as_deref(), &programs.log);
                 if let Some(bus) = &programs.bus {
                     text.push_str(&format!("\n[bus]\nurl = \"{bus}\"\n"));
                 }
@@ -126,7 +129,9 @@ impl Target {
                 (command, None)
             }
         };
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true);
+        // Whatever a target logs goes to the generator's stderr, apart from its report.
+        let log = Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?);
+        command.stdin(Stdio::null()).stdout(log).stderr(Stdio::inherit()).kill_on_drop(true);
         let child = command.spawn().with_context(|| format!("cannot start {kind}"))?;
         let mut target = Target { kind, mqtt: ("127.0.0.1".into(), mqtt_port), api, child, _dir: dir, database };
         target.wait_ready().await?;
@@ -215,8 +220,8 @@ async fn create_database(admin: &str, name: &str) -> anyhow::Result<String> {
 /// per-conversation message rates are lifted (every simulated device connects
 /// from 127.0.0.1, and a room of 100 members sending at 10/s each is 1000/s
 /// into one conversation), tokens outlive the run, and the log says only
-/// warnings.
-fn parley_config(dir: &Path, mqtt: u16, http: u16, database: Option<&str>) -> String {
+/// warnings (unless `--parley-log` says otherwise).
+fn parley_config(dir: &Path, mqtt: u16, http: u16, database: Option<&str>, log: &str) -> String {
     let database = database.map(|url| format!("url = \"{url}\"\n")).unwrap_or_default();
     format!(
         r#"data_dir = "{data}"
@@ -248,7 +253,7 @@ conversation_rate_per_sec = 1000000
 conversation_burst = 1000000
 
 [log]
-level = "warn"
+level = "{log}"
 "#,
         data = dir.join("data").display(),
     )

@@ -1,7 +1,6 @@
 //! The bridge: takes every uplink from the bus (through a shared subscription, so
 //! several bridges can split the work), applies the domain rules, stores, and
-//! publishes the results to the users' downlink topics. An uplink is
-//! acknowledged on the bus only after its downlinks were handed to the bus.
+//! publishes the results to the users' downlink topics.
 
 mod uplink;
 mod work;
@@ -63,15 +62,11 @@ pub async fn run(
     stats: Arc<BridgeStats>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut options = bus.options("bridge");
-    options.set_manual_acks(true);
-    let (client, mut events) = parley_wire::bus::client(options, 1024);
-    // Downlinks leave on a connection of their own: acknowledgements never wait
-    // behind a window full of publishes (see `work`).
+    // Uplinks are acknowledged to the bus as they arrive (see `work` for why).
+    let (client, mut events) = parley_wire::bus::client(bus.options("bridge"), 1024);
     let downlinks = parley_wire::bus::publisher(bus, "bridge-out", shutdown.child_token());
-    let (tx, rx) = mpsc::channel::<rumqttc::Publish>(1024);
-    let bus_clients = work::Bus { acks: client.clone(), downlinks };
-    let worker = tokio::spawn(work::work(domain, bus_clients, rx, stats.clone()));
+    let (tx, rx) = mpsc::channel::<rumqttc::Publish>(work::MAX_BATCH);
+    let worker = tokio::spawn(work::work(domain, downlinks, rx, stats.clone()));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use parley_wire::bus::{BusEndpoint, MAX_BUS_PACKET};
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, Packet, QoS};
 
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, Strategy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -49,9 +49,17 @@ pub fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
         router: RouterConfig {
             max_connections: 1024,
             max_outgoing_packet_count: 1000,
-            // The database is the record; the bus keeps only a small log.
-            max_segment_size: 1024 * 1024,
+            // The database is the record; the bus keeps only a short log per filter. A
+            // reader that falls behind by a whole segment skips to the oldest kept one
+            // (rumqttd: "read cursor jumped"), so a segment holds what a bridge may lag
+            // in a burst: at 1 MiB, bursts of 10,000 messages a second lost uplinks
+            // (measured with parley-bench; docs/benchmarks.md).
+            max_segment_size: 16 * 1024 * 1024,
             max_segment_count: 2,
+            // Round robin, the default, hands a `$share` member one message per
+            // pass of the router; sticky hands over whatever is waiting, to the
+            // member that has it until it leaves (one bridge per process).
+            shared_subscriptions_strategy: Strategy::Sticky,
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([("internal".to_string(), server)])),

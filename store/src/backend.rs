@@ -38,6 +38,26 @@ pub(crate) fn is_postgres<DB: sqlx::Database>(_: &sqlx::Transaction<'_, DB>) -> 
     DB::NAME == "PostgreSQL"
 }
 
+/// True for a PostgreSQL pool.
+pub(crate) fn is_postgres_pool<DB: sqlx::Database>(_: &sqlx::Pool<DB>) -> bool {
+    DB::NAME == "PostgreSQL"
+}
+
+/// A list of ids as one comma-separated text parameter, for PostgreSQL's
+/// `string_to_array($1, ',')::uuid[]`: the statement text stays the same whatever
+/// the length, so it is prepared once per connection instead of once per length
+/// (sqlx prepares an uncached statement in a round trip of its own).
+pub(crate) fn id_list(ids: impl IntoIterator<Item = uuid::Uuid>) -> String {
+    let mut out = String::new();
+    for (n, id) in ids.into_iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+    }
+    out
+}
+
 /// How a transaction that will write begins: SQLite takes its write lock at once
 /// (a read that later upgrades fails when another connection wrote meanwhile).
 pub(crate) fn begin_writing<DB: sqlx::Database>(_: &sqlx::Pool<DB>) -> &'static str {
@@ -56,6 +76,7 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(10))
+                .test_before_acquire(false)
                 .connect(url)
                 .await?;
             Backend::Postgres(pool)
@@ -69,6 +90,7 @@ impl Store {
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(10))
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await?;
             Backend::Sqlite(pool)

@@ -8,13 +8,18 @@ use parley_wire::{ConversationId, MessageId, UserId};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::backend::on_pool;
+use crate::backend::{id_list, is_postgres, is_postgres_pool, on_pool};
 use crate::conversations::direct_key;
 use crate::events::lock_rows;
 use crate::{NewMessage, Posted, Store, StoreError, Stored, Target};
+use serde_json::json;
 
 /// Rows per multi-row statement, well under both backends' bound-parameter limits.
 const ROWS_PER_STATEMENT: usize = 1000;
+
+/// (sender, client id) pairs per ORed lookup on SQLite, whose expression trees
+/// are at most 1,000 deep (a longer chain of ORs fails the whole batch).
+const PAIRS_PER_SQLITE_STATEMENT: usize = 250;
 
 /// What [`Store::store_messages`] did: one result per message, in order, and how
 /// many of them were stored in the shared transaction.
@@ -51,7 +56,7 @@ impl Store {
         if msgs.len() > 1 {
             match self.store_together(msgs).await {
                 Ok(together) => done = together,
-                Err(e) => tracing::info!(error = %e, "batch fell back to one message at a time"),
+                Err(e) => tracing::warn!(error = %e, "batch fell back to one message at a time"),
             }
         }
         let together = done.iter().filter(|d| d.is_some()).count();
@@ -78,13 +83,25 @@ impl Store {
         let mut by_key: HashMap<String, Uuid> = HashMap::new();
         for chunk in keys.into_iter().collect::<Vec<_>>().chunks(ROWS_PER_STATEMENT) {
             on_pool!(self, |pool| {
-                let mut q = sqlx::QueryBuilder::new("SELECT id, direct_key FROM conversations WHERE direct_key IN (");
-                let mut list = q.separated(", ");
-                for key in chunk {
-                    list.push_bind(key.as_str());
-                }
-                q.push(")");
-                for row in q.build().fetch_all(pool).await? {
+                let rows = if is_postgres_pool(pool) {
+                    // Keys are two hyphenated ids joined by `:`, never a comma.
+                    sqlx::query(
+                        "SELECT id, direct_key FROM conversations WHERE direct_key = ANY(string_to_array($1, ','))",
+                    )
+                    .bind(chunk.join(","))
+                    .fetch_all(pool)
+                    .await?
+                } else {
+                    let mut q =
+                        sqlx::QueryBuilder::new("SELECT id, direct_key FROM conversations WHERE direct_key IN (");
+                    let mut list = q.separated(", ");
+                    for key in chunk {
+                        list.push_bind(key.as_str());
+                    }
+                    q.push(")");
+                    q.build().fetch_all(pool).await?
+                };
+                for row in rows {
                     by_key.insert(row.try_get("direct_key")?, row.try_get("id")?);
                 }
             });
@@ -103,6 +120,9 @@ impl Store {
 
         on_pool!(self, |pool| {
             let mut tx = pool.begin_with(crate::backend::begin_writing(pool)).await?;
+            // PostgreSQL gets statements whose text does not depend on the batch's
+            // size (lists as one parameter), so each is prepared once per connection.
+            let pg = is_postgres(&tx);
             // First messages of 1:1 conversations: the conversations are made here, with
             // both members, unless the recipient does not exist (answered alone).
             let mut missing: BTreeMap<String, (UserId, UserId)> = BTreeMap::new();
@@ -182,32 +202,57 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(vec![None; msgs.len()]);
             }
-            // The conversation rows in id order, as their sequence numbers are taken below.
-            for chunk in conversations.chunks(ROWS_PER_STATEMENT) {
-                lock_rows!(tx, "conversations", chunk.iter().copied());
-            }
-            // Members (and blocks) of every conversation named.
+            // The conversation rows are locked in id order (their sequence numbers are
+            // taken below), and the members (and blocks) of each are read; on
+            // PostgreSQL in one statement.
             let mut members: HashMap<Uuid, Vec<(UserId, bool)>> = HashMap::new();
             for chunk in conversations.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "SELECT conversation_id, user_id, blocked FROM conversation_members WHERE conversation_id IN (",
-                );
-                let mut list = q.separated(", ");
-                for c in chunk {
-                    list.push_bind(*c);
-                }
-                q.push(")");
-                for row in q.build().fetch_all(&mut *tx).await? {
+                let rows = if pg {
+                    sqlx::query(
+                        "SELECT c.id AS conversation_id, m.user_id, m.blocked FROM conversations c \
+                         JOIN conversation_members m ON m.conversation_id = c.id \
+                         WHERE c.id = ANY(string_to_array($1, ',')::uuid[]) ORDER BY c.id FOR NO KEY UPDATE OF c",
+                    )
+                    .bind(id_list(chunk.iter().copied()))
+                    .fetch_all(&mut *tx)
+                    .await?
+                } else {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "SELECT conversation_id, user_id, blocked FROM conversation_members WHERE conversation_id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for c in chunk {
+                        list.push_bind(*c);
+                    }
+                    q.push(")");
+                    q.build().fetch_all(&mut *tx).await?
+                };
+                for row in rows {
                     let entry = members.entry(row.try_get("conversation_id")?).or_default();
                     entry.push((UserId(row.try_get("user_id")?), row.try_get("blocked")?));
                 }
             }
             // Client ids already stored by these senders (retries: answered one by one).
             let mut stored: HashSet<(Uuid, String)> = HashSet::new();
-            for chunk in asked.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new("SELECT sender_id, client_id FROM messages WHERE ");
-                push_pairs!(q, chunk);
-                for row in q.build().fetch_all(&mut *tx).await? {
+            for chunk in asked.chunks(if pg { ROWS_PER_STATEMENT } else { PAIRS_PER_SQLITE_STATEMENT }) {
+                let rows = if pg {
+                    // LATERAL: one unique-index probe per pair, whatever the planner
+                    // guesses of the list's length.
+                    let pairs: Vec<serde_json::Value> =
+                        chunk.iter().map(|(sender, client_id)| json!({"s": sender.0, "c": client_id})).collect();
+                    sqlx::query(
+                        "SELECT m.sender_id, m.client_id FROM json_to_recordset($1::json) AS t(s uuid, c text), \
+                         LATERAL (SELECT sender_id, client_id FROM messages WHERE sender_id = t.s AND client_id = t.c) m",
+                    )
+                    .bind(serde_json::Value::from(pairs).to_string())
+                    .fetch_all(&mut *tx)
+                    .await?
+                } else {
+                    let mut q = sqlx::QueryBuilder::new("SELECT sender_id, client_id FROM messages WHERE ");
+                    push_pairs!(q, chunk);
+                    q.build().fetch_all(&mut *tx).await?
+                };
+                for row in rows {
                     stored.insert((row.try_get("sender_id")?, row.try_get("client_id")?));
                 }
             }
@@ -251,21 +296,35 @@ impl Store {
             let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
             let counted: Vec<(Uuid, (i64, i64))> = per_conversation.into_iter().collect();
             for chunk in counted.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::new("UPDATE conversations SET last_seq = last_seq + CASE id");
-                for (c, (n, _)) in chunk {
-                    q.push(" WHEN ").push_bind(*c).push(" THEN ").push_bind(*n);
-                }
-                q.push(" END, last_message_at = CASE id");
-                for (c, (_, at)) in chunk {
-                    q.push(" WHEN ").push_bind(*c).push(" THEN ").push_bind(*at);
-                }
-                q.push(" END WHERE id IN (");
-                let mut list = q.separated(", ");
-                for (c, _) in chunk {
-                    list.push_bind(*c);
-                }
-                q.push(") RETURNING id, last_seq");
-                for row in q.build().fetch_all(&mut *tx).await? {
+                let rows = if pg {
+                    let rows: Vec<serde_json::Value> =
+                        chunk.iter().map(|(c, (n, at))| json!({"id": c, "n": n, "at": at})).collect();
+                    sqlx::query(
+                        "UPDATE conversations c SET last_seq = c.last_seq + t.n, last_message_at = t.at \
+                         FROM json_to_recordset($1::json) AS t(id uuid, n bigint, at bigint) \
+                         WHERE c.id = t.id RETURNING c.id, c.last_seq",
+                    )
+                    .bind(serde_json::Value::from(rows).to_string())
+                    .fetch_all(&mut *tx)
+                    .await?
+                } else {
+                    let mut q = sqlx::QueryBuilder::new("UPDATE conversations SET last_seq = last_seq + CASE id");
+                    for (c, (n, _)) in chunk {
+                        q.push(" WHEN ").push_bind(*c).push(" THEN ").push_bind(*n);
+                    }
+                    q.push(" END, last_message_at = CASE id");
+                    for (c, (_, at)) in chunk {
+                        q.push(" WHEN ").push_bind(*c).push(" THEN ").push_bind(*at);
+                    }
+                    q.push(" END WHERE id IN (");
+                    let mut list = q.separated(", ");
+                    for (c, _) in chunk {
+                        list.push_bind(*c);
+                    }
+                    q.push(") RETURNING id, last_seq");
+                    q.build().fetch_all(&mut *tx).await?
+                };
+                for row in rows {
                     let id: Uuid = row.try_get("id")?;
                     let last: i64 = row.try_get("last_seq")?;
                     let n = chunk.iter().find(|(c, _)| *c == id).map_or(0, |(_, (n, _))| *n);
@@ -282,6 +341,35 @@ impl Store {
             }
 
             for chunk in accepted.chunks(ROWS_PER_STATEMENT) {
+                // A retry that another transaction stored in the meantime fails the
+                // whole batch; the caller then stores each message alone.
+                if pg {
+                    let rows: Vec<serde_json::Value> = chunk
+                        .iter()
+                        .map(|&i| {
+                            let msg = &msgs[i];
+                            json!({
+                                "id": ids[i].0, "conversation_id": conversation_of[i], "seq": seq_of.get(&i),
+                                "sender_id": msg.sender.0, "client_id": msg.client_id, "kind": msg.kind,
+                                "body": msg.body, "reply_to": msg.reply_to.map(|r| r.0),
+                                "attachment_id": msg.attachment.as_ref().map(|a| a.id),
+                                "attachment": msg.attachment.as_ref().and_then(|a| serde_json::to_string(a).ok()),
+                                "created_at": msg.now_ms,
+                            })
+                        })
+                        .collect();
+                    sqlx::query(
+                        "INSERT INTO messages \
+                         (id, conversation_id, seq, sender_id, client_id, kind, body, reply_to, attachment_id, attachment, created_at) \
+                         SELECT * FROM json_to_recordset($1::json) AS t(id uuid, conversation_id uuid, seq bigint, \
+                         sender_id uuid, client_id text, kind text, body text, reply_to uuid, attachment_id uuid, \
+                         attachment text, created_at bigint)",
+                    )
+                    .bind(serde_json::Value::from(rows).to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    continue;
+                }
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO messages \
                      (id, conversation_id, seq, sender_id, client_id, kind, body, reply_to, attachment_id, attachment, created_at) ",
@@ -300,8 +388,6 @@ impl Store {
                         .push_bind(msg.attachment.as_ref().and_then(|a| serde_json::to_string(a).ok()))
                         .push_bind(msg.now_ms);
                 });
-                // A retry that another transaction stored in the meantime fails the
-                // whole batch; the caller then stores each message alone.
                 q.build().execute(&mut *tx).await?;
             }
 
@@ -318,17 +404,30 @@ impl Store {
             let mut next_event: HashMap<UserId, i64> = HashMap::new();
             for chunk in counted.chunks(ROWS_PER_STATEMENT) {
                 lock_rows!(tx, "users", chunk.iter().map(|(u, _)| u.0));
-                let mut q = sqlx::QueryBuilder::new("UPDATE users SET last_event_seq = last_event_seq + CASE id");
-                for (u, n) in chunk {
-                    q.push(" WHEN ").push_bind(u.0).push(" THEN ").push_bind(*n);
-                }
-                q.push(" END WHERE id IN (");
-                let mut list = q.separated(", ");
-                for (u, _) in chunk {
-                    list.push_bind(u.0);
-                }
-                q.push(") RETURNING id, last_event_seq");
-                for row in q.build().fetch_all(&mut *tx).await? {
+                let rows = if pg {
+                    let rows: Vec<serde_json::Value> = chunk.iter().map(|(u, n)| json!({"id": u.0, "n": n})).collect();
+                    sqlx::query(
+                        "UPDATE users u SET last_event_seq = u.last_event_seq + t.n \
+                         FROM json_to_recordset($1::json) AS t(id uuid, n bigint) \
+                         WHERE u.id = t.id RETURNING u.id, u.last_event_seq",
+                    )
+                    .bind(serde_json::Value::from(rows).to_string())
+                    .fetch_all(&mut *tx)
+                    .await?
+                } else {
+                    let mut q = sqlx::QueryBuilder::new("UPDATE users SET last_event_seq = last_event_seq + CASE id");
+                    for (u, n) in chunk {
+                        q.push(" WHEN ").push_bind(u.0).push(" THEN ").push_bind(*n);
+                    }
+                    q.push(" END WHERE id IN (");
+                    let mut list = q.separated(", ");
+                    for (u, _) in chunk {
+                        list.push_bind(u.0);
+                    }
+                    q.push(") RETURNING id, last_event_seq");
+                    q.build().fetch_all(&mut *tx).await?
+                };
+                for row in rows {
                     let user = UserId(row.try_get("id")?);
                     let last: i64 = row.try_get("last_event_seq")?;
                     let n = chunk.iter().find(|(u, _)| *u == user).map_or(0, |(_, n)| *n);
@@ -349,6 +448,25 @@ impl Store {
                 deliveries.insert(i, taken);
             }
             for chunk in events.chunks(ROWS_PER_STATEMENT) {
+                if pg {
+                    let rows: Vec<serde_json::Value> = chunk
+                        .iter()
+                        .map(|(i, user, seq)| {
+                            json!({"user_id": user.0, "seq": seq, "conversation_id": conversation_of[*i],
+                                   "message_id": ids[*i].0, "created_at": msgs[*i].now_ms})
+                        })
+                        .collect();
+                    sqlx::query(
+                        "INSERT INTO user_events (user_id, seq, kind, conversation_id, message_id, body, created_at) \
+                         SELECT user_id, seq, 'message', conversation_id, message_id, '{}', created_at \
+                         FROM json_to_recordset($1::json) \
+                         AS t(user_id uuid, seq bigint, conversation_id uuid, message_id uuid, created_at bigint)",
+                    )
+                    .bind(serde_json::Value::from(rows).to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    continue;
+                }
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO user_events (user_id, seq, kind, conversation_id, message_id, body, created_at) ",
                 );

@@ -44,13 +44,14 @@ pub struct EventPage {
 macro_rules! lock_rows {
     ($tx:expr, $table:literal, $ids:expr) => {{
         if $crate::backend::is_postgres(&$tx) {
-            let mut lock = sqlx::QueryBuilder::new(concat!("SELECT id FROM ", $table, " WHERE id IN ("));
-            let mut list = lock.separated(", ");
-            for id in $ids {
-                list.push_bind(id);
-            }
-            lock.push(") ORDER BY id FOR NO KEY UPDATE");
-            lock.build().execute(&mut *$tx).await?;
+            sqlx::query(concat!(
+                "SELECT id FROM ",
+                $table,
+                " WHERE id = ANY(string_to_array($1, ',')::uuid[]) ORDER BY id FOR NO KEY UPDATE"
+            ))
+            .bind($crate::backend::id_list($ids))
+            .execute(&mut *$tx)
+            .await?;
         }
     }};
 }

@@ -4,9 +4,16 @@
 
 use parley_store::testing::{migrated_store as store, new_user, text_message, Backend};
 use parley_store::{NewGroup, NewMessage, NewUser, SettingsChange, Store, StoreError, Stored, Target};
+use parley_wire::payloads::Attachment;
 use parley_wire::{ConversationId, MessageId, Role, UserId};
+use uuid::Uuid;
 
-parley_store::both_backends!(a_batch_answers_each_message_as_if_stored_alone, a_batch_of_one_group_keeps_its_order);
+parley_store::both_backends!(
+    a_batch_answers_each_message_as_if_stored_alone,
+    a_batch_of_one_group_keeps_its_order,
+    a_batch_stores_every_field_as_given,
+    a_full_batch_is_stored_together
+);
 
 /// The people of the scene, the same ids in every database it is played in.
 struct Cast {
@@ -154,4 +161,64 @@ async fn a_batch_of_one_group_keeps_its_order(backend: Backend) {
         let seqs: Vec<i64> = page.events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=page.last_seq).collect::<Vec<_>>(), "member {k}'s log has no gap");
     }
+}
+
+/// Whatever a message carries is read back as given: quotes, backslashes,
+/// newlines and other scripts in ids and texts, an attachment, a reply.
+async fn a_batch_stores_every_field_as_given(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else { return };
+    let cast = Cast::new();
+    let seed = cast.set(&store).await;
+    let (a, b) = (cast.id(0), cast.id(1));
+    let upload = Uuid::now_v7();
+    let attachment = Attachment {
+        id: upload,
+        content_type: "image/png".into(),
+        size: 4096,
+        filename: Some("été \"quoted\".png".into()),
+    };
+    store.insert_upload(a, &attachment, 5).await.expect("upload");
+    let odd = NewMessage {
+        body: "line 1\nline \"2\" \\ \u{1F600} 中文 ',' {}".into(),
+        ..msg(a, Target::Direct(b), "id \"with\" , quotes\\", None)
+    };
+    let media = NewMessage {
+        kind: "image",
+        body: String::new(),
+        attachment: Some(attachment.clone()),
+        reply_to: Some(seed),
+        ..msg(a, Target::Direct(b), "media", None)
+    };
+    let outcome = store.store_messages(&[odd.clone(), media.clone()]).await;
+    assert_eq!(outcome.together, 2);
+    for (sent, result) in [odd, media].iter().zip(&outcome.results) {
+        let answered = result.as_ref().expect("stored").clone().into_inner().message;
+        let read = store.message(answered.id).await.expect("read").expect("row");
+        assert_eq!(read, answered, "read back as answered");
+        assert_eq!((read.client_id.as_str(), read.text.as_str()), (sent.client_id.as_str(), sent.body.as_str()));
+        assert_eq!((read.kind.as_str(), read.reply_to), (sent.kind, sent.reply_to));
+        assert_eq!(read.attachment, sent.attachment);
+        assert_eq!(read.sent_at.timestamp_millis(), sent.now_ms);
+    }
+}
+
+/// The bridge's largest batch (1,000 messages) is one transaction on both
+/// backends: no statement of it runs into a limit of the database.
+async fn a_full_batch_is_stored_together(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else { return };
+    let cast = Cast::new();
+    cast.set(&store).await;
+    let (a, b, d) = (cast.id(0), cast.id(1), cast.id(3));
+    let batch: Vec<NewMessage> = (0..1000)
+        .map(|k| match k % 3 {
+            0 => msg(a, Target::Direct(b), &format!("f{k}"), None),
+            1 => msg(b, Target::Direct(d), &format!("f{k}"), None),
+            _ => msg(d, Target::Direct(a), &format!("f{k}"), None),
+        })
+        .collect();
+    let outcome = store.store_messages(&batch).await;
+    assert_eq!(outcome.together, 1000);
+    assert!(outcome.results.iter().all(|r| matches!(r, Ok(Stored::New(_)))));
+    let page = store.events_after(a, 0, 1000).await.expect("events");
+    assert_eq!(page.events.len(), 667 + 1 + 1, "a's log: 667 new, the seed and the message to c");
 }
