@@ -43,6 +43,11 @@ macro_rules! push_pairs {
     }};
 }
 
+/// Rows as one JSON array: the single parameter of PostgreSQL's `json_to_recordset($1::json)`.
+fn records(rows: Vec<serde_json::Value>) -> String {
+    serde_json::Value::from(rows).to_string()
+}
+
 impl Store {
     /// Stores `msgs` as [`Store::store_message`] would one after another, and
     /// answers each in order. The ones that store something (the first message of
@@ -244,7 +249,7 @@ impl Store {
                         "SELECT m.sender_id, m.client_id FROM json_to_recordset($1::json) AS t(s uuid, c text), \
                          LATERAL (SELECT sender_id, client_id FROM messages WHERE sender_id = t.s AND client_id = t.c) m",
                     )
-                    .bind(serde_json::Value::from(pairs).to_string())
+                    .bind(records(pairs))
                     .fetch_all(&mut *tx)
                     .await?
                 } else {
@@ -304,7 +309,7 @@ impl Store {
                          FROM json_to_recordset($1::json) AS t(id uuid, n bigint, at bigint) \
                          WHERE c.id = t.id RETURNING c.id, c.last_seq",
                     )
-                    .bind(serde_json::Value::from(rows).to_string())
+                    .bind(records(rows))
                     .fetch_all(&mut *tx)
                     .await?
                 } else {
@@ -365,7 +370,7 @@ impl Store {
                          sender_id uuid, client_id text, kind text, body text, reply_to uuid, attachment_id uuid, \
                          attachment text, created_at bigint)",
                     )
-                    .bind(serde_json::Value::from(rows).to_string())
+                    .bind(records(rows))
                     .execute(&mut *tx)
                     .await?;
                     continue;
@@ -411,7 +416,7 @@ impl Store {
                          FROM json_to_recordset($1::json) AS t(id uuid, n bigint) \
                          WHERE u.id = t.id RETURNING u.id, u.last_event_seq",
                     )
-                    .bind(serde_json::Value::from(rows).to_string())
+                    .bind(records(rows))
                     .fetch_all(&mut *tx)
                     .await?
                 } else {
@@ -462,7 +467,7 @@ impl Store {
                          FROM json_to_recordset($1::json) \
                          AS t(user_id uuid, seq bigint, conversation_id uuid, message_id uuid, created_at bigint)",
                     )
-                    .bind(serde_json::Value::from(rows).to_string())
+                    .bind(records(rows))
                     .execute(&mut *tx)
                     .await?;
                     continue;
