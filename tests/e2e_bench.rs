@@ -39,12 +39,17 @@ fn options(workload: Workload, devices: usize, rate: f64, seconds: f64) -> Optio
     }
 }
 
+/// Starts `kind` fresh, runs the workload against it, stops it, and returns the report.
+async fn run(kind: Kind, options: &Options) -> parley_bench::report::Report {
+    let target = Target::start(kind, &programs()).await.expect("target starts");
+    let report = workloads::run(&target, options).await;
+    target.stop().await.expect("stops");
+    report.expect("the run completes")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_chat_run_against_parley_delivers_everything_once_and_in_order() {
-    let target = Target::start(Kind::ParleySqlite, &programs()).await.expect("parley starts");
-    let report = workloads::run(&target, &options(Workload::Chat, 10, 100.0, 2.0)).await;
-    target.stop().await.expect("stops");
-    let report = report.expect("the run completes");
+    let report = run(Kind::ParleySqlite, &options(Workload::Chat, 10, 100.0, 2.0)).await;
     assert!(report.sent >= 200, "{report:?}");
     assert_eq!(report.acked, report.sent, "every message stored: {report:?}");
     assert_eq!(report.delivered, report.sent, "each 1:1 message reaches the other member: {report:?}");
@@ -56,23 +61,17 @@ async fn a_short_chat_run_against_parley_delivers_everything_once_and_in_order()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_run_against_mosquitto_counts_pubacks_as_acknowledgements() {
-    let target = Target::start(Kind::Mosquitto, &programs()).await.expect("mosquitto starts");
-    let report = workloads::run(&target, &options(Workload::Chat, 10, 100.0, 2.0)).await;
-    target.stop().await.expect("stops");
-    let report = report.expect("the run completes");
+    let report = run(Kind::Mosquitto, &options(Workload::Chat, 10, 100.0, 2.0)).await;
     assert!(report.sent >= 200, "{report:?}");
     assert_eq!((report.acked, report.delivered, report.lost), (report.sent, report.sent, 0), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_the_fault_proxy_nothing_acknowledged_is_lost_or_stored_twice() {
-    let target = Target::start(Kind::ParleySqlite, &programs()).await.expect("parley starts");
     let mut faults = options(Workload::Faults, 10, 40.0, 5.0);
     faults.keep_alive_secs = 2;
     faults.fault_every = Duration::from_millis(150);
-    let report = workloads::run(&target, &faults).await;
-    target.stop().await.expect("stops");
-    let report = report.expect("the run completes");
+    let report = run(Kind::ParleySqlite, &faults).await;
     assert!(report.dropped + report.blackholed >= 10, "the proxy did its job: {report:?}");
     assert!(report.reconnects >= 5, "{report:?}");
     assert_eq!(report.acked, report.sent, "every message stored in the end: {report:?}");

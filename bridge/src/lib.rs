@@ -21,7 +21,7 @@ pub use uplink::{handle_messages, handle_uplink};
 /// A running bridge's counters and state, for operators and tests.
 #[derive(Debug)]
 pub struct BridgeStats {
-    /// Uplinks (and presence reports) this bridge handled and acknowledged.
+    /// Uplinks (and presence reports) this bridge handled (downlinks handed to the bus).
     pub uplinks_handled: AtomicU64,
     /// Messages stored in a transaction shared with others of the same batch.
     pub stored_together: AtomicU64,

@@ -2,7 +2,7 @@
 //! message, stored concurrently, must be stored once and answered identically.
 //! Asserted on SQLite and PostgreSQL.
 
-use parley_store::testing::{migrated_store as store, new_user, Backend};
+use parley_store::testing::{migrated_store as store, new_user, text_message, Backend};
 use parley_store::{NewGroup, NewMessage, NewUser, Store, Stored, Target};
 use parley_wire::{ConversationId, UserId};
 
@@ -13,16 +13,7 @@ fn user(name: &str) -> NewUser {
 }
 
 fn msg(from: UserId, target: Target, client_id: &str) -> NewMessage {
-    NewMessage {
-        sender: from,
-        target,
-        client_id: client_id.into(),
-        kind: "text",
-        body: format!("text {client_id}"),
-        reply_to: None,
-        attachment: None,
-        now_ms: 10_000,
-    }
+    text_message(from, target, client_id, 10_000)
 }
 
 /// Stores `copies` copies of `m` at once; returns how many were new and their message ids.
