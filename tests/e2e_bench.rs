@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use parley_bench::targets::{Kind, Programs, Target};
+use parley_bench::transport::Transport;
 use parley_bench::workloads::{self, Options, Workload};
 
-fn programs() -> Programs {
+fn programs(transport: Transport) -> Programs {
     Programs {
         parley: PathBuf::from(env!("CARGO_BIN_EXE_parley")),
         mosquitto: PathBuf::from("mosquitto"),
@@ -16,6 +17,7 @@ fn programs() -> Programs {
         postgres: None,
         bus: None,
         log: "warn".into(),
+        transport,
     }
 }
 
@@ -41,7 +43,11 @@ fn options(workload: Workload, devices: usize, rate: f64, seconds: f64) -> Optio
 
 /// Starts `kind` fresh, runs the workload against it, stops it, and returns the report.
 async fn run(kind: Kind, options: &Options) -> parley_bench::report::Report {
-    let target = Target::start(kind, &programs()).await.expect("target starts");
+    run_over(kind, Transport::Mqtt, options).await
+}
+
+async fn run_over(kind: Kind, transport: Transport, options: &Options) -> parley_bench::report::Report {
+    let target = Target::start(kind, &programs(transport)).await.expect("target starts");
     let report = workloads::run(&target, options).await;
     target.stop().await.expect("stops");
     report.expect("the run completes")
@@ -77,4 +83,22 @@ async fn under_the_fault_proxy_nothing_acknowledged_is_lost_or_stored_twice() {
     assert_eq!(report.acked, report.sent, "every message stored in the end: {report:?}");
     assert_eq!((report.lost, report.duplicates, report.unacknowledged), (0, 0, 0), "{report:?}");
     assert_eq!(report.delivered, report.sent, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_websocket_on_tls_the_run_is_as_clean_and_idle_devices_are_measured_over_tls() {
+    // The devices reach only the gate's wss listener (the target's address), so
+    // every message went through a TLS and a WebSocket handshake and framing.
+    let report = run_over(Kind::ParleySqlite, Transport::Wss, &options(Workload::Chat, 10, 100.0, 2.0)).await;
+    assert_eq!(report.transport, Transport::Wss);
+    assert!(report.sent >= 200, "{report:?}");
+    assert_eq!((report.acked, report.delivered), (report.sent, report.sent), "{report:?}");
+    assert_eq!((report.lost, report.duplicates, report.out_of_order), (0, 0, 0), "{report:?}");
+
+    let idle = run_over(Kind::ParleySqlite, Transport::Mqtts, &options(Workload::Idle, 50, 0.0, 0.0)).await;
+    assert!(idle.rss_per_device.is_some_and(|b| b > 0.0), "{idle:?}");
+    assert!(idle.connects_per_sec > 0.0, "{idle:?}");
+
+    let refused = Target::start(Kind::Rumqttd, &programs(Transport::Ws)).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("TCP only")));
 }

@@ -281,3 +281,111 @@ async fn queued_messages_expire_and_disconnect_may_extend_the_session() {
     assert!(no_publish_within(&mut o, QUIET).await);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscriptions_give_each_message_to_one_member_of_each_group() {
+    let app = app("*").await;
+    let (mut p, ack) = v5_client(app.mqtt, &connect_info(None, "publisher")).await;
+    assert_eq!(ack.properties.expect("properties").shared_subscription_available, Some(1));
+    let (mut w1, _) = v5_client(app.mqtt, &connect_info(None, "worker-1")).await;
+    let (mut w2, _) = v5_client(app.mqtt, &connect_info(None, "worker-2")).await;
+    let (mut audit, _) = v5_client(app.mqtt, &connect_info(None, "auditor")).await;
+    let (mut plain, _) = v5_client(app.mqtt, &connect_info(None, "plain")).await;
+    // A retained message before the groups exist (seen going by): shared subscriptions never get it.
+    assert_eq!(subscribe_with(&mut plain, filter("jobs/#", 1), None).await, granted(QoS::AtLeastOnce));
+    publish_acked(&mut p, message("jobs/retained", "old", 1, true, 1)).await;
+    assert_eq!(next_publish(&mut plain).await.payload.as_ref(), b"old");
+    for w in [&mut w1, &mut w2] {
+        assert_eq!(subscribe_with(w, filter("$share/workers/jobs/#", 1), Some(7)).await, granted(QoS::AtLeastOnce));
+    }
+    assert_eq!(subscribe_with(&mut audit, filter("$share/audit/jobs/+", 0), None).await, granted(QoS::AtMostOnce));
+    let (mut late, _) = v5_client(app.mqtt, &connect_info(None, "late plain")).await;
+    assert_eq!(subscribe_with(&mut late, filter("jobs/#", 1), None).await, granted(QoS::AtLeastOnce));
+    assert_eq!(next_publish(&mut late).await.payload.as_ref(), b"old", "a plain subscription gets it");
+
+    for i in 0..10u16 {
+        publish_acked(&mut p, message(&format!("jobs/{i}"), &format!("job {i}"), 1, false, 10 + i)).await;
+    }
+    let mut got = Vec::new();
+    let mut per_worker = [0, 0];
+    while got.len() < 10 {
+        let (n, publish) = tokio::select! {
+            publish = next_publish(&mut w1) => (0, publish),
+            publish = next_publish(&mut w2) => (1, publish),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("only {} of 10 reached the workers", got.len()),
+        };
+        assert_eq!(publish.qos, QoS::AtLeastOnce);
+        assert!(!publish.retain);
+        assert_eq!(publish.properties.expect("properties").subscription_identifiers, [7]);
+        per_worker[n] += 1;
+        got.push(String::from_utf8_lossy(&publish.payload).into_owned());
+    }
+    got.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("job {i}")).collect();
+    expected.sort();
+    assert_eq!(got, expected, "each message reached exactly one worker");
+    assert_eq!(per_worker, [5, 5], "the workers take turns");
+    assert!(no_publish_within(&mut w1, QUIET).await && no_publish_within(&mut w2, QUIET).await);
+    for i in 0..10 {
+        let m = next_publish(&mut audit).await;
+        assert_eq!((m.payload, m.qos), (Bytes::from(format!("job {i}")), QoS::AtMostOnce), "a group of one gets all");
+        assert_eq!(next_publish(&mut plain).await.payload, Bytes::from(format!("job {i}")), "plain gets all");
+    }
+
+    // A member that leaves: the group is the one left.
+    drop(w1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..4u16 {
+        publish_acked(&mut p, message("jobs/x", &format!("later {i}"), 1, false, 30 + i)).await;
+    }
+    for i in 0..4 {
+        assert_eq!(next_publish(&mut w2).await.payload, Bytes::from(format!("later {i}")));
+    }
+    // Unsubscribing uses the whole shared filter.
+    send(&mut w2, Inbound::Unsubscribe { pkid: 5, filters: vec!["$share/workers/jobs/#".into()] }).await;
+    loop {
+        if let Some(v5::Packet::UnsubAck(_)) = w2.next_v5().await {
+            break;
+        }
+    }
+    publish_acked(&mut p, message("jobs/x", "nobody", 1, false, 40)).await;
+    assert!(no_publish_within(&mut w2, QUIET).await);
+
+    // Malformed shared filters, Parley's own topics, and No Local (a protocol error).
+    let alice = app.user("alice").await;
+    let (mut u, _) = v5_client(app.mqtt, &connect_info(Some(&alice), "alice-v5")).await;
+    for (f, code) in [
+        ("$share//jobs/#", v5::SubscribeReasonCode::TopicFilterInvalid),
+        ("$share/g", v5::SubscribeReasonCode::TopicFilterInvalid),
+        ("$share/g+/jobs", v5::SubscribeReasonCode::TopicFilterInvalid),
+        (&format!("$share/g/to/{}/#", alice.id), v5::SubscribeReasonCode::NotAuthorized),
+        ("$share/g/$SYS/#", v5::SubscribeReasonCode::NotAuthorized),
+    ] {
+        assert_eq!(subscribe_with(&mut u, filter(f, 1), None).await, code, "{f}");
+    }
+    let no_local = SubscribeFilter { no_local: true, ..filter("$share/g/jobs/#", 1) };
+    send(&mut u, Inbound::Subscribe { pkid: 3, filters: vec![no_local], id: None }).await;
+    assert_eq!(common::v5::disconnect_reason(&mut u).await, v5::DisconnectReasonCode::ProtocolError);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_with_no_connected_member_queues_for_a_persistent_one() {
+    let app = app("*").await;
+    let waiting = ConnectInfo { clean_start: false, session_expiry: Some(60), ..connect_info(None, "waiting member") };
+    let (mut w, _) = v5_client(app.mqtt, &waiting).await;
+    subscribe_with(&mut w, filter("$share/late/jobs/#", 1), None).await;
+    let (mut gone, _) = v5_client(app.mqtt, &connect_info(None, "clean member")).await;
+    subscribe_with(&mut gone, filter("$share/late/jobs/#", 1), None).await;
+    drop(w);
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut p, _) = v5_client(app.mqtt, &connect_info(None, "publisher")).await;
+    publish_acked(&mut p, message("jobs/a", "qos 0 is not kept", 0, false, 0)).await;
+    publish_acked(&mut p, message("jobs/a", "kept", 1, false, 1)).await;
+    let (mut w, ack) = v5_client(app.mqtt, &ConnectInfo { clean_start: false, ..waiting }).await;
+    assert!(ack.session_present);
+    assert_eq!(next_publish(&mut w).await.payload.as_ref(), b"kept");
+    assert!(no_publish_within(&mut w, QUIET).await);
+    app.stop().await;
+}

@@ -174,7 +174,7 @@ impl FromRequestParts<AppState> for Client {
         // Behind a trusted proxy the last X-Forwarded-For entry is the address the proxy saw.
         let forwarded = state
             .trust_forwarded_for
-            .then(|| parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).last())
+            .then(|| parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).next_back())
             .flatten()
             .and_then(|v| v.rsplit(',').next())
             .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())

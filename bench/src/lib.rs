@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod report;
 pub mod targets;
 pub mod tracker;
+pub mod transport;
 pub mod workloads;
 
 /// Locks a mutex; a panic elsewhere while holding it leaves counts still worth reading.

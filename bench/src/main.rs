@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use parley_bench::report::{table, Report};
 use parley_bench::targets::{Kind, Programs, Target};
+use parley_bench::transport::Transport;
 use parley_bench::workloads::{self, Options, Workload};
 
 #[derive(Parser)]
@@ -45,6 +46,11 @@ struct Run {
     /// Parley's log filter (`log.level`), e.g. `warn,parley_bridge=debug` to see each batch.
     #[arg(long, default_value = "warn")]
     parley_log: String,
+    /// How devices connect: MQTT over TCP, TLS (mqtts), WebSocket (ws) or WebSocket on
+    /// TLS (wss). The devices speak MQTT to a proxy in this process that carries it
+    /// over the transport, so the server does a phone's or a browser's work.
+    #[arg(long, value_enum, default_value_t = Transport::Mqtt)]
+    transport: Transport,
     /// Simulated devices (one account each).
     #[arg(long, default_value_t = 100)]
     devices: usize,
@@ -109,6 +115,7 @@ async fn bench(run: Run) -> anyhow::Result<()> {
         postgres: run.postgres.clone(),
         bus: run.parley_bus.clone(),
         log: run.parley_log.clone(),
+        transport: run.transport,
     };
     let kinds = run.targets.iter().map(|t| Kind::parse(t)).collect::<anyhow::Result<Vec<_>>>()?;
     let options = Options {

@@ -3,21 +3,25 @@
 //! once (a reconnect storm), and in fault mode it drops or blackholes random
 //! connections. A blackholed connection swallows what either side sends and
 //! stays open, so the server only learns of it from its keepalive, as with a
-//! phone that went into a tunnel.
+//! phone that went into a tunnel. It also carries the devices' plain MQTT to
+//! the server over TLS or WebSocket when the run asks for those transports.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rand::seq::IteratorRandom;
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::lock;
+use crate::transport::{self, Transport, Upstream};
 
 #[derive(Clone)]
 struct Link {
@@ -39,8 +43,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listens on a free loopback port and forwards to `upstream`.
-    pub async fn start(upstream: (String, u16), stop: CancellationToken) -> anyhow::Result<Arc<Proxy>> {
+    /// Listens on a free loopback port and forwards to `upstream` over `transport`
+    /// (`tls`: the client configuration for the TLS ones).
+    pub async fn start(
+        upstream: (String, u16),
+        transport: Transport,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Arc<Proxy>> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let proxy =
             Arc::new(Proxy { port: listener.local_addr()?.port(), links: Mutex::default(), faults: Faults::default() });
@@ -54,10 +64,12 @@ impl Proxy {
                 };
                 let Ok((device, _)) = accepted else { continue };
                 next += 1;
-                let (proxy, upstream, stop) = (accepting.clone(), upstream.clone(), stop.child_token());
+                let (proxy, upstream, tls, stop) =
+                    (accepting.clone(), upstream.clone(), tls.clone(), stop.child_token());
                 tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect((upstream.0.as_str(), upstream.1)).await {
-                        proxy.forward(next, device, server, stop).await;
+                    match transport::connect(transport, &upstream, tls.as_ref()).await {
+                        Ok(server) => proxy.forward(next, device, server, stop).await,
+                        Err(e) => eprintln!("proxy: cannot reach the server over {}: {e:#}", transport.name()),
                     }
                 });
             }
@@ -65,14 +77,24 @@ impl Proxy {
         Ok(proxy)
     }
 
-    async fn forward(&self, id: u64, device: TcpStream, server: TcpStream, kill: CancellationToken) {
+    async fn forward(&self, id: u64, device: TcpStream, server: Upstream, kill: CancellationToken) {
         let _ = device.set_nodelay(true);
-        let _ = server.set_nodelay(true);
         let link = Link { kill, hole: Arc::new(AtomicBool::new(false)) };
         lock(&self.links).insert(id, link.clone());
         let (device_read, device_write) = device.into_split();
-        let (server_read, server_write) = server.into_split();
-        tokio::join!(pump(device_read, server_write, &link), pump(server_read, device_write, &link));
+        match server {
+            Upstream::Stream(server) => {
+                let (server_read, server_write) = tokio::io::split(server);
+                tokio::join!(pump(device_read, server_write, &link), pump(server_read, device_write, &link));
+            }
+            Upstream::WebSocket(ws) => {
+                let (server_write, server_read) = ws.split();
+                tokio::join!(
+                    pump_to_ws(device_read, server_write, &link),
+                    pump_from_ws(server_read, device_write, &link)
+                );
+            }
+        }
         lock(&self.links).remove(&id);
     }
 
@@ -122,28 +144,88 @@ impl Proxy {
 
 /// Copies one direction until either side closes or the link is killed; while
 /// blackholed it reads and discards, and an end seen then waits for the kill.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, link: &Link) {
+async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, link: &Link) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let read = tokio::select! {
-            _ = link.kill.cancelled() => break,
-            read = from.read(&mut buf) => read,
-        };
-        let n = match read {
-            Ok(n) if n > 0 => n,
-            _ => {
-                if link.hole.load(Relaxed) {
-                    link.kill.cancelled().await;
-                }
-                break;
-            }
-        };
+        let Some(n) = link.next(from.read(&mut buf)).await else { break };
         if link.hole.load(Relaxed) {
             continue;
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
             break;
         }
     }
     link.kill.cancel();
+}
+
+/// [`pump`] from the device to a WebSocket: what one read brings is one binary message.
+async fn pump_to_ws(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl Sink<Message, Error = tungstenite::Error> + Unpin,
+    link: &Link,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Some(n) = link.next(from.read(&mut buf)).await else { break };
+        if link.hole.load(Relaxed) {
+            continue;
+        }
+        if to.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+            break;
+        }
+    }
+    link.kill.cancel();
+}
+
+/// [`pump`] from a WebSocket to the device: binary messages' bytes, in order.
+async fn pump_from_ws(
+    mut from: impl Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    link: &Link,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = link.kill.cancelled() => break,
+            next = from.next() => next,
+        };
+        let data = match next {
+            Some(Ok(Message::Binary(data))) => data,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                link.end().await;
+                break;
+            }
+            Some(Ok(_)) => continue,
+        };
+        if link.hole.load(Relaxed) || data.is_empty() {
+            continue;
+        }
+        if to.write_all(&data).await.is_err() || to.flush().await.is_err() {
+            break;
+        }
+    }
+    link.kill.cancel();
+}
+
+impl Link {
+    /// The next read's byte count, or `None` when the link ends: killed, or the
+    /// side read from closed (while blackholed, an end waits for the kill).
+    async fn next(&self, read: impl std::future::Future<Output = std::io::Result<usize>>) -> Option<usize> {
+        let read = tokio::select! {
+            _ = self.kill.cancelled() => return None,
+            read = read => read,
+        };
+        match read {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.end().await;
+                None
+            }
+        }
+    }
+
+    async fn end(&self) {
+        if self.hole.load(Relaxed) {
+            self.kill.cancelled().await;
+        }
+    }
 }

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::transport::Transport;
+
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Percentiles {
@@ -38,6 +40,8 @@ impl Percentiles {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub target: String,
+    /// How the devices reached it.
+    pub transport: Transport,
     pub workload: String,
     pub devices: usize,
     /// Members per conversation (2 for 1:1 chat).
@@ -95,7 +99,7 @@ pub fn table(reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:<9} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>5} {:>5} {:>9}",
+        "{:<20} {:<9} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>5} {:>5} {:>9}",
         "target",
         "workload",
         "devs",
@@ -113,10 +117,14 @@ pub fn table(reports: &[Report]) -> String {
         "rss/dev"
     );
     for r in reports {
+        let target = match r.transport {
+            Transport::Mqtt => r.target.clone(),
+            other => format!("{}/{}", r.target, other.name()),
+        };
         let _ = writeln!(
             out,
-            "{:<16} {:<9} {:>6} {:>8.0} {:>9.0} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>5} {:>5} {:>5} {:>9}",
-            r.target,
+            "{:<20} {:<9} {:>6} {:>8.0} {:>9.0} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>5} {:>5} {:>5} {:>9}",
+            target,
             r.workload,
             r.devices,
             r.rate,

@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
 use sqlx::Connection;
 use tokio::process::{Child, Command};
+
+use crate::transport::{Cert, Transport};
 
 /// Which system a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -72,12 +76,18 @@ pub struct Programs {
     pub bus: Option<String>,
     /// Parley's log filter.
     pub log: String,
+    /// How devices reach the target.
+    pub transport: Transport,
 }
 
 /// A started system.
 pub struct Target {
     pub kind: Kind,
+    /// Where devices connect, over `transport`.
     pub mqtt: (String, u16),
+    pub transport: Transport,
+    /// For the TLS transports: a client configuration trusting the run's certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Parley's HTTP API.
     pub api: Option<String>,
     child: Child,
@@ -89,7 +99,17 @@ pub struct Target {
 impl Target {
     pub async fn start(kind: Kind, programs: &Programs) -> anyhow::Result<Target> {
         let dir = tempfile::tempdir().context("no temporary directory")?;
+        let transport = programs.transport;
+        if transport != Transport::Mqtt && kind == Kind::Rumqttd {
+            bail!("the rumqttd peer speaks MQTT over TCP only (it is built without TLS and WebSocket)");
+        }
+        let cert = match transport {
+            Transport::Mqtt => None,
+            _ => Some(Cert::new(dir.path())?),
+        };
+        // The targets keep a plain TCP listener on `mqtt_port`; devices use `device_port`.
         let mqtt_port = free_port()?;
+        let device_port = if transport == Transport::Mqtt { mqtt_port } else { free_port()? };
         let mut database = None;
         let (mut command, api) = match kind {
             Kind::ParleySqlite | Kind::ParleyPostgres => {
@@ -104,7 +124,9 @@ impl Target {
                     None
                 };
                 let config = dir.path().join("parley.toml");
-                let mut text = parley_config(dir.path(), mqtt_port, http_port, url.as_deref(), &programs.log);
+                let listener = parley_listener(transport, device_port, cert.as_ref());
+                let mut text =
+                    parley_config(dir.path(), mqtt_port, &listener, http_port, url.as_deref(), &programs.log);
                 if let Some(bus) = &programs.bus {
                     text.push_str(&format!("\n[bus]\nurl = \"{bus}\"\n"));
                 }
@@ -123,7 +145,7 @@ impl Target {
             }
             Kind::Mosquitto => {
                 let config = dir.path().join("mosquitto.conf");
-                std::fs::write(&config, mosquitto_config(mqtt_port))?;
+                std::fs::write(&config, mosquitto_config(mqtt_port, device_port, transport, cert.as_ref()))?;
                 let mut command = Command::new(installed(&programs.mosquitto));
                 command.arg("-c").arg(&config);
                 (command, None)
@@ -133,7 +155,16 @@ impl Target {
         let log = Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?);
         command.stdin(Stdio::null()).stdout(log).stderr(Stdio::inherit()).kill_on_drop(true);
         let child = command.spawn().with_context(|| format!("cannot start {kind}"))?;
-        let mut target = Target { kind, mqtt: ("127.0.0.1".into(), mqtt_port), api, child, _dir: dir, database };
+        let mut target = Target {
+            kind,
+            mqtt: ("127.0.0.1".into(), device_port),
+            transport,
+            tls: cert.map(|c| c.client),
+            api,
+            child,
+            _dir: dir,
+            database,
+        };
         target.wait_ready().await?;
         Ok(target)
     }
@@ -221,7 +252,7 @@ async fn create_database(admin: &str, name: &str) -> anyhow::Result<String> {
 /// from 127.0.0.1, and a room of 100 members sending at 10/s each is 1000/s
 /// into one conversation), tokens outlive the run, and the log says only
 /// warnings (unless `--parley-log` says otherwise).
-fn parley_config(dir: &Path, mqtt: u16, http: u16, database: Option<&str>, log: &str) -> String {
+fn parley_config(dir: &Path, mqtt: u16, listener: &str, http: u16, database: Option<&str>, log: &str) -> String {
     let database = database.map(|url| format!("url = \"{url}\"\n")).unwrap_or_default();
     format!(
         r#"data_dir = "{data}"
@@ -234,8 +265,7 @@ listen = "127.0.0.1:{http}"
 
 [mqtt]
 listen = "127.0.0.1:{mqtt}"
-ws_listen = ""
-publish_rate_per_sec = 100000
+{listener}publish_rate_per_sec = 100000
 publish_burst = 100000
 connections_per_sec_per_address = 1000000
 connections_burst_per_address = 1000000
@@ -261,11 +291,48 @@ level = "{log}"
 
 /// Mosquitto's defaults, on one loopback port, without persistence (Parley's
 /// peers store nothing) and with the same in-flight window as Parley.
-fn mosquitto_config(port: u16) -> String {
-    format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\n\
-         max_queued_messages 10000\nset_tcp_nodelay true\nlog_type error\nlog_dest stderr\n"
-    )
+/// Mosquitto as a plain broker on `port`, and for another transport a listener for
+/// it on `device_port` (Mosquitto 2.0.11 refuses to start with a WebSocket listener
+/// alone, so the plain one stays).
+fn mosquitto_config(port: u16, device_port: u16, transport: Transport, cert: Option<&Cert>) -> String {
+    let mut text = format!(
+        "allow_anonymous true\npersistence false\nmax_inflight_messages 100\n\
+         max_queued_messages 10000\nset_tcp_nodelay true\nlog_type error\nlog_dest stderr\n\
+         listener {port} 127.0.0.1\n"
+    );
+    if transport != Transport::Mqtt {
+        text.push_str(&format!("listener {device_port} 127.0.0.1\n"));
+    }
+    if transport.websocket() {
+        text.push_str("protocol websockets\n");
+    }
+    if let Some(cert) = cert.filter(|_| transport.tls()) {
+        text.push_str(&format!("certfile {}\nkeyfile {}\n", cert.cert_file.display(), cert.key_file.display()));
+    }
+    text
+}
+
+/// The `[mqtt]` keys of Parley's listener for devices on a transport other than
+/// TCP; the WebSocket listener is off unless asked for.
+fn parley_listener(transport: Transport, port: u16, cert: Option<&Cert>) -> String {
+    let key = match transport {
+        Transport::Mqtt => return "ws_listen = \"\"\n".into(),
+        Transport::Mqtts => "tls_listen",
+        Transport::Ws => "ws_listen",
+        Transport::Wss => "wss_listen",
+    };
+    let mut text = format!("{key} = \"127.0.0.1:{port}\"\n");
+    if transport != Transport::Ws {
+        text.push_str("ws_listen = \"\"\n");
+    }
+    if let Some(cert) = cert {
+        text.push_str(&format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert.cert_file.display(),
+            cert.key_file.display()
+        ));
+    }
+    text
 }
 
 /// CPU time (user + system) a process has used, in seconds.

@@ -18,6 +18,7 @@ use crate::proxy::Proxy;
 use crate::report::{Percentiles, Report};
 use crate::targets::{cpu_seconds, Target};
 use crate::tracker::{histogram, Tracker};
+use crate::transport::Transport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
@@ -88,8 +89,9 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     let tracker = Arc::new(Tracker::new(audience));
     let stop = CancellationToken::new();
     let faulty = matches!(options.workload, Workload::Reconnect | Workload::Faults);
-    let proxy = match faulty {
-        true => Some(Proxy::start(target.mqtt.clone(), stop.clone()).await?),
+    // Devices speak plain MQTT; the proxy carries it over TLS and WebSocket.
+    let proxy = match faulty || target.transport != Transport::Mqtt {
+        true => Some(Proxy::start(target.mqtt.clone(), target.transport, target.tls.clone(), stop.clone()).await?),
         false => None,
     };
     let (host, port) = match &proxy {
@@ -98,6 +100,7 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     };
     let mut report = Report {
         target: target.kind.to_string(),
+        transport: target.transport,
         workload: options.workload.name().into(),
         devices: n,
         room,

@@ -197,6 +197,8 @@ pub struct ConnAckProps {
     pub topic_alias_max: Option<u16>,
     /// Whether retained messages are available (only in an open namespace).
     pub retain_available: bool,
+    /// Whether devices may make shared subscriptions (only in an open namespace).
+    pub shared_subscriptions_available: bool,
 }
 
 /// A decoding failure; `Incomplete` only means "read more bytes".
@@ -709,7 +711,7 @@ fn write_v5(packet: Outbound, out: &mut BytesMut) -> Result<usize, m5base::Error
                 user_properties: Vec::new(),
                 wildcard_subscription_available: Some(1),
                 subscription_identifiers_available: Some(1),
-                shared_subscription_available: Some(0),
+                shared_subscription_available: Some(u8::from(props.shared_subscriptions_available)),
                 server_keep_alive: props.server_keep_alive,
                 response_information: None,
                 server_reference: None,

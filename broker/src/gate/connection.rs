@@ -35,8 +35,25 @@ const TOPIC_ALIAS_MAX: u16 = 32;
 
 /// Serves one accepted socket to its end: transport handshakes and CONNECT under
 /// one deadline, admission, credentials, then the device's packets.
+///
+/// A task is as large as the largest state its future passes through, for its
+/// whole life. The opening is larger than the long connected life that follows,
+/// so it runs boxed and is freed once the device is in: an idle device holds only
+/// [`Connection`] and its loop.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, kind: Kind, shutdown: CancellationToken) {
-    let mut rbuf = BytesMut::with_capacity(1024);
+    let Some((conn, span)) = Box::pin(open(shared, tcp, peer, kind)).await else { return };
+    conn.live(shutdown).instrument(span).await
+}
+
+/// Everything before the connected life: handshakes, CONNECT, admission,
+/// credentials, and the CONNACK of a refusal. `None` when the device is not in.
+async fn open(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+) -> Option<(Box<Connection>, tracing::Span)> {
+    let mut rbuf = BytesMut::new();
     let opening = async {
         let mut transport = Transport::handshake(kind, tcp, &shared.settings.transport).await.inspect_err(|_| {
             GateStats::bump(&shared.stats.handshakes_failed);
@@ -48,12 +65,12 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, kind: 
         Ok(Ok(opened)) => opened,
         Ok(Err(reason)) => {
             tracing::debug!(%peer, %kind, reason, "connection closed before CONNECT completed");
-            return;
+            return None;
         }
         Err(_) => {
             GateStats::bump(&shared.stats.handshakes_timed_out);
             tracing::debug!(%peer, %kind, "no handshake and CONNECT in time; closed");
-            return;
+            return None;
         }
     };
     let protocol = connect.protocol;
@@ -75,32 +92,26 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, kind: 
             );
             let _ = timeout(shared.settings.write_timeout, transport.write_all(out.freeze())).await;
             transport.close().await;
-            return;
+            return None;
         }
     };
     GateStats::bump(&shared.stats.connections_accepted);
     let span = tracing::info_span!("device", user_id = %accepted.user, client_id = %accepted.session.client_id, %peer);
-    async move {
-        tracing::info!(protocol = ?protocol, %kind, present = accepted.present, "device connected");
-        report_presence(&shared, accepted.user).await;
-        let throttle = Throttle::new(shared.settings.publish_rate, shared.settings.byte_rate);
-        let mut conn = Connection {
-            shared,
-            transport,
-            rbuf,
-            wbuf: BytesMut::with_capacity(1024),
-            accepted,
-            id,
-            throttle,
-            paused_until: None,
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
-        };
-        let end = conn.run(shutdown).await;
-        conn.finish(end).await;
-    }
-    .instrument(span)
-    .await
+    span.in_scope(|| tracing::info!(protocol = ?protocol, %kind, present = accepted.present, "device connected"));
+    let throttle = Throttle::new(shared.settings.publish_rate, shared.settings.byte_rate);
+    let conn = Box::new(Connection {
+        shared,
+        transport,
+        rbuf,
+        wbuf: BytesMut::new(),
+        accepted,
+        id,
+        throttle,
+        paused_until: None,
+        aliases_in: HashMap::new(),
+        aliases_out: HashMap::new(),
+    });
+    Some((conn, span))
 }
 
 /// What a successful CONNECT established.
@@ -359,6 +370,13 @@ struct Connection {
 }
 
 impl Connection {
+    /// The connected life: presence, the packet loop, and what its end calls for.
+    async fn live(mut self: Box<Self>, shutdown: CancellationToken) {
+        Box::pin(report_presence(&self.shared, self.accepted.user)).await;
+        let end = self.run(shutdown).await;
+        Box::pin(self.finish(end)).await;
+    }
+
     fn send(&mut self, packet: Outbound) {
         codec::write(self.accepted.protocol, packet, &mut self.wbuf);
     }
@@ -367,7 +385,8 @@ impl Connection {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let out = self.wbuf.split().freeze();
+        // The whole buffer goes: an idle device keeps no write buffer.
+        let out = std::mem::take(&mut self.wbuf).freeze();
         match timeout(self.shared.settings.write_timeout, self.transport.write_all(out)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(()),
@@ -387,6 +406,7 @@ impl Connection {
             max_packet_size: Some(settings.max_packet_size as u32),
             topic_alias_max: Some(TOPIC_ALIAS_MAX),
             retain_available: self.shared.namespace.is_some(),
+            shared_subscriptions_available: self.shared.namespace.is_some(),
             server_keep_alive: match self.accepted.keep_alive {
                 KeepAlive::Told(secs) => Some(secs),
                 KeepAlive::Asked(_) => None,
@@ -455,6 +475,10 @@ impl Connection {
                     Ok(n) => {
                         deadline = keep_alive.map(|k| Instant::now() + k);
                         let end = self.handle_input().await;
+                        if self.rbuf.is_empty() {
+                            // Everything read was handled: an idle device keeps no read buffer.
+                            self.rbuf = BytesMut::new();
+                        }
                         let wait = self.throttle.read(n);
                         self.pause_for(wait);
                         end
@@ -538,7 +562,7 @@ impl Connection {
                 self.accepted.session.state().incoming_qos2.remove(&pkid);
                 self.send(Outbound::PubComp(pkid));
             }
-            Inbound::Subscribe { pkid, filters, id } => self.subscribe(pkid, filters, id),
+            Inbound::Subscribe { pkid, filters, id } => return self.subscribe(pkid, filters, id),
             Inbound::Unsubscribe { pkid, filters } => {
                 let count = filters.len();
                 self.accepted.session.state().subscriptions.retain(|s| !filters.contains(&s.filter));
@@ -651,19 +675,32 @@ impl Connection {
         None
     }
 
-    fn subscribe(&mut self, pkid: u16, filters: Vec<SubscribeFilter>, id: Option<usize>) {
+    fn subscribe(&mut self, pkid: u16, filters: Vec<SubscribeFilter>, id: Option<usize>) -> Option<End> {
         let max = self.shared.settings.max_subscriptions;
+        let limits = self.shared.settings.topics;
         let namespace = self.shared.namespace.clone();
         let session = self.accepted.session.clone();
         let mut st = session.state();
         let mut results = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
         for SubscribeFilter { filter, qos, no_local, retain_as_published, retain_handling } in filters {
-            let open = namespace.as_ref().filter(|ns| ns.contains(&filter));
-            let verdict = match acl::subscribe(&self.accepted.user_text, &filter, &self.shared.settings.topics) {
+            // `$share/{group}/{filter}`: checked as its filter, and only in the open namespace.
+            let (group, inner) = match namespace::split_shared(&filter) {
+                Ok(Some((group, inner))) => (Some(group.to_string()), inner),
+                Ok(None) => (None, filter.as_str()),
+                Err(()) => (None, ""),
+            };
+            if group.is_some() && no_local {
+                tracing::warn!(%filter, "No Local on a shared subscription; closing");
+                return Some(End::Closed(CloseReason::ProtocolError));
+            }
+            let open = namespace.as_ref().filter(|ns| ns.contains(inner));
+            let verdict = match acl::subscribe(&self.accepted.user_text, inner, &limits) {
                 Verdict::Invalid => Verdict::Invalid,
+                _ if filter.len() > limits.max_len => Verdict::Invalid,
                 _ if open.is_some() => Verdict::Allowed,
-                _ if self.accepted.user_text.is_empty() => Verdict::NotAuthorized,
+                // Shared subscriptions in Parley's own topics are for the platform.
+                _ if self.accepted.user_text.is_empty() || group.is_some() => Verdict::NotAuthorized,
                 verdict => verdict,
             };
             let result = match verdict {
@@ -672,8 +709,9 @@ impl Connection {
                 Verdict::Allowed => {
                     // Delivered QoS is the lower of the message's and this one.
                     let granted = qos.min(2);
+                    let shared = group.is_some();
                     let subscription =
-                        Subscription { filter: filter.clone(), qos: granted, id, no_local, retain_as_published };
+                        Subscription { filter: filter.clone(), group, qos: granted, id, no_local, retain_as_published };
                     let existing = st.subscriptions.iter().position(|s| s.filter == filter);
                     let result = match existing {
                         Some(i) => {
@@ -686,8 +724,10 @@ impl Connection {
                             SubResult::Granted(granted)
                         }
                     };
-                    // Retain Handling: 0 sends retained messages, 1 only for a new subscription, 2 never.
-                    let send_retained = retain_handling == 0 || (retain_handling == 1 && existing.is_none());
+                    // Retain Handling: 0 sends retained messages, 1 only for a new subscription, 2
+                    // never; a shared subscription never gets them.
+                    let send_retained =
+                        !shared && (retain_handling == 0 || (retain_handling == 1 && existing.is_none()));
                     if let (Some(ns), SubResult::Granted(_), true) = (open, result, send_retained) {
                         retained.extend(ns.retained_for(&filter, granted, id));
                     }
@@ -704,6 +744,7 @@ impl Connection {
         drop(st);
         self.send(Outbound::SubAck { pkid, results });
         self.drain();
+        None
     }
 
     /// Tells the device, on `to/{uid}/error`, which topic it may not publish to.

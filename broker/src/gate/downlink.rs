@@ -65,15 +65,18 @@ impl<'a> Offered<'a> {
 
 /// Queues one message on one session if a subscription matches, at the lower of
 /// the message's QoS and the highest granted by the matching subscriptions (those
-/// with No Local skip the session's own messages: `own`). A session without a
-/// connection keeps only QoS 1 and 2 messages, and only if it is persistent; a full
-/// queue drops and counts.
+/// with No Local skip the session's own messages: `own`). Shared subscriptions are
+/// not matched here: their groups get one copy each, through [`deliver`].
 pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, m: &Offered<'_>, own: bool) {
-    let mut st = session.state();
+    let st = session.state();
     let mut granted = None;
     let mut retain = false;
     let mut subscription_ids = Vec::new();
-    for s in st.subscriptions.iter().filter(|s| !(own && s.no_local) && rumqttc::matches(m.topic, &s.filter)) {
+    let matching = st
+        .subscriptions
+        .iter()
+        .filter(|s| s.group.is_none() && !(own && s.no_local) && rumqttc::matches(m.topic, s.topic_filter()));
+    for s in matching {
         granted = granted.max(Some(s.qos));
         retain |= s.retain_as_published && m.retain;
         subscription_ids.extend(s.id);
@@ -81,8 +84,25 @@ pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, m: &Offere
     let Some(granted) = granted else {
         return;
     };
-    let qos = m.qos.min(granted);
-    if st.owner.is_none() && (qos == 0 || st.expiry.is_none()) {
+    drop(st);
+    deliver(session, stats, max_queued, m, Matched { qos: m.qos.min(granted), retain, subscription_ids });
+}
+
+/// What the subscriptions that matched a message make of it for one session.
+pub struct Matched {
+    /// The QoS it is delivered at.
+    pub qos: u8,
+    /// Delivered with RETAIN set (Retain As Published).
+    pub retain: bool,
+    pub subscription_ids: Vec<usize>,
+}
+
+/// Queues a matched message on `session` and wakes its connection. A session
+/// without a connection keeps only QoS 1 and 2 messages, and only if it is
+/// persistent; a full queue drops and counts.
+pub fn deliver(session: &Session, stats: &GateStats, max_queued: usize, m: &Offered<'_>, matched: Matched) {
+    let mut st = session.state();
+    if st.owner.is_none() && (matched.qos == 0 || st.expiry.is_none()) {
         return;
     }
     if st.queue.len() >= max_queued {
@@ -91,7 +111,10 @@ pub fn offer(session: &Session, stats: &GateStats, max_queued: usize, m: &Offere
         tracing::warn!(user_id = %session.user, client_id = %session.client_id, topic, "session queue full; message dropped");
         return;
     }
-    let delivery = Delivery { retain, ..Delivery::new(m.topic, m.payload.clone(), qos, subscription_ids) };
+    let delivery = Delivery {
+        retain: matched.retain,
+        ..Delivery::new(m.topic, m.payload.clone(), matched.qos, matched.subscription_ids)
+    };
     st.queue.push_back(delivery.with_properties(m.properties.map(|p| Box::new(p.clone()))));
     drop(st);
     session.notify.notify_one();

@@ -3,24 +3,27 @@
 //! peer runs). Off by default. When on (`mqtt.open_namespace`), any client — and,
 //! with `mqtt.allow_anonymous`, clients without credentials — may publish and
 //! subscribe there with every feature of MQTT 5: QoS 0–2, retained messages with
-//! Retain Handling and Retain As Published, No Local, subscription identifiers and
-//! the publisher's properties. Parley's own topics (`from/`, `to/`, `sys/`, `$…`)
+//! Retain Handling and Retain As Published, No Local, subscription identifiers,
+//! shared subscriptions (`$share/{group}/{filter}`) and the publisher's properties. Parley's own topics (`from/`, `to/`, `sys/`, `$…`)
 //! are never part of it, and nothing in it is stored or seen by the bridges.
 //!
 //! Messages travel between gates on the bus under `ns/{topic}`, wrapped in an
 //! envelope (the publishing client, then the MQTT 5 PUBLISH itself) because the bus
 //! speaks 3.1.1 without properties. Every gate keeps the retained messages it sees
 //! go by, in memory (at most [`MAX_RETAINED`]); a gate started later knows only
-//! those published since.
+//! those published since. A shared subscription's group is the members connected to
+//! one gate: each gate delivers one copy per group to one of its own members, so
+//! with several gates a group with members on each gets one copy per gate.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parley_wire::codec::{self, Inbound, Protocol, Publish};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
-use super::downlink::{self, Offered};
+use super::downlink::{self, Matched, Offered};
 use super::session::{Delivery, GateStats, Registry, Session};
 
 /// Prefix of namespace messages on the bus.
@@ -49,13 +52,23 @@ pub struct Namespace {
     prefix: Option<String>,
     pub allow_anonymous: bool,
     retained: Mutex<BTreeMap<String, Retained>>,
+    /// Counts the messages given to shared-subscription groups: whose turn it is.
+    next_member: AtomicUsize,
+}
+
+/// A session that is a member of a shared-subscription group a message matched.
+struct Member {
+    session: Arc<Session>,
+    matched: Matched,
+    connected: bool,
+    persistent: bool,
 }
 
 impl Namespace {
     /// `open` is a topic prefix (`lab/`), or `*` for every topic outside Parley's own.
     pub fn new(open: &str, allow_anonymous: bool) -> Self {
         let prefix = (open != "*").then(|| open.to_string());
-        Self { prefix, allow_anonymous, retained: Mutex::new(BTreeMap::new()) }
+        Self { prefix, allow_anonymous, retained: Mutex::new(BTreeMap::new()), next_member: AtomicUsize::new(0) }
     }
 
     /// Whether `topic` (a name or a filter) lies in the open namespace.
@@ -106,9 +119,51 @@ impl Namespace {
             retain: publish.retain,
             properties: publish.properties.as_deref(),
         };
-        for session in registry.all() {
+        let sessions = registry.all();
+        for session in &sessions {
             let own = origin.is_some_and(|(user, client)| session.user == user && session.client_id == client);
-            downlink::offer(&session, stats, max_queued, &offered, own);
+            downlink::offer(session, stats, max_queued, &offered, own);
+        }
+        self.deliver_to_groups(sessions, stats, max_queued, &offered);
+    }
+
+    /// One copy for each shared subscription (share name and filter) matching the
+    /// message, to one member in turn: among those with a connected device, or, when
+    /// none is connected, among the persistent sessions waiting for theirs (QoS 1
+    /// and 2 only).
+    fn deliver_to_groups(&self, sessions: Vec<Arc<Session>>, stats: &GateStats, max_queued: usize, m: &Offered<'_>) {
+        let mut groups: BTreeMap<String, Vec<Member>> = BTreeMap::new();
+        for session in sessions {
+            let st = session.state();
+            let (connected, persistent) = (st.owner.is_some(), st.expiry.is_some());
+            for s in
+                st.subscriptions.iter().filter(|s| s.group.is_some() && rumqttc::matches(m.topic, s.topic_filter()))
+            {
+                let matched = Matched {
+                    qos: m.qos.min(s.qos),
+                    retain: s.retain_as_published && m.retain,
+                    subscription_ids: s.id.into_iter().collect(),
+                };
+                let member = Member { session: session.clone(), matched, connected, persistent };
+                groups.entry(s.filter.clone()).or_default().push(member);
+            }
+        }
+        // One turn per message, so every group moves on to its next member.
+        let turn = match groups.is_empty() {
+            true => return,
+            false => self.next_member.fetch_add(1, Ordering::Relaxed),
+        };
+        for mut members in groups.into_values() {
+            if members.iter().any(|member| member.connected) {
+                members.retain(|member| member.connected);
+            } else {
+                members.retain(|member| member.persistent && member.matched.qos > 0);
+            }
+            if members.is_empty() {
+                continue;
+            }
+            let member = members.swap_remove(turn % members.len());
+            downlink::deliver(&member.session, stats, max_queued, m, member.matched);
         }
     }
 
@@ -154,6 +209,20 @@ impl Namespace {
     }
 }
 
+/// A shared subscription's parts: `Ok(Some((share name, filter)))` for
+/// `$share/{name}/{filter}`, `Ok(None)` for any other filter, and `Err` for a
+/// `$share/` filter without a share name (or with a wildcard in it) or without a
+/// filter after it.
+pub fn split_shared(filter: &str) -> Result<Option<(&str, &str)>, ()> {
+    let Some(rest) = filter.strip_prefix("$share/") else { return Ok(None) };
+    match rest.split_once('/') {
+        Some((name, inner)) if !name.is_empty() && !name.contains(['+', '#']) && !inner.is_empty() => {
+            Ok(Some((name, inner)))
+        }
+        _ => Err(()),
+    }
+}
+
 /// How a publishing client is named in envelopes, for No Local: its user and client id.
 pub fn session_key(session: &Session) -> String {
     format!("{}\n{}", session.user, session.client_id)
@@ -188,6 +257,17 @@ mod tests {
         let lab = Namespace::new("lab/", false);
         assert!(lab.contains("lab/a/b") && lab.contains("lab/#"));
         assert!(!lab.contains("TopicA") && !lab.contains("#") && !lab.contains("from/u/msg"));
+    }
+
+    #[test]
+    fn shared_filters_split_into_share_name_and_filter() {
+        assert_eq!(split_shared("$share/g/lab/#"), Ok(Some(("g", "lab/#"))));
+        assert_eq!(split_shared("$share/workers/a/+/c"), Ok(Some(("workers", "a/+/c"))));
+        assert_eq!(split_shared("lab/$share/g/x"), Ok(None));
+        assert_eq!(split_shared("$SYS/x"), Ok(None));
+        for bad in ["$share/", "$share/g", "$share/g/", "$share//x", "$share/+/x", "$share/g#/x"] {
+            assert_eq!(split_shared(bad), Err(()), "{bad}");
+        }
     }
 
     #[test]

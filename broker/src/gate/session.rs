@@ -84,7 +84,11 @@ pub struct Inflight {
 /// One subscription filter and the QoS granted for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
+    /// As the device sent it (`$share/{group}/{filter}` for a shared one).
     pub filter: String,
+    /// The share name of a shared subscription (open namespace only): each message
+    /// goes to one member of the group on this gate, not to every one.
+    pub group: Option<String>,
     pub qos: u8,
     /// v5 Subscription Identifier, echoed on what the subscription delivers.
     pub id: Option<usize>,
@@ -92,6 +96,16 @@ pub struct Subscription {
     pub no_local: bool,
     /// v5 Retain As Published: keep the RETAIN flag on live messages (open namespace).
     pub retain_as_published: bool,
+}
+
+impl Subscription {
+    /// The filter topics are matched against (without `$share/{group}/`).
+    pub fn topic_filter(&self) -> &str {
+        match &self.group {
+            Some(group) => &self.filter["$share/".len() + group.len() + 1..],
+            None => &self.filter,
+        }
+    }
 }
 
 /// A session's mutable state; always reached through [`Session::state`].

@@ -26,6 +26,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::either::Either;
 
+/// Room made in a device's read buffer for each read.
+const READ_CHUNK: usize = 1024;
+
 /// The kinds of listener the gate has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -132,7 +135,7 @@ impl Transport {
         }
         let config = WebSocketConfig::default()
             // Small buffers: most devices are idle most of the time.
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(1024)
             .write_buffer_size(0)
             .max_message_size(Some(settings.ws_max_message))
             .max_frame_size(Some(settings.ws_max_message));
@@ -148,9 +151,28 @@ impl Transport {
     }
 
     /// Appends what arrives to `buf`; 0 means the device closed. Cancel-safe.
+    ///
+    /// Room in `buf` is made only once bytes are there to read (or, on TLS, records
+    /// are), so an idle device whose buffer was released holds none.
     pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            Transport::Stream(s) => s.read_buf(buf).await,
+            Transport::Stream(Either::Left(tcp)) => loop {
+                tcp.readable().await?;
+                buf.reserve(READ_CHUNK);
+                match tcp.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    read => return read,
+                }
+            },
+            Transport::Stream(Either::Right(tls)) => {
+                let (tcp, session) = tls.get_ref();
+                // Without decrypted bytes waiting in rustls, nothing comes before the socket has some.
+                if session.wants_read() {
+                    tcp.readable().await?;
+                }
+                buf.reserve(READ_CHUNK);
+                tls.read_buf(buf).await
+            }
             Transport::WebSocket(ws) => loop {
                 match ws.next().await {
                     Some(Ok(Message::Binary(data))) => {
