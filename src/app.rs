@@ -189,7 +189,9 @@ pub async fn start_parts(settings: Settings, parts: Parts, shutdown: Cancellatio
         let stats = Arc::new(BridgeStats::default());
         {
             let (domain, bus, shutdown, handle) = (domain.clone(), bus.clone(), shutdown.clone(), stats.clone());
-            running.spawn(async move { ("bridge", parley_bridge::run(domain, &bus, handle, shutdown).await) });
+            let embedded = external.is_none();
+            running
+                .spawn(async move { ("bridge", parley_bridge::run(domain, &bus, embedded, handle, shutdown).await) });
         }
         // Uplinks the bus takes before the bridges subscribed would have no reader.
         if !stats.wait_subscribed(Duration::from_secs(settings.bus.start_timeout_secs.max(5))).await {

@@ -115,6 +115,10 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
     // a time: most of it shares transactions, with the retries among it.
     let bridge = app.running.as_ref().and_then(|r| r.bridge.clone()).expect("the bridge runs here");
     assert!(bridge.stored_together() > 0, "no message of the burst was stored in a batch");
+    // On the embedded bus a batch's downlinks (an ack and a message each) leave packed.
+    let (downlinks, publishes) = bridge.downlinks();
+    assert!(downlinks >= 400, "{downlinks} downlinks for 200 messages");
+    assert!(publishes < downlinks / 2, "{publishes} bus publishes carried {downlinks} downlinks");
 
     let a_seqs = check_acks(a_acks, "a", 100);
     let b_seqs = check_acks(b_acks, "b", 100);

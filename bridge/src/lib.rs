@@ -25,6 +25,9 @@ pub struct BridgeStats {
     pub uplinks_handled: AtomicU64,
     /// Messages stored in a transaction shared with others of the same batch.
     pub stored_together: AtomicU64,
+    /// Downlinks handed to the bus, and the publishes that carried them (fewer when packed).
+    pub downlinks: AtomicU64,
+    pub downlink_publishes: AtomicU64,
     /// True while the bus has confirmed the bridge's shared subscriptions.
     subscribed: watch::Sender<bool>,
 }
@@ -34,6 +37,8 @@ impl Default for BridgeStats {
         Self {
             uplinks_handled: AtomicU64::new(0),
             stored_together: AtomicU64::new(0),
+            downlinks: AtomicU64::new(0),
+            downlink_publishes: AtomicU64::new(0),
             subscribed: watch::channel(false).0,
         }
     }
@@ -48,6 +53,11 @@ impl BridgeStats {
         self.stored_together.load(Ordering::Relaxed)
     }
 
+    /// Downlinks handed to the bus, and the bus publishes that carried them.
+    pub fn downlinks(&self) -> (u64, u64) {
+        (self.downlinks.load(Ordering::Relaxed), self.downlink_publishes.load(Ordering::Relaxed))
+    }
+
     /// Waits until the bus has confirmed the bridge's subscriptions, at most `limit`.
     pub async fn wait_subscribed(&self, limit: Duration) -> bool {
         let mut rx = self.subscribed.subscribe();
@@ -55,10 +65,13 @@ impl BridgeStats {
     }
 }
 
-/// Runs the bridge until `shutdown`, counting its work in `stats`.
+/// Runs the bridge until `shutdown`, counting its work in `stats`. `embedded`: the
+/// bus is the embedded one, whose one gate takes every downlink, so downlinks go
+/// packed (see `work`).
 pub async fn run(
     domain: Domain,
     bus: &BusEndpoint,
+    embedded: bool,
     stats: Arc<BridgeStats>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -66,7 +79,7 @@ pub async fn run(
     let (client, mut events) = parley_wire::bus::client(bus.options("bridge"), 1024);
     let downlinks = parley_wire::bus::publisher(bus, "bridge-out", shutdown.child_token());
     let (tx, rx) = mpsc::channel::<rumqttc::Publish>(work::MAX_BATCH);
-    let worker = tokio::spawn(work::work(domain, downlinks, rx, stats.clone()));
+    let worker = tokio::spawn(work::work(domain, downlinks, embedded, rx, stats.clone()));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,

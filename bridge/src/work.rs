@@ -15,14 +15,20 @@
 //!
 //! Downlinks leave on a connection of their own: rumqttc takes no request while
 //! its window of unacknowledged publishes is full, so nothing the subscribing
-//! connection must send (pings, subscriptions) waits behind downlinks.
+//! connection must send (pings, subscriptions) waits behind downlinks. On the
+//! embedded bus a batch's downlinks leave packed, as one publish (or a few, up to
+//! the bus's packet size) on `to/_batch`, in order, once the batch is handled:
+//! there one gate takes every downlink anyway, and each publish costs the bridge,
+//! the bus and the gate a round of work whatever it carries.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parley_domain::Domain;
+use parley_wire::bus::{pack_downlinks, DOWNLINK_BATCH_TOPIC};
+use parley_wire::payloads::Outgoing;
 use parley_wire::{topics, UserId};
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::mpsc;
 
 use crate::{handle_messages, handle_uplink, BridgeStats};
@@ -31,14 +37,16 @@ use crate::{handle_messages, handle_uplink, BridgeStats};
 /// to 1,000 rows each.
 pub(crate) const MAX_BATCH: usize = 1000;
 
-/// Runs until `uplinks` closes.
+/// Runs until `uplinks` closes; `pack` packs each batch's downlinks (embedded bus).
 pub(crate) async fn work(
     domain: Domain,
     downlinks: AsyncClient,
+    pack: bool,
     mut uplinks: mpsc::Receiver<Publish>,
     stats: Arc<BridgeStats>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut packed: Vec<Outgoing> = Vec::new();
     while uplinks.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = std::time::Instant::now();
         let mut rest = batch.as_slice();
@@ -62,14 +70,26 @@ pub(crate) async fn work(
                 outs
             };
             for out in outs {
-                for d in out {
-                    if let Err(e) = downlinks.publish(d.topic(), d.mqtt_qos(), false, d.payload()).await {
-                        tracing::error!(error = %e, "bridge could not publish a downlink");
+                stats.downlinks.fetch_add(out.len() as u64, Ordering::Relaxed);
+                if pack {
+                    packed.extend(out);
+                } else {
+                    for d in out {
+                        stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = downlinks.publish(d.topic(), d.mqtt_qos(), false, d.payload()).await {
+                            tracing::error!(error = %e, "bridge could not publish a downlink");
+                        }
                     }
                 }
                 stats.uplinks_handled.fetch_add(1, Ordering::Relaxed);
             }
             rest = later;
+        }
+        for payload in pack_downlinks(packed.drain(..).map(|d| (d.topic(), d.qos, d.payload()))) {
+            stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = downlinks.publish_bytes(DOWNLINK_BATCH_TOPIC, QoS::AtLeastOnce, false, payload).await {
+                tracing::error!(error = %e, "bridge could not publish a downlink pack");
+            }
         }
         tracing::debug!(uplinks = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch done");
         batch.clear();

@@ -4,10 +4,78 @@
 use std::fmt;
 use std::time::Duration;
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, NetworkOptions};
 
 /// Largest packet on the bus, either direction; device limits are enforced by the gate.
 pub const MAX_BUS_PACKET: usize = 4 * 1024 * 1024;
+
+/// Downlinks packed into one bus message ([`pack_downlinks`]). Only on the embedded
+/// bus, where the one gate takes every downlink (`to/#`): there the bridge sends a
+/// batch's downlinks as one publish instead of one or two per message. No user's
+/// topic is this one (user ids are UUIDs), and devices never see it.
+pub const DOWNLINK_BATCH_TOPIC: &str = "to/_batch";
+
+const PACK_VERSION: u8 = 1;
+
+/// Room left in a pack for the MQTT header and topic.
+const PACK_LIMIT: usize = MAX_BUS_PACKET - 1024;
+
+/// One downlink in a pack: its topic, QoS and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packed {
+    pub topic: String,
+    pub qos: u8,
+    pub payload: Bytes,
+}
+
+/// Packs downlinks, in order, into as few bus payloads as fit [`MAX_BUS_PACKET`]:
+/// a version byte, then for each a 2-byte topic length, the topic, the QoS byte, a
+/// 4-byte payload length and the payload.
+pub fn pack_downlinks(downlinks: impl IntoIterator<Item = (String, u8, Vec<u8>)>) -> Vec<Bytes> {
+    let mut packs = Vec::new();
+    let mut out = BytesMut::new();
+    for (topic, qos, payload) in downlinks {
+        let size = 2 + topic.len() + 1 + 4 + payload.len();
+        if out.len() > 1 && out.len() + size > PACK_LIMIT {
+            packs.push(std::mem::take(&mut out).freeze());
+        }
+        if out.is_empty() {
+            out.put_u8(PACK_VERSION);
+        }
+        out.reserve(size);
+        out.put_u16(topic.len() as u16);
+        out.put_slice(topic.as_bytes());
+        out.put_u8(qos);
+        out.put_u32(payload.len() as u32);
+        out.put_slice(&payload);
+    }
+    if !out.is_empty() {
+        packs.push(out.freeze());
+    }
+    packs
+}
+
+/// The downlinks in a pack (payloads share its memory); `None` if it is not one.
+pub fn unpack_downlinks(mut pack: Bytes) -> Option<Vec<Packed>> {
+    if pack.first() != Some(&PACK_VERSION) {
+        return None;
+    }
+    pack.advance(1);
+    let mut downlinks = Vec::new();
+    while !pack.is_empty() {
+        let topic_len = usize::from(pack.try_get_u16().ok()?);
+        let topic = String::from_utf8(pack.get(..topic_len)?.to_vec()).ok()?;
+        pack.advance(topic_len);
+        let qos = pack.try_get_u8().ok()?;
+        let len = usize::try_from(pack.try_get_u32().ok()?).ok()?;
+        if pack.len() < len {
+            return None;
+        }
+        downlinks.push(Packed { topic, qos, payload: pack.split_to(len) });
+    }
+    Some(downlinks)
+}
 
 /// Where the bus listens and the credentials its internal clients use.
 #[derive(Clone)]
@@ -89,5 +157,39 @@ impl BusEndpoint {
             .set_max_packet_size(MAX_BUS_PACKET, MAX_BUS_PACKET)
             .set_inflight(100);
         options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_read_back_in_order_and_anything_else_is_refused() {
+        let downlinks = vec![
+            ("to/a/ack".to_string(), 1, b"{\"id\":\"1\"}".to_vec()),
+            ("to/b/msg".to_string(), 1, Vec::new()),
+            ("to/b/typing".to_string(), 0, vec![0xff; 300]),
+        ];
+        let packs = pack_downlinks(downlinks.clone());
+        assert_eq!(packs.len(), 1);
+        let back = unpack_downlinks(packs[0].clone()).expect("a pack");
+        let back: Vec<_> = back.into_iter().map(|p| (p.topic, p.qos, p.payload.to_vec())).collect();
+        assert_eq!(back, downlinks);
+        assert!(pack_downlinks(Vec::new()).is_empty());
+        for bad in [&b""[..], b"\x02", b"\x01\x00", b"\x01\x00\x01a\x01\x00\x00\x00\x09short"] {
+            assert_eq!(unpack_downlinks(Bytes::copy_from_slice(bad)), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn downlinks_beyond_one_bus_packet_go_in_more_packs() {
+        let big = vec![7u8; 1024 * 1024];
+        let packs = pack_downlinks((0..9).map(|i| (format!("to/u{i}/msg"), 1, big.clone())));
+        assert_eq!(packs.len(), 3, "three downlinks of 1 MiB fit in one bus packet, not four");
+        assert!(packs.iter().all(|p| p.len() <= MAX_BUS_PACKET - 1024));
+        let topics: Vec<String> =
+            packs.into_iter().flat_map(|p| unpack_downlinks(p).expect("pack")).map(|p| p.topic).collect();
+        assert_eq!(topics, (0..9).map(|i| format!("to/u{i}/msg")).collect::<Vec<_>>());
     }
 }

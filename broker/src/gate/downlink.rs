@@ -1,5 +1,7 @@
 //! Downlinks: every `to/{uid}/…` message on the bus is queued on the sessions of
-//! that user whose subscriptions match, and their connections are woken. The gate
+//! that user whose subscriptions match, and their connections are woken. A pack of
+//! downlinks (`to/_batch`, from a bridge on the embedded bus) is taken apart and
+//! each handled the same way, in order. The gate
 //! takes downlinks on a bus connection of its own, whose subscriptions
 //! `subscriptions.rs` keeps.
 
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parley_domain::SessionsRevoked;
-use parley_wire::bus::BusEndpoint;
+use parley_wire::bus::{unpack_downlinks, BusEndpoint, DOWNLINK_BATCH_TOPIC};
 use parley_wire::{topics, UserId};
 use rumqttc::{Event, Outgoing, Packet};
 use tokio_util::sync::CancellationToken;
@@ -154,6 +156,14 @@ pub async fn run(
                     Some(ns) if p.topic.starts_with(namespace::BUS_PREFIX) => {
                         ns.dispatch(&registry, &stats, max_queued, p.payload);
                     }
+                    _ if p.topic == DOWNLINK_BATCH_TOPIC => match unpack_downlinks(p.payload) {
+                        Some(downlinks) => {
+                            for d in downlinks {
+                                dispatch(&registry, &stats, max_queued, &d.topic, d.payload, d.qos);
+                            }
+                        }
+                        None => tracing::warn!("unreadable pack of downlinks on the bus; ignored"),
+                    },
                     _ => dispatch(&registry, &stats, max_queued, &p.topic, p.payload, p.qos as u8),
                 },
                 Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
