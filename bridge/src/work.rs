@@ -46,7 +46,7 @@ pub(crate) async fn work(
     stats: Arc<BridgeStats>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut packed: Vec<Outgoing> = Vec::new();
+    let mut outgoing: Vec<Outgoing> = Vec::new();
     while uplinks.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = std::time::Instant::now();
         let mut rest = batch.as_slice();
@@ -69,30 +69,35 @@ pub(crate) async fn work(
                 stats.stored_together.fetch_add(together as u64, Ordering::Relaxed);
                 outs
             };
-            for out in outs {
-                stats.downlinks.fetch_add(out.len() as u64, Ordering::Relaxed);
-                if pack {
-                    packed.extend(out);
-                } else {
-                    for d in out {
-                        stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = downlinks.publish(d.topic(), d.mqtt_qos(), false, d.payload()).await {
-                            tracing::error!(error = %e, "bridge could not publish a downlink");
-                        }
-                    }
-                }
-                stats.uplinks_handled.fetch_add(1, Ordering::Relaxed);
-            }
+            outgoing.extend(outs.into_iter().flatten());
             rest = later;
         }
-        for payload in pack_downlinks(packed.drain(..).map(|d| (d.topic(), d.qos, d.payload()))) {
+        publish(&downlinks, pack, &mut outgoing, &stats).await;
+        // Counted once their downlinks are with the bus.
+        stats.uplinks_handled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        tracing::debug!(uplinks = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch done");
+        batch.clear();
+    }
+}
+
+/// Hands a batch's downlinks to the bus, in order: packed into as few publishes
+/// as fit (`pack`, embedded bus), or one publish each.
+async fn publish(downlinks: &AsyncClient, pack: bool, outgoing: &mut Vec<Outgoing>, stats: &BridgeStats) {
+    stats.downlinks.fetch_add(outgoing.len() as u64, Ordering::Relaxed);
+    if pack {
+        for payload in pack_downlinks(outgoing.drain(..).map(|d| (d.topic(), d.qos, d.payload()))) {
             stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = downlinks.publish_bytes(DOWNLINK_BATCH_TOPIC, QoS::AtLeastOnce, false, payload).await {
                 tracing::error!(error = %e, "bridge could not publish a downlink pack");
             }
         }
-        tracing::debug!(uplinks = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch done");
-        batch.clear();
+        return;
+    }
+    for d in outgoing.drain(..) {
+        stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = downlinks.publish(d.topic(), d.mqtt_qos(), false, d.payload()).await {
+            tracing::error!(error = %e, "bridge could not publish a downlink");
+        }
     }
 }
 

@@ -688,6 +688,7 @@ impl Connection {
             let (group, inner) = match namespace::split_shared(&filter) {
                 Ok(Some((group, inner))) => (Some(group.to_string()), inner),
                 Ok(None) => (None, filter.as_str()),
+                // A malformed `$share/` filter: checked as the empty filter, which is invalid.
                 Err(()) => (None, ""),
             };
             if group.is_some() && no_local {

@@ -4,8 +4,9 @@
 //! with `mqtt.allow_anonymous`, clients without credentials — may publish and
 //! subscribe there with every feature of MQTT 5: QoS 0–2, retained messages with
 //! Retain Handling and Retain As Published, No Local, subscription identifiers,
-//! shared subscriptions (`$share/{group}/{filter}`) and the publisher's properties. Parley's own topics (`from/`, `to/`, `sys/`, `$…`)
-//! are never part of it, and nothing in it is stored or seen by the bridges.
+//! shared subscriptions (`$share/{group}/{filter}`) and the publisher's
+//! properties. Parley's own topics (`from/`, `to/`, `sys/`, `$…`) are never part
+//! of it, and nothing in it is stored or seen by the bridges.
 //!
 //! Messages travel between gates on the bus under `ns/{topic}`, wrapped in an
 //! envelope (the publishing client, then the MQTT 5 PUBLISH itself) because the bus
