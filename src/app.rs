@@ -205,7 +205,7 @@ pub async fn start_parts(settings: Settings, parts: Parts, shutdown: Cancellatio
         None => None,
         Some((mut gate_settings, (listeners, _))) => {
             let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
-            gate_settings.per_user_subscriptions = external.is_some();
+            gate_settings.embedded_bus = external.is_none();
             let (domain, bus, shutdown) = (domain.clone(), bus.clone(), shutdown.clone());
             running.spawn(async move {
                 let ready = move |h| {

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use common::{Backend, Device, TestApp};
 use serde_json::{json, Value};
@@ -119,6 +120,12 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
     let (downlinks, publishes) = bridge.downlinks();
     assert!(downlinks >= 400, "{downlinks} downlinks for 200 messages");
     assert!(publishes < downlinks / 2, "{publishes} bus publishes carried {downlinks} downlinks");
+    // And the gate's uplinks leave packed: whatever queued while the last went out.
+    let gate = app.gate().stats();
+    let (uplinks, publishes) = (gate.uplinks.load(Ordering::Relaxed), gate.uplink_publishes.load(Ordering::Relaxed));
+    eprintln!("gate: {uplinks} uplinks in {publishes} bus publishes");
+    assert!(uplinks >= 200, "{uplinks} uplinks for 200 messages");
+    assert!(publishes < uplinks, "{publishes} bus publishes carried {uplinks} uplinks: none packed");
 
     let a_seqs = check_acks(a_acks, "a", 100);
     let b_seqs = check_acks(b_acks, "b", 100);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parley_domain::Domain;
-use parley_wire::bus::BusEndpoint;
+use parley_wire::bus::{unpack, BusEndpoint, Packed, UPLINK_BATCH_TOPIC};
 use parley_wire::topics;
 use rumqttc::{Event, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::{mpsc, watch};
@@ -78,7 +78,7 @@ pub async fn run(
     // Uplinks are acknowledged to the bus as they arrive (see `work` for why).
     let (client, mut events) = parley_wire::bus::client(bus.options("bridge"), 1024);
     let downlinks = parley_wire::bus::publisher(bus, "bridge-out", shutdown.child_token());
-    let (tx, rx) = mpsc::channel::<rumqttc::Publish>(work::MAX_BATCH);
+    let (tx, rx) = mpsc::channel::<Packed>(work::MAX_BATCH);
     let worker = tokio::spawn(work::work(domain, downlinks, embedded, rx, stats.clone()));
     loop {
         let event = tokio::select! {
@@ -102,8 +102,20 @@ pub async fn run(
                     tracing::error!(bus = %bus, "the bus refused the bridge's shared subscriptions; check its ACL");
                 }
             }
+            // A gate's pack of uplinks (embedded bus) is taken apart here, in order.
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == UPLINK_BATCH_TOPIC => match unpack(p.payload) {
+                Some(uplinks) => {
+                    for u in uplinks {
+                        if tx.send(u).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                None => tracing::warn!(bus = %bus, "unreadable pack of uplinks on the bus; ignored"),
+            },
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
+                let uplink = Packed { topic: p.topic, qos: p.qos as u8, payload: p.payload };
+                if tx.send(uplink).await.is_err() {
                     break;
                 }
             }

@@ -25,10 +25,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parley_domain::Domain;
-use parley_wire::bus::{pack_downlinks, DOWNLINK_BATCH_TOPIC};
+use parley_wire::bus::{pack, Packed, DOWNLINK_BATCH_TOPIC};
 use parley_wire::payloads::Outgoing;
 use parley_wire::{topics, UserId};
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 
 use crate::{handle_messages, handle_uplink, BridgeStats};
@@ -37,12 +37,12 @@ use crate::{handle_messages, handle_uplink, BridgeStats};
 /// to 1,000 rows each.
 pub(crate) const MAX_BATCH: usize = 1000;
 
-/// Runs until `uplinks` closes; `pack` packs each batch's downlinks (embedded bus).
+/// Runs until `uplinks` closes; `packed`: each batch's downlinks leave packed (embedded bus).
 pub(crate) async fn work(
     domain: Domain,
     downlinks: AsyncClient,
-    pack: bool,
-    mut uplinks: mpsc::Receiver<Publish>,
+    packed: bool,
+    mut uplinks: mpsc::Receiver<Packed>,
     stats: Arc<BridgeStats>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -72,7 +72,7 @@ pub(crate) async fn work(
             outgoing.extend(outs.into_iter().flatten());
             rest = later;
         }
-        publish(&downlinks, pack, &mut outgoing, &stats).await;
+        publish(&downlinks, packed, &mut outgoing, &stats).await;
         // Counted once their downlinks are with the bus.
         stats.uplinks_handled.fetch_add(batch.len() as u64, Ordering::Relaxed);
         tracing::debug!(uplinks = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch done");
@@ -81,11 +81,11 @@ pub(crate) async fn work(
 }
 
 /// Hands a batch's downlinks to the bus, in order: packed into as few publishes
-/// as fit (`pack`, embedded bus), or one publish each.
-async fn publish(downlinks: &AsyncClient, pack: bool, outgoing: &mut Vec<Outgoing>, stats: &BridgeStats) {
+/// as fit (`packed`, embedded bus), or one publish each.
+async fn publish(downlinks: &AsyncClient, packed: bool, outgoing: &mut Vec<Outgoing>, stats: &BridgeStats) {
     stats.downlinks.fetch_add(outgoing.len() as u64, Ordering::Relaxed);
-    if pack {
-        for payload in pack_downlinks(outgoing.drain(..).map(|d| (d.topic(), d.qos, d.payload()))) {
+    if packed {
+        for payload in pack(outgoing.drain(..).map(|d| (d.topic(), d.qos, d.payload()))) {
             stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = downlinks.publish_bytes(DOWNLINK_BATCH_TOPIC, QoS::AtLeastOnce, false, payload).await {
                 tracing::error!(error = %e, "bridge could not publish a downlink pack");

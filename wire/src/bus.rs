@@ -10,18 +10,23 @@ use rumqttc::{AsyncClient, EventLoop, MqttOptions, NetworkOptions};
 /// Largest packet on the bus, either direction; device limits are enforced by the gate.
 pub const MAX_BUS_PACKET: usize = 4 * 1024 * 1024;
 
-/// Downlinks packed into one bus message ([`pack_downlinks`]). Only on the embedded
-/// bus, where the one gate takes every downlink (`to/#`): there the bridge sends a
-/// batch's downlinks as one publish instead of one or two per message. No user's
-/// topic is this one (user ids are UUIDs), and devices never see it.
+/// Packs on the embedded bus, where one gate and one bridge do all the work: the
+/// bridge sends a batch's downlinks as one publish on this topic (the gate takes
+/// `to/#`), and the gate sends whatever uplinks are waiting as one publish on
+/// [`UPLINK_BATCH_TOPIC`] (the bridge takes `from/#`), instead of one publish, one
+/// write and one acknowledgement each. No user's topic is either (user ids are
+/// UUIDs, and devices publish only under their own), and devices never see them.
 pub const DOWNLINK_BATCH_TOPIC: &str = "to/_batch";
+
+/// Uplinks packed into one bus message; see [`DOWNLINK_BATCH_TOPIC`].
+pub const UPLINK_BATCH_TOPIC: &str = "from/_batch";
 
 const PACK_VERSION: u8 = 1;
 
 /// Room left in a pack for the MQTT header and topic.
 const PACK_LIMIT: usize = MAX_BUS_PACKET - 1024;
 
-/// One downlink in a pack: its topic, QoS and payload.
+/// One message in a pack: its topic, QoS and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packed {
     pub topic: String,
@@ -29,13 +34,14 @@ pub struct Packed {
     pub payload: Bytes,
 }
 
-/// Packs downlinks, in order, into as few bus payloads as fit [`MAX_BUS_PACKET`]:
-/// a version byte, then for each a 2-byte topic length, the topic, the QoS byte, a
-/// 4-byte payload length and the payload.
-pub fn pack_downlinks(downlinks: impl IntoIterator<Item = (String, u8, Vec<u8>)>) -> Vec<Bytes> {
+/// Packs messages (topic, QoS, payload), in order, into as few bus payloads as fit
+/// [`MAX_BUS_PACKET`]: a version byte, then for each a 2-byte topic length, the
+/// topic, the QoS byte, a 4-byte payload length and the payload.
+pub fn pack<T: AsRef<str>, P: AsRef<[u8]>>(messages: impl IntoIterator<Item = (T, u8, P)>) -> Vec<Bytes> {
     let mut packs = Vec::new();
     let mut out = BytesMut::new();
-    for (topic, qos, payload) in downlinks {
+    for (topic, qos, payload) in messages {
+        let (topic, payload) = (topic.as_ref(), payload.as_ref());
         let size = 2 + topic.len() + 1 + 4 + payload.len();
         if out.len() > 1 && out.len() + size > PACK_LIMIT {
             packs.push(std::mem::take(&mut out).freeze());
@@ -48,7 +54,7 @@ pub fn pack_downlinks(downlinks: impl IntoIterator<Item = (String, u8, Vec<u8>)>
         out.put_slice(topic.as_bytes());
         out.put_u8(qos);
         out.put_u32(payload.len() as u32);
-        out.put_slice(&payload);
+        out.put_slice(payload);
     }
     if !out.is_empty() {
         packs.push(out.freeze());
@@ -56,13 +62,13 @@ pub fn pack_downlinks(downlinks: impl IntoIterator<Item = (String, u8, Vec<u8>)>
     packs
 }
 
-/// The downlinks in a pack (payloads share its memory); `None` if it is not one.
-pub fn unpack_downlinks(mut pack: Bytes) -> Option<Vec<Packed>> {
+/// The messages in a pack (payloads share its memory); `None` if it is not one.
+pub fn unpack(mut pack: Bytes) -> Option<Vec<Packed>> {
     if pack.first() != Some(&PACK_VERSION) {
         return None;
     }
     pack.advance(1);
-    let mut downlinks = Vec::new();
+    let mut messages = Vec::new();
     while !pack.is_empty() {
         let topic_len = usize::from(pack.try_get_u16().ok()?);
         let topic = String::from_utf8(pack.get(..topic_len)?.to_vec()).ok()?;
@@ -72,9 +78,9 @@ pub fn unpack_downlinks(mut pack: Bytes) -> Option<Vec<Packed>> {
         if pack.len() < len {
             return None;
         }
-        downlinks.push(Packed { topic, qos, payload: pack.split_to(len) });
+        messages.push(Packed { topic, qos, payload: pack.split_to(len) });
     }
-    Some(downlinks)
+    Some(messages)
 }
 
 /// Where the bus listens and the credentials its internal clients use.
@@ -171,25 +177,25 @@ mod tests {
             ("to/b/msg".to_string(), 1, Vec::new()),
             ("to/b/typing".to_string(), 0, vec![0xff; 300]),
         ];
-        let packs = pack_downlinks(downlinks.clone());
+        let packs = pack(downlinks.clone());
         assert_eq!(packs.len(), 1);
-        let back = unpack_downlinks(packs[0].clone()).expect("a pack");
+        let back = unpack(packs[0].clone()).expect("a pack");
         let back: Vec<_> = back.into_iter().map(|p| (p.topic, p.qos, p.payload.to_vec())).collect();
         assert_eq!(back, downlinks);
-        assert!(pack_downlinks(Vec::new()).is_empty());
+        assert!(pack(Vec::<(String, u8, Vec<u8>)>::new()).is_empty());
         for bad in [&b""[..], b"\x02", b"\x01\x00", b"\x01\x00\x01a\x01\x00\x00\x00\x09short"] {
-            assert_eq!(unpack_downlinks(Bytes::copy_from_slice(bad)), None, "{bad:?}");
+            assert_eq!(unpack(Bytes::copy_from_slice(bad)), None, "{bad:?}");
         }
     }
 
     #[test]
-    fn downlinks_beyond_one_bus_packet_go_in_more_packs() {
+    fn messages_beyond_one_bus_packet_go_in_more_packs() {
         let big = vec![7u8; 1024 * 1024];
-        let packs = pack_downlinks((0..9).map(|i| (format!("to/u{i}/msg"), 1, big.clone())));
-        assert_eq!(packs.len(), 3, "three downlinks of 1 MiB fit in one bus packet, not four");
+        let packs = pack((0..9).map(|i| (format!("to/u{i}/msg"), 1, &big[..])));
+        assert_eq!(packs.len(), 3, "three messages of 1 MiB fit in one bus packet, not four");
         assert!(packs.iter().all(|p| p.len() <= MAX_BUS_PACKET - 1024));
         let topics: Vec<String> =
-            packs.into_iter().flat_map(|p| unpack_downlinks(p).expect("pack")).map(|p| p.topic).collect();
+            packs.into_iter().flat_map(|p| unpack(p).expect("pack")).map(|p| p.topic).collect();
         assert_eq!(topics, (0..9).map(|i| format!("to/u{i}/msg")).collect::<Vec<_>>());
     }
 }

@@ -662,7 +662,7 @@ impl Connection {
             } else {
                 (p.topic, p.payload)
             };
-            if let Err(e) = self.shared.bus.publish(topic, qos, false, payload).await {
+            if let Err(e) = self.shared.uplinks.send(topic, qos, payload).await {
                 tracing::error!(error = %e, "bus refused an uplink; closing");
                 return Some(End::Closed(CloseReason::ShuttingDown));
             }
@@ -873,7 +873,7 @@ impl Connection {
     /// resumes its session first. The delay never outlasts the session: a session
     /// that ends with its connection publishes at once (MQTT 5 §3.1.3.2.2).
     fn publish_will(&self, will: codec::Will) {
-        let bus = self.shared.bus.clone();
+        let uplinks = self.shared.uplinks.clone();
         let session_expiry = self.accepted.session.state().expiry.unwrap_or(Duration::ZERO);
         let delay = Duration::from_secs(u64::from(will.delay)).min(session_expiry);
         let qos = if will.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
@@ -894,7 +894,7 @@ impl Connection {
             (will.topic, will.payload)
         };
         let publish = move || {
-            if let Err(e) = bus.try_publish(topic, qos, false, payload) {
+            if let Err(e) = uplinks.try_send(topic, qos, payload) {
                 tracing::warn!(error = %e, "will could not be published");
             }
         };
@@ -928,8 +928,8 @@ async fn report_presence(shared: &Shared, user: UserId) {
     let (devices, seq) = shared.presence_seq.stamp(|| shared.registry.connected_devices(user) as i64);
     let report = GatePresence { reset: false, user_id: Some(user), devices, seq };
     let topic = topics::gate_presence(&shared.settings.node_id);
-    let payload = serde_json::to_vec(&report).unwrap_or_default();
-    if let Err(e) = shared.bus.publish(topic, QoS::AtLeastOnce, false, payload).await {
+    let payload = serde_json::to_vec(&report).unwrap_or_default().into();
+    if let Err(e) = shared.uplinks.send(topic, QoS::AtLeastOnce, payload).await {
         tracing::warn!(error = %e, "presence report not handed to the bus");
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parley_domain::SessionsRevoked;
-use parley_wire::bus::{unpack_downlinks, BusEndpoint, DOWNLINK_BATCH_TOPIC};
+use parley_wire::bus::{unpack, BusEndpoint, DOWNLINK_BATCH_TOPIC};
 use parley_wire::{topics, UserId};
 use rumqttc::{Event, Outgoing, Packet};
 use tokio_util::sync::CancellationToken;
@@ -156,7 +156,7 @@ pub async fn run(
                     Some(ns) if p.topic.starts_with(namespace::BUS_PREFIX) => {
                         ns.dispatch(&registry, &stats, max_queued, p.payload);
                     }
-                    _ if p.topic == DOWNLINK_BATCH_TOPIC => match unpack_downlinks(p.payload) {
+                    _ if p.topic == DOWNLINK_BATCH_TOPIC => match unpack(p.payload) {
                         Some(downlinks) => {
                             for d in downlinks {
                                 dispatch(&registry, &stats, max_queued, &d.topic, d.payload, d.qos);

@@ -13,6 +13,7 @@ mod namespace;
 mod session;
 mod subscriptions;
 mod transport;
+mod uplink;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -52,8 +53,11 @@ pub struct GateSettings {
     pub write_timeout: Duration,
     /// This gate's name in presence reports.
     pub node_id: String,
-    /// Subscribe to each connected user's downlinks (an external bus) instead of all of them.
-    pub per_user_subscriptions: bool,
+    /// The bus is the embedded one, with this gate the only gate on it: the gate
+    /// takes every downlink with one subscription and packs uplinks (uplink.rs).
+    /// On an external bus (several gates) it subscribes to each connected user's
+    /// downlinks and sends uplinks one publish each.
+    pub embedded_bus: bool,
     /// How long a CONNECT waits for the bus to confirm the user's downlink subscription
     /// before the device is refused with "server unavailable" (shorter than the usual
     /// client CONNACK time-outs, 5 s in rumqttc, so the device hears why).
@@ -105,7 +109,7 @@ impl GateSettings {
             max_sessions_per_user: 32,
             write_timeout: Duration::from_secs(30),
             node_id: mqtt.node_id.clone(),
-            per_user_subscriptions: false,
+            embedded_bus: true,
             bus_wait: Duration::from_secs(3),
             max_keep_alive: if mqtt.max_keep_alive_secs == 0 { u16::MAX } else { mqtt.max_keep_alive_secs },
             max_client_id_len: mqtt.max_client_id_len,
@@ -132,7 +136,7 @@ pub(crate) struct Shared {
     domain: Domain,
     registry: Arc<Registry>,
     stats: Arc<GateStats>,
-    bus: AsyncClient,
+    uplinks: uplink::Uplinks,
     next_connection: AtomicU64,
     admission: Admission,
     /// The open namespace, when configured.
@@ -220,18 +224,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // Uplinks, wills and presence reports go out on one connection; downlinks come
     // in on another (downlink.rs), so neither waits behind the other.
-    let (client, events) = parley_wire::bus::client(bus.options("gate"), 1024);
-    let mut uplinks = tokio::spawn(poll_uplinks(events, bus.to_string()));
+    let (client, events) = parley_wire::bus::client(bus.options("gate"), 64);
+    let mut uplink_connection = tokio::spawn(poll_uplinks(events, bus.to_string()));
     // Whatever this gate reported before it (re)started no longer holds.
     let presence_topic = parley_wire::topics::gate_presence(&settings.node_id);
     let presence_seq = PresenceSeq::default();
     let ((), seq) = presence_seq.stamp(|| ());
-    client.publish(presence_topic.clone(), QoS::AtLeastOnce, false, presence_reset(seq)).await?;
+    let stats = Arc::new(GateStats::default());
+    let (uplinks, forwarder) = uplink::start(client, settings.embedded_bus, stats.clone());
+    uplinks.send(presence_topic.clone(), QoS::AtLeastOnce, presence_reset(seq)).await?;
     let namespace =
         settings.open_namespace.as_deref().map(|open| Arc::new(Namespace::new(open, settings.allow_anonymous)));
-    let subscriptions = Subscriptions::new(settings.per_user_subscriptions, namespace.is_some());
+    let subscriptions = Subscriptions::new(!settings.embedded_bus, namespace.is_some());
     let registry = Arc::new(Registry::new(Arc::new(subscriptions)));
-    let stats = Arc::new(GateStats::default());
     let tasks = TaskTracker::new();
     tasks.spawn(downlink::run(
         bus.clone(),
@@ -248,7 +253,7 @@ pub async fn serve(
         domain,
         registry: registry.clone(),
         stats,
-        bus: client.clone(),
+        uplinks,
         next_connection: AtomicU64::new(1),
         admission,
         namespace,
@@ -266,10 +271,10 @@ pub async fn serve(
     // This gate holds no device any more: say so (the bridges mark its users offline),
     // then leave the bus once that and the last reports are out.
     let ((), seq) = shared.presence_seq.stamp(|| ());
-    let _ = client.try_publish(presence_topic, QoS::AtLeastOnce, false, presence_reset(seq));
-    let _ = client.try_disconnect();
-    if tokio::time::timeout(Duration::from_secs(2), &mut uplinks).await.is_err() {
-        uplinks.abort();
+    let _ = shared.uplinks.try_send(presence_topic, QoS::AtLeastOnce, presence_reset(seq));
+    let sent = forwarder.finish(Duration::from_secs(2)).await;
+    if !sent || tokio::time::timeout(Duration::from_secs(2), &mut uplink_connection).await.is_err() {
+        uplink_connection.abort();
         tracing::warn!("the gate's last presence reports may not have reached the bus");
     }
     tracing::info!("gate stopped");
@@ -303,8 +308,8 @@ async fn accept(
     }
 }
 
-fn presence_reset(seq: i64) -> String {
-    serde_json::json!({ "reset": true, "seq": seq }).to_string()
+fn presence_reset(seq: i64) -> bytes::Bytes {
+    serde_json::json!({ "reset": true, "seq": seq }).to_string().into()
 }
 
 /// Numbers this gate's presence reports: milliseconds since the epoch, strictly

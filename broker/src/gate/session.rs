@@ -188,6 +188,10 @@ pub struct GateStats {
     /// Downlinks that reached this gate for a user with no session here (with an
     /// external bus, only those in flight while the user's last session goes).
     pub downlinks_unclaimed: AtomicU64,
+    /// Uplinks (device publishes, wills, presence reports) handed to the bus, and
+    /// the bus publishes that carried them (fewer when packed, on the embedded bus).
+    pub uplinks: AtomicU64,
+    pub uplink_publishes: AtomicU64,
 }
 
 impl GateStats {
@@ -196,7 +200,7 @@ impl GateStats {
     }
 
     /// Every counter with its name, for the metrics page.
-    pub fn counters(&self) -> [(&'static str, &AtomicU64); 13] {
+    pub fn counters(&self) -> [(&'static str, &AtomicU64); 15] {
         [
             ("connections_accepted", &self.connections_accepted),
             ("connections_refused", &self.connections_refused),
@@ -211,6 +215,8 @@ impl GateStats {
             ("connections_banned", &self.connections_banned),
             ("connections_throttled", &self.connections_throttled),
             ("downlinks_unclaimed", &self.downlinks_unclaimed),
+            ("uplinks", &self.uplinks),
+            ("uplink_publishes", &self.uplink_publishes),
         ]
     }
 }
