@@ -267,7 +267,7 @@ fn api_state(
         let client = bus_client.clone();
         Box::pin(async move {
             for o in outgoing {
-                if let Err(e) = client.publish(o.topic(), o.mqtt_qos(), false, o.payload()).await {
+                if let Err(e) = client.publish_bytes(o.topic(), o.mqtt_qos(), false, o.payload()).await {
                     tracing::error!(error = %e, "could not hand a downlink to the bus");
                 }
             }

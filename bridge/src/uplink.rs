@@ -8,7 +8,6 @@ use parley_wire::payloads::{
 };
 use parley_wire::{topics, UserId};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 /// The uplink's payload as `$t`, or an `invalid_payload` error to the sender.
 macro_rules! decode_or_refuse {
@@ -172,17 +171,13 @@ fn refusal(sender: UserId, channel: &'static str, id: Option<String>, e: &Domain
     if matches!(e, DomainError::Store(_) | DomainError::Internal(_)) {
         tracing::error!(user_id = %sender, error = %e, "uplink failed");
     }
-    let mut out = error(sender, channel, id, e.code(), e.public_message());
-    if let (Some(wait), Some(error)) = (e.retry_after(), out.body.get_mut("error")) {
-        error["retry_after_ms"] = serde_json::json!(wait.as_millis().max(1) as u64);
-    }
-    out
+    let retry_after_ms = e.retry_after().map(|wait| wait.as_millis().max(1) as u64);
+    let error = ErrorBody { code: e.code().to_string(), message: e.public_message(), retry_after_ms };
+    Outgoing::new(sender, channel, &AckError { id, error })
 }
 
+/// `{"id": …, "error": {"code": …, "message": …}}` on the sender's `channel`.
 fn error(sender: UserId, channel: &'static str, id: Option<String>, code: &str, message: String) -> Outgoing {
-    if channel == topics::ACK {
-        let body = AckError { id, error: ErrorBody { code: code.to_string(), message, retry_after_ms: None } };
-        return Outgoing::new(sender, channel, &body);
-    }
-    Outgoing::new(sender, channel, &json!({ "id": id, "error": { "code": code, "message": message } }))
+    let error = ErrorBody { code: code.to_string(), message, retry_after_ms: None };
+    Outgoing::new(sender, channel, &AckError { id, error })
 }

@@ -1,6 +1,10 @@
 //! How uplinks are worked off: in bus order, by one worker. Whatever arrived while
 //! the previous batch was being stored is taken at once: a run of messages shares
-//! one transaction, any other uplink is handled alone in its place.
+//! one transaction, any other uplink is handled alone in its place. Signals
+//! (typing, presence, the gates' presence reports) are the exception: they say
+//! nothing about messages, so they are taken out of the batch and handled, in
+//! their own order, alongside its messages. A storm of them neither splits the
+//! batch's messages into many transactions nor makes them wait.
 //!
 //! The bus connection acknowledges each uplink as it arrives. rumqttd sends a
 //! client at most 100 unacknowledged QoS 1 messages (a constant in its router);
@@ -49,35 +53,51 @@ pub(crate) async fn work(
     let mut outgoing: Vec<Outgoing> = Vec::new();
     while uplinks.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = std::time::Instant::now();
-        let mut rest = batch.as_slice();
-        while let Some(first) = rest.first() {
-            let run = rest.iter().take_while(|p| message_sender(&p.topic).is_some()).count();
-            let (now, later) = rest.split_at(run.max(1));
-            let outs = if run == 0 {
-                vec![handle_uplink(&domain, &first.topic, &first.payload).await]
-            } else {
-                let messages: Vec<(UserId, &[u8])> =
-                    now.iter().filter_map(|p| Some((message_sender(&p.topic)?, &p.payload[..]))).collect();
-                let handling = std::time::Instant::now();
-                let (outs, together) = handle_messages(&domain, &messages).await;
-                tracing::debug!(
-                    messages = messages.len(),
-                    together,
-                    ms = handling.elapsed().as_secs_f64() * 1e3,
-                    "message run stored"
-                );
-                stats.stored_together.fetch_add(together as u64, Ordering::Relaxed);
-                outs
-            };
-            outgoing.extend(outs.into_iter().flatten());
-            rest = later;
-        }
+        let (signals, ordered): (Vec<&Packed>, Vec<&Packed>) = batch.iter().partition(|p| is_signal(&p.topic));
+        let (ordered, signals) = tokio::join!(handle_in_order(&domain, &ordered, &stats), async {
+            let mut out = Vec::new();
+            for p in signals {
+                out.extend(handle_uplink(&domain, &p.topic, &p.payload).await);
+            }
+            out
+        });
+        outgoing.extend(ordered);
+        outgoing.extend(signals);
         publish(&downlinks, packed, &mut outgoing, &stats).await;
         // Counted once their downlinks are with the bus.
         stats.uplinks_handled.fetch_add(batch.len() as u64, Ordering::Relaxed);
         tracing::debug!(uplinks = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch done");
         batch.clear();
     }
+}
+
+/// Handles `uplinks` in order: each run of messages together, anything else alone
+/// in its place; returns their downlinks in the same order.
+async fn handle_in_order(domain: &Domain, uplinks: &[&Packed], stats: &BridgeStats) -> Vec<Outgoing> {
+    let mut outgoing = Vec::new();
+    let mut rest = uplinks;
+    while let Some(first) = rest.first() {
+        let run = rest.iter().take_while(|p| message_sender(&p.topic).is_some()).count();
+        let (now, later) = rest.split_at(run.max(1));
+        if run == 0 {
+            outgoing.extend(handle_uplink(domain, &first.topic, &first.payload).await);
+        } else {
+            let messages: Vec<(UserId, &[u8])> =
+                now.iter().filter_map(|p| Some((message_sender(&p.topic)?, &p.payload[..]))).collect();
+            let handling = std::time::Instant::now();
+            let (outs, together) = handle_messages(domain, &messages).await;
+            tracing::debug!(
+                messages = messages.len(),
+                together,
+                ms = handling.elapsed().as_secs_f64() * 1e3,
+                "message run stored"
+            );
+            stats.stored_together.fetch_add(together as u64, Ordering::Relaxed);
+            outgoing.extend(outs.into_iter().flatten());
+        }
+        rest = later;
+    }
+    outgoing
 }
 
 /// Hands a batch's downlinks to the bus, in order: packed into as few publishes
@@ -95,10 +115,17 @@ async fn publish(downlinks: &AsyncClient, packed: bool, outgoing: &mut Vec<Outgo
     }
     for d in outgoing.drain(..) {
         stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = downlinks.publish(d.topic(), d.mqtt_qos(), false, d.payload()).await {
+        if let Err(e) = downlinks.publish_bytes(d.topic(), d.mqtt_qos(), false, d.payload()).await {
             tracing::error!(error = %e, "bridge could not publish a downlink");
         }
     }
+}
+
+/// Typing, presence and the gates' presence reports: signals about people, not
+/// about messages, so they need no place among the messages of their batch.
+fn is_signal(topic: &str) -> bool {
+    topic.starts_with("sys/presence/")
+        || topics::parse_uplink(topic).is_some_and(|u| u.kind == topics::TYPING || u.kind == topics::PRESENCE)
 }
 
 /// The sender of a message uplink (`from/{uid}/msg`).
@@ -122,5 +149,18 @@ mod tests {
         ] {
             assert_eq!(message_sender(&other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn typing_and_presence_are_signals_and_nothing_else_is() {
+        let uid = "0193b6d0-7c1e-7a55-8f0e-3f0b1c2d4e5f";
+        for signal in [format!("from/{uid}/typing"), format!("from/{uid}/presence"), "sys/presence/gate-1".into()] {
+            assert!(is_signal(&signal), "{signal}");
+        }
+        for other in ["msg", "receipt", "edit", "delete", "react", "sync", "settings"] {
+            let topic = format!("from/{uid}/{other}");
+            assert!(!is_signal(&topic), "{topic}");
+        }
+        assert!(!is_signal("from/nobody/typing"));
     }
 }

@@ -12,7 +12,7 @@ use crate::backend::{id_list, is_postgres, is_postgres_pool, on_pool};
 use crate::conversations::direct_key;
 use crate::events::lock_rows;
 use crate::{NewMessage, Posted, Store, StoreError, Stored, Target};
-use serde_json::json;
+use serde::Serialize;
 
 /// Rows per multi-row statement, well under both backends' bound-parameter limits.
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -43,9 +43,50 @@ macro_rules! push_pairs {
     }};
 }
 
-/// Rows as one JSON array: the single parameter of PostgreSQL's `json_to_recordset($1::json)`.
-fn records(rows: Vec<serde_json::Value>) -> String {
-    serde_json::Value::from(rows).to_string()
+/// Rows as one JSON array: the single parameter of PostgreSQL's
+/// `json_to_recordset($1::json)`, written straight from the rows' fields.
+fn records<T: Serialize>(rows: &[T]) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))
+}
+
+/// A (sender, client id) pair looked up.
+#[derive(Serialize)]
+struct PairRow<'a> {
+    s: Uuid,
+    c: &'a str,
+}
+
+/// A row whose counter moves on by `n` (`at`: the conversation's last message time).
+#[derive(Serialize)]
+struct CountRow {
+    id: Uuid,
+    n: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct MessageRow<'a> {
+    id: Uuid,
+    conversation_id: Option<Uuid>,
+    seq: Option<i64>,
+    sender_id: Uuid,
+    client_id: &'a str,
+    kind: &'a str,
+    body: &'a str,
+    reply_to: Option<Uuid>,
+    attachment_id: Option<Uuid>,
+    attachment: Option<String>,
+    created_at: i64,
+}
+
+#[derive(Serialize)]
+struct EventRow {
+    user_id: Uuid,
+    seq: i64,
+    conversation_id: Option<Uuid>,
+    message_id: Uuid,
+    created_at: i64,
 }
 
 impl Store {
@@ -243,13 +284,13 @@ impl Store {
                 let rows = if pg {
                     // LATERAL: one unique-index probe per pair, whatever the planner
                     // guesses of the list's length.
-                    let pairs: Vec<serde_json::Value> =
-                        chunk.iter().map(|(sender, client_id)| json!({"s": sender.0, "c": client_id})).collect();
+                    let pairs: Vec<PairRow> =
+                        chunk.iter().map(|(sender, client_id)| PairRow { s: sender.0, c: client_id }).collect();
                     sqlx::query(
                         "SELECT m.sender_id, m.client_id FROM json_to_recordset($1::json) AS t(s uuid, c text), \
                          LATERAL (SELECT sender_id, client_id FROM messages WHERE sender_id = t.s AND client_id = t.c) m",
                     )
-                    .bind(records(pairs))
+                    .bind(records(&pairs)?)
                     .fetch_all(&mut *tx)
                     .await?
                 } else {
@@ -302,14 +343,14 @@ impl Store {
             let counted: Vec<(Uuid, (i64, i64))> = per_conversation.into_iter().collect();
             for chunk in counted.chunks(ROWS_PER_STATEMENT) {
                 let rows = if pg {
-                    let rows: Vec<serde_json::Value> =
-                        chunk.iter().map(|(c, (n, at))| json!({"id": c, "n": n, "at": at})).collect();
+                    let rows: Vec<CountRow> =
+                        chunk.iter().map(|(c, (n, at))| CountRow { id: *c, n: *n, at: Some(*at) }).collect();
                     sqlx::query(
                         "UPDATE conversations c SET last_seq = c.last_seq + t.n, last_message_at = t.at \
                          FROM json_to_recordset($1::json) AS t(id uuid, n bigint, at bigint) \
                          WHERE c.id = t.id RETURNING c.id, c.last_seq",
                     )
-                    .bind(records(rows))
+                    .bind(records(&rows)?)
                     .fetch_all(&mut *tx)
                     .await?
                 } else {
@@ -349,18 +390,23 @@ impl Store {
                 // A retry that another transaction stored in the meantime fails the
                 // whole batch; the caller then stores each message alone.
                 if pg {
-                    let rows: Vec<serde_json::Value> = chunk
+                    let rows: Vec<MessageRow> = chunk
                         .iter()
                         .map(|&i| {
                             let msg = &msgs[i];
-                            json!({
-                                "id": ids[i].0, "conversation_id": conversation_of[i], "seq": seq_of.get(&i),
-                                "sender_id": msg.sender.0, "client_id": msg.client_id, "kind": msg.kind,
-                                "body": msg.body, "reply_to": msg.reply_to.map(|r| r.0),
-                                "attachment_id": msg.attachment.as_ref().map(|a| a.id),
-                                "attachment": msg.attachment.as_ref().and_then(|a| serde_json::to_string(a).ok()),
-                                "created_at": msg.now_ms,
-                            })
+                            MessageRow {
+                                id: ids[i].0,
+                                conversation_id: conversation_of[i],
+                                seq: seq_of.get(&i).copied(),
+                                sender_id: msg.sender.0,
+                                client_id: &msg.client_id,
+                                kind: msg.kind,
+                                body: &msg.body,
+                                reply_to: msg.reply_to.map(|r| r.0),
+                                attachment_id: msg.attachment.as_ref().map(|a| a.id),
+                                attachment: msg.attachment.as_ref().and_then(|a| serde_json::to_string(a).ok()),
+                                created_at: msg.now_ms,
+                            }
                         })
                         .collect();
                     sqlx::query(
@@ -370,7 +416,7 @@ impl Store {
                          sender_id uuid, client_id text, kind text, body text, reply_to uuid, attachment_id uuid, \
                          attachment text, created_at bigint)",
                     )
-                    .bind(records(rows))
+                    .bind(records(&rows)?)
                     .execute(&mut *tx)
                     .await?;
                     continue;
@@ -410,13 +456,13 @@ impl Store {
             for chunk in counted.chunks(ROWS_PER_STATEMENT) {
                 lock_rows!(tx, "users", chunk.iter().map(|(u, _)| u.0));
                 let rows = if pg {
-                    let rows: Vec<serde_json::Value> = chunk.iter().map(|(u, n)| json!({"id": u.0, "n": n})).collect();
+                    let rows: Vec<CountRow> = chunk.iter().map(|(u, n)| CountRow { id: u.0, n: *n, at: None }).collect();
                     sqlx::query(
                         "UPDATE users u SET last_event_seq = u.last_event_seq + t.n \
                          FROM json_to_recordset($1::json) AS t(id uuid, n bigint) \
                          WHERE u.id = t.id RETURNING u.id, u.last_event_seq",
                     )
-                    .bind(records(rows))
+                    .bind(records(&rows)?)
                     .fetch_all(&mut *tx)
                     .await?
                 } else {
@@ -454,11 +500,14 @@ impl Store {
             }
             for chunk in events.chunks(ROWS_PER_STATEMENT) {
                 if pg {
-                    let rows: Vec<serde_json::Value> = chunk
+                    let rows: Vec<EventRow> = chunk
                         .iter()
-                        .map(|(i, user, seq)| {
-                            json!({"user_id": user.0, "seq": seq, "conversation_id": conversation_of[*i],
-                                   "message_id": ids[*i].0, "created_at": msgs[*i].now_ms})
+                        .map(|(i, user, seq)| EventRow {
+                            user_id: user.0,
+                            seq: *seq,
+                            conversation_id: conversation_of[*i],
+                            message_id: ids[*i].0,
+                            created_at: msgs[*i].now_ms,
                         })
                         .collect();
                     sqlx::query(
@@ -467,7 +516,7 @@ impl Store {
                          FROM json_to_recordset($1::json) \
                          AS t(user_id uuid, seq bigint, conversation_id uuid, message_id uuid, created_at bigint)",
                     )
-                    .bind(records(rows))
+                    .bind(records(&rows)?)
                     .execute(&mut *tx)
                     .await?;
                     continue;

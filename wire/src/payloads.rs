@@ -204,14 +204,16 @@ pub struct SyncAnswer {
 pub struct Outgoing {
     pub user: UserId,
     pub channel: &'static str,
-    pub body: serde_json::Value,
+    /// The JSON bytes published, serialized once when made.
+    pub body: bytes::Bytes,
     /// 1 for anything a device must get; 0 for ephemeral signals (typing, presence).
     pub qos: u8,
 }
 
 impl Outgoing {
     pub fn new(user: UserId, channel: &'static str, body: &impl Serialize) -> Outgoing {
-        Outgoing { user, channel, body: serde_json::to_value(body).unwrap_or(serde_json::Value::Null), qos: 1 }
+        let body = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec()).into();
+        Outgoing { user, channel, body, qos: 1 }
     }
 
     /// At QoS 0: never queued for an absent device, never stored.
@@ -234,8 +236,8 @@ impl Outgoing {
     }
 
     /// The JSON bytes published.
-    pub fn payload(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.body).unwrap_or_default()
+    pub fn payload(&self) -> bytes::Bytes {
+        self.body.clone()
     }
 }
 
