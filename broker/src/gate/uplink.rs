@@ -7,9 +7,10 @@
 //! passes the bus's packet size), which the bridge takes apart in order. There one
 //! bridge takes every uplink anyway, and each publish costs the gate, the bus and
 //! the bridge a round of work (a write, the router, a read and an acknowledgement)
-//! whatever it carries. Nothing waits to fill a pack: the connection takes what
-//! queued while the previous publish was handed over. Open-namespace envelopes are
-//! for the gates and always go alone, as every uplink does on an external bus.
+//! whatever it carries. A pack waits 1 ms after its first uplink for more: the
+//! device was acknowledged already, and the bridge, busy with its previous batch
+//! under load, would not take it sooner. Open-namespace envelopes are for the
+//! gates and always go alone, as every uplink does on an external bus.
 //!
 //! A full queue makes the device's connection wait before it acknowledges, which
 //! is the back-pressure a fast device feels.
@@ -31,6 +32,11 @@ const QUEUE: usize = 1024;
 
 /// The most uplinks taken from the queue at once.
 const MAX_TAKEN: usize = 1000;
+
+/// How long a pack waits for more uplinks once the first is taken. Devices send
+/// one by one, and the forwarder would otherwise take each as it comes (measured
+/// with parley-bench at 5,500 messages a second: 1.2 uplinks per pack).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The gate's side of the queue; cheap to clone.
 #[derive(Clone)]
@@ -107,6 +113,14 @@ async fn forward(
                 if n == 0 {
                     break;
                 }
+                if packed && n < MAX_TAKEN {
+                    tokio::time::sleep(LINGER).await;
+                    while taken.len() < MAX_TAKEN {
+                        let Ok(u) = rx.try_recv() else { break };
+                        taken.push(u);
+                    }
+                }
+                let n = taken.len();
                 stats.uplinks.fetch_add(n as u64, Ordering::Relaxed);
                 publish(&client, packed, &mut taken, &stats).await;
             }
