@@ -3,8 +3,10 @@
 //! one transaction, any other uplink is handled alone in its place. Signals
 //! (typing, presence, the gates' presence reports) are the exception: they say
 //! nothing about messages, so they are taken out of the batch and handled, in
-//! their own order, alongside its messages. A storm of them neither splits the
-//! batch's messages into many transactions nor makes them wait.
+//! their own order: on PostgreSQL alongside its messages, on SQLite (one writer,
+//! which makes the others wait and poll) once the messages' downlinks are out. A
+//! storm of them neither splits the batch's messages into many transactions nor
+//! makes them wait.
 //!
 //! The bus connection acknowledges each uplink as it arrives. rumqttd sends a
 //! client at most 100 unacknowledged QoS 1 messages (a constant in its router);
@@ -51,24 +53,36 @@ pub(crate) async fn work(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut outgoing: Vec<Outgoing> = Vec::new();
+    let concurrent = domain.store().concurrent_writers();
     while uplinks.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = std::time::Instant::now();
         let (signals, ordered): (Vec<&Packed>, Vec<&Packed>) = batch.iter().partition(|p| is_signal(&p.topic));
-        let (ordered, signals) = tokio::join!(handle_in_order(&domain, &ordered, &stats), async {
-            let mut out = Vec::new();
-            for p in signals {
-                out.extend(handle_uplink(&domain, &p.topic, &p.payload).await);
-            }
-            out
-        });
-        outgoing.extend(ordered);
-        outgoing.extend(signals);
-        publish(&downlinks, packed, &mut outgoing, &stats).await;
+        if concurrent {
+            let (ordered, signals) =
+                tokio::join!(handle_in_order(&domain, &ordered, &stats), handle_signals(&domain, &signals));
+            outgoing.extend(ordered.into_iter().chain(signals));
+            publish(&downlinks, packed, &mut outgoing, &stats).await;
+        } else {
+            // One writer (SQLite): the messages go first and leave at once.
+            outgoing.extend(handle_in_order(&domain, &ordered, &stats).await);
+            publish(&downlinks, packed, &mut outgoing, &stats).await;
+            outgoing.extend(handle_signals(&domain, &signals).await);
+            publish(&downlinks, packed, &mut outgoing, &stats).await;
+        }
         // Counted once their downlinks are with the bus.
         stats.uplinks_handled.fetch_add(batch.len() as u64, Ordering::Relaxed);
         tracing::debug!(uplinks = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch done");
         batch.clear();
     }
+}
+
+/// Handles signals one after another, in order.
+async fn handle_signals(domain: &Domain, signals: &[&Packed]) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    for p in signals {
+        out.extend(handle_uplink(domain, &p.topic, &p.payload).await);
+    }
+    out
 }
 
 /// Handles `uplinks` in order: each run of messages together, anything else alone

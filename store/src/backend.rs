@@ -98,6 +98,12 @@ impl Store {
         Ok(Store { backend })
     }
 
+    /// True when write transactions run side by side (PostgreSQL, row locks).
+    /// SQLite has one writer: the others wait for it, polling.
+    pub fn concurrent_writers(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
