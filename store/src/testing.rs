@@ -109,3 +109,12 @@ pub fn new_user(name: &str, role: parley_wire::Role) -> crate::NewUser {
         created_at_ms: 1_000,
     }
 }
+
+/// The value of SQLite `PRAGMA {name}` on one of the store's connections; `None`
+/// on PostgreSQL.
+pub async fn sqlite_pragma(store: &crate::Store, name: &str) -> Option<i64> {
+    use sqlx::Row;
+    let crate::backend::Backend::Sqlite(pool) = &store.backend else { return None };
+    let row = sqlx::query(&format!("PRAGMA {name}")).fetch_one(pool).await.expect("pragma");
+    Some(row.try_get(0).expect("an integer"))
+}
