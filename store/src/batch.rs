@@ -456,7 +456,8 @@ impl Store {
             for chunk in counted.chunks(ROWS_PER_STATEMENT) {
                 lock_rows!(tx, "users", chunk.iter().map(|(u, _)| u.0));
                 let rows = if pg {
-                    let rows: Vec<CountRow> = chunk.iter().map(|(u, n)| CountRow { id: u.0, n: *n, at: None }).collect();
+                    let rows: Vec<CountRow> =
+                        chunk.iter().map(|(u, n)| CountRow { id: u.0, n: *n, at: None }).collect();
                     sqlx::query(
                         "UPDATE users u SET last_event_seq = u.last_event_seq + t.n \
                          FROM json_to_recordset($1::json) AS t(id uuid, n bigint) \

@@ -194,8 +194,7 @@ mod tests {
         let packs = pack((0..9).map(|i| (format!("to/u{i}/msg"), 1, &big[..])));
         assert_eq!(packs.len(), 3, "three messages of 1 MiB fit in one bus packet, not four");
         assert!(packs.iter().all(|p| p.len() <= MAX_BUS_PACKET - 1024));
-        let topics: Vec<String> =
-            packs.into_iter().flat_map(|p| unpack(p).expect("pack")).map(|p| p.topic).collect();
+        let topics: Vec<String> = packs.into_iter().flat_map(|p| unpack(p).expect("pack")).map(|p| p.topic).collect();
         assert_eq!(topics, (0..9).map(|i| format!("to/u{i}/msg")).collect::<Vec<_>>());
     }
 }
