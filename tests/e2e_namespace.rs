@@ -52,6 +52,11 @@ fn message(topic: &str, payload: &str, qos: u8, retain: bool, pkid: u16) -> Inbo
     })
 }
 
+/// An anonymous v5 client that keeps its session for 60 s after it leaves.
+fn persistent(client_id: &str) -> ConnectInfo {
+    ConnectInfo { clean_start: false, session_expiry: Some(60), ..connect_info(None, client_id) }
+}
+
 fn filter(f: &str, qos: u8) -> SubscribeFilter {
     SubscribeFilter::new(f, qos)
 }
@@ -204,7 +209,7 @@ async fn retained_messages_follow_retain_handling_and_retain_as_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_sessions_queue_qos_1_and_2_and_wills_keep_their_properties() {
     let app = app("*").await;
-    let offline = ConnectInfo { clean_start: false, session_expiry: Some(60), ..connect_info(None, "offline queue") };
+    let offline = persistent("offline queue");
     let (mut o, _) = v5_client(app.mqtt, &offline).await;
     subscribe_with(&mut o, filter("TopicA/#", 2), None).await;
     drop(o);
@@ -271,7 +276,7 @@ async fn queued_messages_expire_and_disconnect_may_extend_the_session() {
         publish_acked(&mut b, Inbound::Publish(p)).await;
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let resume = ConnectInfo { clean_start: false, session_expiry: Some(60), ..connect_info(None, "expiring") };
+    let resume = persistent("expiring");
     let (mut o, ack) = v5_client(app.mqtt, &resume).await;
     assert!(ack.session_present, "the DISCONNECT's Session Expiry Interval kept the session");
     let got = next_publish(&mut o).await;
@@ -372,7 +377,7 @@ async fn shared_subscriptions_give_each_message_to_one_member_of_each_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_group_with_no_connected_member_queues_for_a_persistent_one() {
     let app = app("*").await;
-    let waiting = ConnectInfo { clean_start: false, session_expiry: Some(60), ..connect_info(None, "waiting member") };
+    let waiting = persistent("waiting member");
     let (mut w, _) = v5_client(app.mqtt, &waiting).await;
     subscribe_with(&mut w, filter("$share/late/jobs/#", 1), None).await;
     let (mut gone, _) = v5_client(app.mqtt, &connect_info(None, "clean member")).await;

@@ -21,7 +21,7 @@ macro_rules! decode_or_refuse {
 
 /// Decodes the uplink on `topic`, applies the rules, and says what to publish.
 pub async fn handle_uplink(domain: &Domain, topic: &str, payload: &[u8]) -> Vec<Outgoing> {
-    if let Some(gate) = topic.strip_prefix("sys/presence/") {
+    if let Some(gate) = topics::parse_gate_presence(topic) {
         return match serde_json::from_slice::<GatePresence>(payload) {
             Ok(report) => domain.gate_presence(gate, &report).await.unwrap_or_else(|e| {
                 tracing::error!(gate, error = %e, "presence report failed");

@@ -138,7 +138,7 @@ async fn publish(downlinks: &AsyncClient, packed: bool, outgoing: &mut Vec<Outgo
 /// Typing, presence and the gates' presence reports: signals about people, not
 /// about messages, so they need no place among the messages of their batch.
 fn is_signal(topic: &str) -> bool {
-    topic.starts_with("sys/presence/")
+    topics::parse_gate_presence(topic).is_some()
         || topics::parse_uplink(topic).is_some_and(|u| u.kind == topics::TYPING || u.kind == topics::PRESENCE)
 }
 

@@ -57,9 +57,23 @@ pub const BRIDGE_UPLINK_FILTER: &str = "$share/parley-bridge/from/#";
 /// The filter with which the bridges share the gates' presence reports.
 pub const BRIDGE_PRESENCE_FILTER: &str = "$share/parley-presence/sys/presence/+";
 
+/// Where the gates report device counts: `sys/presence/{gate}`.
+const GATE_PRESENCE_PREFIX: &str = "sys/presence/";
+
 /// Where gate `gate` reports device counts (one topic, so reports stay in order).
 pub fn gate_presence(gate: &str) -> String {
-    format!("sys/presence/{gate}")
+    format!("{GATE_PRESENCE_PREFIX}{gate}")
+}
+
+/// The gate named in a presence report's topic; `None` for any other topic.
+pub fn parse_gate_presence(topic: &str) -> Option<&str> {
+    topic.strip_prefix(GATE_PRESENCE_PREFIX)
+}
+
+/// Whether the bridges take `topic` (through [`BRIDGE_UPLINK_FILTER`] or
+/// [`BRIDGE_PRESENCE_FILTER`]): an uplink or a gate's presence report.
+pub fn bridge_takes(topic: &str) -> bool {
+    topic.starts_with("from/") || topic.starts_with(GATE_PRESENCE_PREFIX)
 }
 
 /// The filter with which a gate takes every downlink from the embedded bus.
@@ -107,6 +121,19 @@ mod tests {
         assert_eq!(parse_uplink("from/not-a-uuid/msg"), None);
         assert_eq!(parse_uplink("to/x/msg"), None);
         assert_eq!(parse_uplink(&format!("from/{uid}")), None);
+    }
+
+    #[test]
+    fn the_bridges_take_uplinks_and_presence_reports_only() {
+        let uid = UserId::new();
+        assert_eq!(parse_gate_presence(&gate_presence("gate-a")), Some("gate-a"));
+        assert_eq!(parse_gate_presence("sys/other/gate-a"), None);
+        for taken in [send_message(uid), gate_presence("g"), "from/_batch".into()] {
+            assert!(bridge_takes(&taken), "{taken}");
+        }
+        for not in [message(uid), "ns/lab/x".into(), "sys/other".into(), "lab/from/x".into()] {
+            assert!(!bridge_takes(&not), "{not}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parley_wire::bus::{pack, Packed, UPLINK_BATCH_TOPIC};
+use parley_wire::topics;
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -152,7 +153,7 @@ fn bus_publishes(taken: &[Packed], packed: bool) -> Vec<Packed> {
     let mut out = Vec::new();
     let mut rest = taken;
     while let Some(first) = rest.first() {
-        let run = if packed { rest.iter().take_while(|u| for_bridge(&u.topic)).count() } else { 0 };
+        let run = if packed { rest.iter().take_while(|u| topics::bridge_takes(&u.topic)).count() } else { 0 };
         if run == 0 {
             out.push(first.clone());
             rest = &rest[1..];
@@ -164,11 +165,6 @@ fn bus_publishes(taken: &[Packed], packed: bool) -> Vec<Packed> {
         rest = later;
     }
     out
-}
-
-/// True for what the bridge takes: uplinks and presence reports.
-fn for_bridge(topic: &str) -> bool {
-    topic.starts_with("from/") || topic.starts_with("sys/presence/")
 }
 
 #[cfg(test)]
