@@ -38,11 +38,6 @@ pub(crate) fn is_postgres<DB: sqlx::Database>(_: &sqlx::Transaction<'_, DB>) -> 
     DB::NAME == "PostgreSQL"
 }
 
-/// True for a PostgreSQL pool.
-pub(crate) fn is_postgres_pool<DB: sqlx::Database>(_: &sqlx::Pool<DB>) -> bool {
-    DB::NAME == "PostgreSQL"
-}
-
 /// A list of ids as one comma-separated text parameter, for PostgreSQL's
 /// `string_to_array($1, ',')::uuid[]`: the statement text stays the same whatever
 /// the length, so it is prepared once per connection instead of once per length

@@ -11,6 +11,7 @@ use uuid::Uuid;
 parley_store::both_backends!(
     a_batch_answers_each_message_as_if_stored_alone,
     a_batch_of_one_group_keeps_its_order,
+    batches_of_one_answer_as_a_message_alone,
     a_batch_stores_every_field_as_given,
     a_full_batch_is_stored_together
 );
@@ -138,6 +139,31 @@ async fn a_batch_answers_each_message_as_if_stored_alone(backend: Backend) {
     assert_eq!(logs(&batched, &cast).await, logs(&alone, &cast).await, "every log as if one at a time");
     let group = batched.get_conversation(cast.group).await.expect("get").expect("group");
     assert_eq!(group.last_seq, 2, "3 and 12, numbered without a gap");
+}
+
+/// Every case of the scene sent as a batch of its own, as a quiet bridge sends
+/// them. PostgreSQL stores each through its batch function (one round trip);
+/// SQLite stores a batch of one as a message alone.
+async fn batches_of_one_answer_as_a_message_alone(backend: Backend) {
+    let (Some((batched, _db1)), Some((alone, _db2))) = (store(backend).await, store(backend).await) else {
+        return;
+    };
+    let cast = Cast::new();
+    let seed_batched = cast.set(&batched).await;
+    let seed_alone = cast.set(&alone).await;
+    let mut together = 0;
+    for (m, n) in cast.batch(seed_batched).into_iter().zip(cast.batch(seed_alone)) {
+        let outcome = batched.store_messages(std::slice::from_ref(&m)).await;
+        together += outcome.together;
+        assert_eq!(outcome.results.len(), 1);
+        assert_eq!(shape(&outcome.results[0]), shape(&alone.store_message(&n).await), "{}", m.client_id);
+    }
+    let expected = match backend {
+        Backend::Postgres => 7,
+        Backend::Sqlite => 0,
+    };
+    assert_eq!(together, expected, "1, 2, 3, 5, 6, 11 and 12 stored by the batch path");
+    assert_eq!(logs(&batched, &cast).await, logs(&alone, &cast).await, "every log as if one at a time");
 }
 
 async fn a_batch_of_one_group_keeps_its_order(backend: Backend) {

@@ -1,0 +1,119 @@
+-- A batch of messages stored in one statement: what a busy bridge sends. The
+-- result is the same as storing them one by one in order. Messages it cannot take
+-- (retries, refusals, a recipient that does not exist) are left out of the result
+-- and answered one by one by the caller.
+--
+-- Element i of every array describes message i. A message goes either to a user
+-- (`recipients`, with the pair's `direct_keys`) or to a conversation (`targets`).
+-- `new_ids` are the ids of 1:1 conversations this batch may create.
+--
+-- Returns one row per member of each stored message's conversation: the message's
+-- index (1-based), its conversation and number, the member and the number of the
+-- event in the member's log. Locks: conversations in id order, then users in id
+-- order, as every other writer takes them.
+CREATE FUNCTION store_message_batch(
+    ids uuid[], senders uuid[], recipients uuid[], direct_keys text[], targets uuid[],
+    client_ids text[], kinds text[], bodies text[], replies uuid[], attachment_ids uuid[],
+    attachments text[], times bigint[], new_ids uuid[])
+RETURNS TABLE (n int, conversation_id uuid, seq bigint, user_id uuid, event_seq bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    first_at bigint := (SELECT min(t) FROM unnest(times) AS t);
+    convs uuid[];
+    taken int[];
+    taken_convs uuid[];
+    taken_seqs bigint[];
+BEGIN
+    -- First messages of 1:1 conversations: the conversation, with both members,
+    -- unless the recipient does not exist.
+    WITH pairs AS (
+        SELECT DISTINCT ON (b.k) b.k, b.sender, b.recipient, b.new_id
+        FROM unnest(direct_keys, senders, recipients, new_ids) WITH ORDINALITY AS b(k, sender, recipient, new_id, i)
+        WHERE b.k IS NOT NULL AND b.sender <> b.recipient
+          AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.direct_key = b.k)
+          AND EXISTS (SELECT 1 FROM users u WHERE u.id = b.recipient)
+        ORDER BY b.k, b.i
+    ), made AS (
+        INSERT INTO conversations AS c (id, kind, direct_key, audience, created_by, last_seq, created_at)
+        SELECT p.new_id, 'direct', p.k, 'user_user', p.sender, 0, first_at FROM pairs p ORDER BY p.k
+        ON CONFLICT (direct_key) DO NOTHING
+        RETURNING c.id, c.direct_key
+    )
+    INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+    SELECT made.id, m.member, 'member', first_at
+    FROM made JOIN pairs p ON p.k = made.direct_key, LATERAL (VALUES (p.sender), (p.recipient)) AS m(member);
+
+    -- Each message's conversation, locked in id order before its members are read.
+    convs := ARRAY(
+        SELECT coalesce(b.target, c.id)
+        FROM unnest(targets, direct_keys) WITH ORDINALITY AS b(target, k, i)
+        LEFT JOIN conversations c ON c.direct_key = b.k
+        ORDER BY b.i);
+    PERFORM 1 FROM conversations c WHERE c.id = ANY(convs) ORDER BY c.id FOR NO KEY UPDATE;
+
+    -- The messages taken: the sender is a member, no member blocked the
+    -- conversation (text), the answered message is in it, and the client id is new.
+    WITH batch AS (
+        SELECT b.i, convs[b.i] AS conv, b.sender, b.client_id
+        FROM unnest(senders, client_ids, kinds, replies) WITH ORDINALITY AS b(sender, client_id, kind, reply_to, i)
+        WHERE convs[b.i] IS NOT NULL
+          AND EXISTS (SELECT 1 FROM conversation_members m WHERE m.conversation_id = convs[b.i] AND m.user_id = b.sender)
+          AND NOT (b.kind = 'text' AND EXISTS
+                (SELECT 1 FROM conversation_members m WHERE m.conversation_id = convs[b.i] AND m.blocked))
+          AND (b.reply_to IS NULL OR EXISTS
+                (SELECT 1 FROM messages r WHERE r.id = b.reply_to AND r.conversation_id = convs[b.i]))
+          AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.sender_id = b.sender AND s.client_id = b.client_id)
+    ), firsts AS (
+        SELECT b.i, b.conv, row_number() OVER (PARTITION BY b.sender, b.client_id ORDER BY b.i) AS copy
+        FROM batch b
+    ), ok AS (
+        SELECT f.i, f.conv, row_number() OVER (PARTITION BY f.conv ORDER BY f.i) AS rank
+        FROM firsts f WHERE f.copy = 1
+    ), counts AS (
+        SELECT ok.conv, count(*) AS cnt, max(times[ok.i]) AS at FROM ok GROUP BY ok.conv
+    ), numbered AS (
+        UPDATE conversations c SET last_seq = c.last_seq + counts.cnt, last_message_at = counts.at
+        FROM counts WHERE c.id = counts.conv
+        RETURNING c.id, c.last_seq - counts.cnt AS base
+    ), stored AS (
+        SELECT ok.i, ok.conv, numbered.base + ok.rank AS seq FROM ok JOIN numbered ON numbered.id = ok.conv
+    ), inserted AS (
+        INSERT INTO messages (id, conversation_id, seq, sender_id, client_id, kind, body, reply_to,
+                              attachment_id, attachment, created_at)
+        SELECT ids[s.i], s.conv, s.seq, senders[s.i], client_ids[s.i], kinds[s.i], bodies[s.i], replies[s.i],
+               attachment_ids[s.i], attachments[s.i], times[s.i]
+        FROM stored s ORDER BY s.i
+    )
+    SELECT array_agg(s.i ORDER BY s.i), array_agg(s.conv ORDER BY s.i), array_agg(s.seq ORDER BY s.i)
+    INTO taken, taken_convs, taken_seqs FROM stored s;
+    IF taken IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- Every member's log moves on by its number of events, rows locked in id order.
+    PERFORM 1 FROM users u
+    WHERE u.id IN (SELECT m.user_id FROM conversation_members m WHERE m.conversation_id = ANY(taken_convs))
+    ORDER BY u.id FOR NO KEY UPDATE;
+    RETURN QUERY
+    WITH events AS (
+        SELECT t.i, t.conv, t.seq, m.user_id AS member,
+               row_number() OVER (PARTITION BY m.user_id ORDER BY t.i) AS rank
+        FROM unnest(taken, taken_convs, taken_seqs) AS t(i, conv, seq)
+        JOIN conversation_members m ON m.conversation_id = t.conv
+    ), counts AS (
+        SELECT e.member, count(*) AS cnt FROM events e GROUP BY e.member
+    ), numbered AS (
+        UPDATE users u SET last_event_seq = u.last_event_seq + counts.cnt
+        FROM counts WHERE u.id = counts.member
+        RETURNING u.id, u.last_event_seq - counts.cnt AS base
+    ), logged AS (
+        SELECT e.i, e.conv, e.seq, e.member, numbered.base + e.rank AS event_seq
+        FROM events e JOIN numbered ON numbered.id = e.member
+    ), inserted AS (
+        INSERT INTO user_events (user_id, seq, kind, conversation_id, message_id, body, created_at)
+        SELECT l.member, l.event_seq, 'message', l.conv, ids[l.i], '{}', times[l.i] FROM logged l
+    )
+    SELECT l.i::int, l.conv, l.seq, l.member, l.event_seq FROM logged l ORDER BY l.i, l.member;
+END
+$$;
