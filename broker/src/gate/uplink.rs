@@ -7,9 +7,10 @@
 //! passes the bus's packet size), which the bridge takes apart in order. There one
 //! bridge takes every uplink anyway, and each publish costs the gate, the bus and
 //! the bridge a round of work (a write, the router, a read and an acknowledgement)
-//! whatever it carries. A pack waits 1 ms after its first uplink for more: the
-//! device was acknowledged already, and the bridge, busy with its previous batch
-//! under load, would not take it sooner. Open-namespace envelopes are for the
+//! whatever it carries. While the gate is busy (2,000 uplinks a second or more), a
+//! pack waits 1 ms after its first uplink for more: the device was acknowledged
+//! already, and the bridge, busy with its previous batch under load, would not
+//! take it sooner. Below that, uplinks leave as they come. Open-namespace envelopes are for the
 //! gates and always go alone, as every uplink does on an external bus.
 //!
 //! A full queue makes the device's connection wait before it acknowledges, which
@@ -17,11 +18,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parley_wire::bus::{pack, Packed, UPLINK_BATCH_TOPIC};
 use parley_wire::topics;
 use rumqttc::{AsyncClient, QoS};
+
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,10 +37,46 @@ const QUEUE: usize = 1024;
 /// The most uplinks taken from the queue at once.
 const MAX_TAKEN: usize = 1000;
 
-/// How long a pack waits for more uplinks once the first is taken. Devices send
-/// one by one, and the forwarder would otherwise take each as it comes (measured
-/// with parley-bench at 5,500 messages a second: 1.2 uplinks per pack).
-const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long a pack waits for more uplinks once the first is taken, while the gate
+/// is busy. Devices send one by one, and the forwarder would otherwise take each as
+/// it comes (measured with parley-bench at 5,500 messages a second: 1.2 uplinks
+/// per pack; with the wait, about 30).
+const LINGER: Duration = Duration::from_millis(1);
+
+/// The pace is judged over windows this long.
+const WINDOW: Duration = Duration::from_millis(100);
+
+/// Uplinks per window from which the gate counts as busy (2,000 a second). Below
+/// it, uplinks leave at once: the wait would add up to 2 ms to each (the timer's
+/// granularity is 1 ms) and pack next to nothing.
+const BUSY: u64 = 200;
+
+/// Whether packs wait for more uplinks: yes while the last whole window brought
+/// at least [`BUSY`] uplinks.
+struct Pace {
+    started: Instant,
+    count: u64,
+    busy: bool,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Self {
+        Pace { started: now, count: 0, busy: false }
+    }
+
+    /// Notes `n` uplinks taken at `now`; says whether to wait for more.
+    fn linger(&mut self, n: usize, now: Instant) -> bool {
+        let elapsed = now.duration_since(self.started);
+        if elapsed >= WINDOW {
+            // A window with nothing in it (a pause) counts as quiet.
+            self.busy = elapsed < 2 * WINDOW && self.count >= BUSY;
+            self.started = now;
+            self.count = 0;
+        }
+        self.count += n as u64;
+        self.busy
+    }
+}
 
 /// The gate's side of the queue; cheap to clone.
 #[derive(Clone)]
@@ -107,6 +146,7 @@ async fn forward(
 ) {
     let mut taken = Vec::with_capacity(MAX_TAKEN);
     let mut closed = false;
+    let mut pace = Pace::new(Instant::now());
     loop {
         tokio::select! {
             biased;
@@ -114,7 +154,7 @@ async fn forward(
                 if n == 0 {
                     break;
                 }
-                if packed && n < MAX_TAKEN {
+                if packed && n < MAX_TAKEN && pace.linger(n, Instant::now()) {
                     tokio::time::sleep(LINGER).await;
                     while taken.len() < MAX_TAKEN {
                         let Ok(u) = rx.try_recv() else { break };
@@ -196,5 +236,29 @@ mod tests {
         // An external bus gets each as it is.
         assert_eq!(bus_publishes(&taken, false), taken);
         assert!(bus_publishes(&[], true).is_empty());
+    }
+
+    #[test]
+    fn packs_wait_only_after_a_busy_window() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut pace = Pace::new(start);
+        // 1,000 a second: never busy.
+        assert!((0..300).all(|ms| !pace.linger(1, at(ms))));
+        // 2,000 a second for a window: the next window waits.
+        assert!(!pace.linger(1, at(300)));
+        for ms in 300..400 {
+            pace.linger(2, at(ms));
+        }
+        assert!(pace.linger(1, at(400)));
+        assert!(pace.linger(1, at(450)), "busy for the whole window");
+        // A quiet window ends it.
+        assert!(!pace.linger(1, at(500)));
+        // So does a pause longer than a window after a busy one.
+        for ms in 500..600 {
+            pace.linger(3, at(ms));
+        }
+        assert!(pace.linger(1, at(600)));
+        assert!(!pace.linger(1, at(900)), "a pause is quiet");
     }
 }
