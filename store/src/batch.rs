@@ -240,18 +240,30 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
     }
     let pairs: Vec<(String, (UserId, UserId))> = missing.into_iter().collect();
     for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
+        // The recipients that exist, and the conversations another connection made
+        // between the lookup above and this transaction's lock.
         let mut q = QueryBuilder::new("SELECT id FROM users WHERE id IN ");
         push_list(&mut q, &chunk.iter().map(|(_, (_, to))| to.0).collect::<Vec<Uuid>>());
+        q.push("; SELECT id AS made, direct_key FROM conversations WHERE direct_key IN (");
+        let mut list = q.separated(", ");
+        for (key, _) in chunk {
+            list.push_bind(key.as_str());
+        }
+        q.push(")");
         let mut known: HashSet<Uuid> = HashSet::new();
         for row in q.build().fetch_all(&mut *tx).await? {
-            known.insert(row.try_get("id")?);
+            if row.columns().first().map(|c| c.name()) == Some("made") {
+                by_key.insert(row.try_get("direct_key")?, row.try_get("made")?);
+            } else {
+                known.insert(row.try_get("id")?);
+            }
         }
         let chunk: Vec<&(String, (UserId, UserId))> =
-            chunk.iter().filter(|(_, (_, to))| known.contains(&to.0)).collect();
+            chunk.iter().filter(|(key, (_, to))| known.contains(&to.0) && !by_key.contains_key(key)).collect();
         if chunk.is_empty() {
             continue;
         }
-        // One writer: nobody makes these conversations meanwhile.
+        // This transaction holds the one write lock: nobody makes them meanwhile.
         let made: Vec<(Uuid, &String, UserId, UserId)> =
             chunk.iter().map(|(key, (from, to))| (Uuid::now_v7(), key, *from, *to)).collect();
         let mut q = QueryBuilder::new(
