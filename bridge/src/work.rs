@@ -58,9 +58,14 @@ pub(crate) async fn work(
         let started = std::time::Instant::now();
         let (signals, ordered): (Vec<&Packed>, Vec<&Packed>) = batch.iter().partition(|p| is_signal(&p.topic));
         if concurrent {
-            let (ordered, signals) =
-                tokio::join!(handle_in_order(&domain, &ordered, &stats), handle_signals(&domain, &signals));
-            outgoing.extend(ordered.into_iter().chain(signals));
+            // The messages' downlinks leave as soon as they are stored, whatever
+            // the signals beside them still take.
+            let messages = async {
+                let mut stored = handle_in_order(&domain, &ordered, &stats).await;
+                publish(&downlinks, packed, &mut stored, &stats).await;
+            };
+            let ((), signals) = tokio::join!(messages, handle_signals(&domain, &signals));
+            outgoing.extend(signals);
             publish(&downlinks, packed, &mut outgoing, &stats).await;
         } else {
             // One writer (SQLite): the messages go first and leave at once.
