@@ -3,10 +3,10 @@
 //! one transaction, any other uplink is handled alone in its place. Signals
 //! (typing, presence, the gates' presence reports) are the exception: they say
 //! nothing about messages, so they are taken out of the batch and handled, in
-//! their own order: on PostgreSQL alongside its messages, on SQLite (one writer,
-//! which makes the others wait and poll) once the messages' downlinks are out. A
-//! storm of them neither splits the batch's messages into many transactions nor
-//! makes them wait.
+//! their own order: on PostgreSQL by a lane of their own beside the worker, on
+//! SQLite (one writer, which makes the others wait and poll) once the messages'
+//! downlinks are out. A storm of them neither splits the batch's messages into
+//! many transactions nor, on PostgreSQL, makes them wait.
 //!
 //! The bus connection acknowledges each uplink as it arrives. rumqttd sends a
 //! client at most 100 unacknowledged QoS 1 messages (a constant in its router);
@@ -43,6 +43,10 @@ use crate::{handle_messages, handle_uplink, BridgeStats};
 /// to 1,000 rows each.
 pub(crate) const MAX_BATCH: usize = 1000;
 
+/// Signals waiting for their lane (PostgreSQL), at most; a full lane makes the
+/// message worker wait.
+const SIGNAL_QUEUE: usize = 10_000;
+
 /// Runs until `uplinks` closes; `packed`: each batch's downlinks leave packed (embedded bus).
 pub(crate) async fn work(
     domain: Domain,
@@ -51,33 +55,70 @@ pub(crate) async fn work(
     mut uplinks: mpsc::Receiver<Packed>,
     stats: Arc<BridgeStats>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Packed> = Vec::with_capacity(MAX_BATCH);
     let mut outgoing: Vec<Outgoing> = Vec::new();
-    let concurrent = domain.store().concurrent_writers();
+    // On PostgreSQL signals have a lane of their own, beside the messages: a
+    // burst of them (every device back at once, each with its presence) neither
+    // holds up the messages nor waits for them.
+    let (lane, lane_task) = if domain.store().concurrent_writers() {
+        let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
+        (Some(tx), Some(tokio::spawn(signal_lane(domain.clone(), downlinks.clone(), packed, rx, stats.clone()))))
+    } else {
+        (None, None)
+    };
     while uplinks.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = std::time::Instant::now();
-        let (signals, ordered): (Vec<&Packed>, Vec<&Packed>) = batch.iter().partition(|p| is_signal(&p.topic));
-        if concurrent {
-            // The messages' downlinks leave as soon as they are stored, whatever
-            // the signals beside them still take.
-            let messages = async {
-                let mut stored = handle_in_order(&domain, &ordered, &stats).await;
-                publish(&downlinks, packed, &mut stored, &stats).await;
-            };
-            let ((), signals) = tokio::join!(messages, handle_signals(&domain, &signals));
-            outgoing.extend(signals);
-            publish(&downlinks, packed, &mut outgoing, &stats).await;
-        } else {
-            // One writer (SQLite): the messages go first and leave at once.
-            outgoing.extend(handle_in_order(&domain, &ordered, &stats).await);
-            publish(&downlinks, packed, &mut outgoing, &stats).await;
-            outgoing.extend(handle_signals(&domain, &signals).await);
-            publish(&downlinks, packed, &mut outgoing, &stats).await;
+        let (signals, ordered): (Vec<Packed>, Vec<Packed>) = batch.drain(..).partition(|p| is_signal(&p.topic));
+        let ordered: Vec<&Packed> = ordered.iter().collect();
+        outgoing.extend(handle_in_order(&domain, &ordered, &stats).await);
+        publish(&downlinks, packed, &mut outgoing, &stats).await;
+        let signal_count = signals.len();
+        match &lane {
+            Some(lane) => {
+                for signal in signals {
+                    if lane.send(signal).await.is_err() {
+                        tracing::error!("the bridge's signal lane stopped");
+                        break;
+                    }
+                }
+            }
+            None => {
+                // One writer (SQLite): the signals follow the messages' downlinks.
+                let signals: Vec<&Packed> = signals.iter().collect();
+                outgoing.extend(handle_signals(&domain, &signals).await);
+                publish(&downlinks, packed, &mut outgoing, &stats).await;
+                stats.uplinks_handled.fetch_add(signal_count as u64, Ordering::Relaxed);
+            }
         }
-        // Counted once their downlinks are with the bus.
-        stats.uplinks_handled.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        tracing::debug!(uplinks = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch done");
-        batch.clear();
+        // Counted once their downlinks are with the bus (signals on a lane: by the lane).
+        stats.uplinks_handled.fetch_add(ordered.len() as u64, Ordering::Relaxed);
+        tracing::debug!(
+            uplinks = ordered.len() + signal_count,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch done"
+        );
+    }
+    drop(lane);
+    if let Some(task) = lane_task {
+        let _ = task.await;
+    }
+}
+
+/// Handles signals as they come, in order, until the worker closes the lane.
+async fn signal_lane(
+    domain: Domain,
+    downlinks: AsyncClient,
+    packed: bool,
+    mut signals: mpsc::Receiver<Packed>,
+    stats: Arc<BridgeStats>,
+) {
+    let mut taken: Vec<Packed> = Vec::new();
+    while signals.recv_many(&mut taken, MAX_BATCH).await > 0 {
+        let refs: Vec<&Packed> = taken.iter().collect();
+        let mut outgoing = handle_signals(&domain, &refs).await;
+        publish(&downlinks, packed, &mut outgoing, &stats).await;
+        stats.uplinks_handled.fetch_add(taken.len() as u64, Ordering::Relaxed);
+        taken.clear();
     }
 }
 
