@@ -69,7 +69,6 @@ pub(crate) async fn work(
     while uplinks.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = std::time::Instant::now();
         let (signals, ordered): (Vec<Packed>, Vec<Packed>) = batch.drain(..).partition(|p| is_signal(&p.topic));
-        let ordered: Vec<&Packed> = ordered.iter().collect();
         outgoing.extend(handle_in_order(&domain, &ordered, &stats).await);
         publish(&downlinks, packed, &mut outgoing, &stats).await;
         let signal_count = signals.len();
@@ -84,7 +83,6 @@ pub(crate) async fn work(
             }
             None => {
                 // One writer (SQLite): the signals follow the messages' downlinks.
-                let signals: Vec<&Packed> = signals.iter().collect();
                 outgoing.extend(handle_signals(&domain, &signals).await);
                 publish(&downlinks, packed, &mut outgoing, &stats).await;
                 stats.uplinks_handled.fetch_add(signal_count as u64, Ordering::Relaxed);
@@ -114,8 +112,7 @@ async fn signal_lane(
 ) {
     let mut taken: Vec<Packed> = Vec::new();
     while signals.recv_many(&mut taken, MAX_BATCH).await > 0 {
-        let refs: Vec<&Packed> = taken.iter().collect();
-        let mut outgoing = handle_signals(&domain, &refs).await;
+        let mut outgoing = handle_signals(&domain, &taken).await;
         publish(&downlinks, packed, &mut outgoing, &stats).await;
         stats.uplinks_handled.fetch_add(taken.len() as u64, Ordering::Relaxed);
         taken.clear();
@@ -123,7 +120,7 @@ async fn signal_lane(
 }
 
 /// Handles signals one after another, in order.
-async fn handle_signals(domain: &Domain, signals: &[&Packed]) -> Vec<Outgoing> {
+async fn handle_signals(domain: &Domain, signals: &[Packed]) -> Vec<Outgoing> {
     let mut out = Vec::new();
     for p in signals {
         out.extend(handle_uplink(domain, &p.topic, &p.payload).await);
@@ -133,7 +130,7 @@ async fn handle_signals(domain: &Domain, signals: &[&Packed]) -> Vec<Outgoing> {
 
 /// Handles `uplinks` in order: each run of messages together, anything else alone
 /// in its place; returns their downlinks in the same order.
-async fn handle_in_order(domain: &Domain, uplinks: &[&Packed], stats: &BridgeStats) -> Vec<Outgoing> {
+async fn handle_in_order(domain: &Domain, uplinks: &[Packed], stats: &BridgeStats) -> Vec<Outgoing> {
     let mut outgoing = Vec::new();
     let mut rest = uplinks;
     while let Some(first) = rest.first() {

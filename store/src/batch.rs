@@ -4,9 +4,9 @@
 //! thread), and on a busy machine those waits are most of a batch's time, so:
 //! - on PostgreSQL a batch is one call of the `store_message_batch` function
 //!   (migration 0005), one round trip;
-//! - on SQLite it is five: the conversations of 1:1 pairs, `BEGIN`, everything the
-//!   batch reads, everything it writes, `COMMIT` (each several statements sent at
-//!   once).
+//! - on SQLite it is five: `BEGIN`, the 1:1 pairs' conversations (one more when
+//!   a first message makes one), everything else the batch reads, everything it
+//!   writes, `COMMIT` (each several statements sent at once).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -101,7 +101,7 @@ async fn store_together_pg(pool: &PgPool, msgs: &[NewMessage]) -> Result<Togethe
     .bind(msgs.iter().map(|m| m.body.as_str()).collect::<Vec<&str>>())
     .bind(msgs.iter().map(|m| m.reply_to.map(|r| r.0)).collect::<Vec<Option<Uuid>>>())
     .bind(msgs.iter().map(|m| m.attachment.as_ref().map(|a| a.id)).collect::<Vec<Option<Uuid>>>())
-    .bind(attachments(msgs)?)
+    .bind(msgs.iter().map(NewMessage::attachment_json).collect::<Vec<Option<String>>>())
     .bind(msgs.iter().map(|m| m.now_ms).collect::<Vec<i64>>())
     .bind(msgs.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>())
     .fetch_all(pool)
@@ -129,19 +129,6 @@ async fn store_together_pg(pool: &PgPool, msgs: &[NewMessage]) -> Result<Togethe
         out[at] = Some(Stored::New(posted));
     }
     Ok(out)
-}
-
-/// Each message's attachment description as JSON, as stored.
-fn attachments(msgs: &[NewMessage]) -> Result<Vec<Option<String>>, StoreError> {
-    msgs.iter()
-        .map(|m| {
-            m.attachment
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))
-        })
-        .collect()
 }
 
 /// What the batch reads on SQLite once it holds the write lock.
@@ -187,85 +174,60 @@ impl Read {
 }
 
 /// Pushes `list` as `(?, ?, …)` to `q`.
-fn push_list<T>(q: &mut QueryBuilder<'_, Sqlite>, list: &[T])
+fn push_list<'a, T>(q: &mut QueryBuilder<'a, Sqlite>, list: impl IntoIterator<Item = T>)
 where
-    T: Copy + for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + 'static,
+    T: 'a + sqlx::Encode<'a, Sqlite> + sqlx::Type<Sqlite>,
 {
     q.push("(");
     let mut items = q.separated(", ");
     for item in list {
-        items.push_bind(*item);
+        items.push_bind(item);
     }
     q.push(")");
 }
 
 /// The batch on SQLite: what it can store, in one transaction.
 async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result<Together, StoreError> {
-    // A direct conversation's key never changes, so it can be read before the transaction.
-    let keys: Vec<String> = msgs
-        .iter()
-        .filter_map(|m| match m.target {
-            Target::Direct(to) => Some(direct_key(m.sender, to)),
-            Target::Conversation(_) => None,
-        })
-        .collect::<HashSet<String>>()
-        .into_iter()
-        .collect();
-    let mut by_key: HashMap<String, Uuid> = HashMap::new();
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::new("SELECT id, direct_key FROM conversations WHERE direct_key IN (");
-        let mut list = q.separated(", ");
-        for key in chunk {
-            list.push_bind(key.as_str());
-        }
-        q.push(")");
-        for row in q.build().fetch_all(pool).await? {
-            by_key.insert(row.try_get("direct_key")?, row.try_get("id")?);
-        }
-    }
     let ids: Vec<MessageId> = msgs.iter().map(|_| MessageId::new()).collect();
     let now_ms = msgs.iter().map(|m| m.now_ms).min().unwrap_or_default();
-
-    let mut tx = pool.begin_with(begin_writing(pool)).await?;
-    // First messages of 1:1 conversations: the conversations are made here, with
-    // both members, unless the recipient does not exist (answered alone).
-    let mut missing: BTreeMap<String, (UserId, UserId)> = BTreeMap::new();
+    // Each 1:1 pair's key, with the two people (sender first).
+    let mut pairs: BTreeMap<String, (UserId, UserId)> = BTreeMap::new();
     for m in msgs {
         if let Target::Direct(to) = m.target {
-            let key = direct_key(m.sender, to);
-            if to != m.sender && !by_key.contains_key(&key) {
-                missing.insert(key, (m.sender, to));
+            if to != m.sender {
+                pairs.entry(direct_key(m.sender, to)).or_insert((m.sender, to));
             }
         }
     }
-    let pairs: Vec<(String, (UserId, UserId))> = missing.into_iter().collect();
+    let pairs: Vec<(String, (UserId, UserId))> = pairs.into_iter().collect();
+
+    let mut tx = pool.begin_with(begin_writing(pool)).await?;
+    // The pairs' conversations, and which recipients exist; those without a
+    // conversation get one here, with both members (the first message of a 1:1
+    // conversation). A recipient that does not exist is answered alone.
+    let mut by_key: HashMap<String, Uuid> = HashMap::new();
     for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
-        // The recipients that exist, and the conversations another connection made
-        // between the lookup above and this transaction's lock.
-        let mut q = QueryBuilder::new("SELECT id FROM users WHERE id IN ");
-        push_list(&mut q, &chunk.iter().map(|(_, (_, to))| to.0).collect::<Vec<Uuid>>());
-        q.push("; SELECT id AS made, direct_key FROM conversations WHERE direct_key IN (");
-        let mut list = q.separated(", ");
-        for (key, _) in chunk {
-            list.push_bind(key.as_str());
-        }
-        q.push(")");
+        let mut q = QueryBuilder::new("SELECT id, direct_key FROM conversations WHERE direct_key IN ");
+        push_list(&mut q, chunk.iter().map(|(key, _)| key.as_str()));
+        q.push("; SELECT id AS recipient FROM users WHERE id IN ");
+        push_list(&mut q, chunk.iter().map(|(_, (_, to))| to.0));
         let mut known: HashSet<Uuid> = HashSet::new();
         for row in q.build().fetch_all(&mut *tx).await? {
-            if row.columns().first().map(|c| c.name()) == Some("made") {
-                by_key.insert(row.try_get("direct_key")?, row.try_get("made")?);
+            if row.columns().first().map(|c| c.name()) == Some("recipient") {
+                known.insert(row.try_get("recipient")?);
             } else {
-                known.insert(row.try_get("id")?);
+                by_key.insert(row.try_get("direct_key")?, row.try_get("id")?);
             }
         }
-        let chunk: Vec<&(String, (UserId, UserId))> =
-            chunk.iter().filter(|(key, (_, to))| known.contains(&to.0) && !by_key.contains_key(key)).collect();
-        if chunk.is_empty() {
+        // This transaction holds the one write lock: nobody makes them meanwhile.
+        let made: Vec<(Uuid, &String, UserId, UserId)> = chunk
+            .iter()
+            .filter(|(key, (_, to))| known.contains(&to.0) && !by_key.contains_key(key))
+            .map(|(key, (from, to))| (Uuid::now_v7(), key, *from, *to))
+            .collect();
+        if made.is_empty() {
             continue;
         }
-        // This transaction holds the one write lock: nobody makes them meanwhile.
-        let made: Vec<(Uuid, &String, UserId, UserId)> =
-            chunk.iter().map(|(key, (from, to))| (Uuid::now_v7(), key, *from, *to)).collect();
         let mut q = QueryBuilder::new(
             "INSERT INTO conversations (id, kind, direct_key, audience, created_by, last_seq, created_at) ",
         );
@@ -306,14 +268,14 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
         q.push(
             "SELECT conversation_id AS member_of, user_id, blocked FROM conversation_members WHERE conversation_id IN ",
         );
-        push_list(&mut q, chunk);
+        push_list(&mut q, chunk.iter().copied());
         q.push("; SELECT id AS conversation, last_seq FROM conversations WHERE id IN ");
-        push_list(&mut q, chunk);
+        push_list(&mut q, chunk.iter().copied());
         q.push(
             "; SELECT id AS member, last_event_seq FROM users WHERE id IN \
                 (SELECT user_id FROM conversation_members WHERE conversation_id IN ",
         );
-        push_list(&mut q, chunk);
+        push_list(&mut q, chunk.iter().copied());
         q.push("); ");
     }
     for chunk in msgs.chunks(PAIRS_PER_STATEMENT) {
@@ -327,7 +289,7 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
     let replies: Vec<Uuid> = msgs.iter().filter_map(|m| m.reply_to.map(|r| r.0)).collect();
     for chunk in replies.chunks(ROWS_PER_STATEMENT) {
         q.push("SELECT id AS reply, conversation_id AS reply_in FROM messages WHERE id IN ");
-        push_list(&mut q, chunk);
+        push_list(&mut q, chunk.iter().copied());
         q.push("; ");
     }
     let mut read = Read::default();
@@ -388,7 +350,7 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
             q.push(" WHEN ").push_bind(*c).push(" THEN ").push_bind(*at);
         }
         q.push(" END WHERE id IN ");
-        push_list(&mut q, &chunk.iter().map(|(c, _, _)| *c).collect::<Vec<Uuid>>());
+        push_list(&mut q, chunk.iter().map(|(c, _, _)| *c));
         q.push("; ");
     }
     for chunk in accepted.chunks(ROWS_PER_STATEMENT) {
@@ -407,7 +369,7 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
                 .push_bind(msg.body.as_str())
                 .push_bind(msg.reply_to.map(|r| r.0))
                 .push_bind(msg.attachment.as_ref().map(|a| a.id))
-                .push_bind(msg.attachment.as_ref().and_then(|a| serde_json::to_string(a).ok()))
+                .push_bind(msg.attachment_json())
                 .push_bind(msg.now_ms);
         });
         q.push("; ");
@@ -419,7 +381,7 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
             q.push(" WHEN ").push_bind(u.0).push(" THEN ").push_bind(*last);
         }
         q.push(" END WHERE id IN ");
-        push_list(&mut q, &chunk.iter().map(|(u, _)| u.0).collect::<Vec<Uuid>>());
+        push_list(&mut q, chunk.iter().map(|(u, _)| u.0));
         q.push("; ");
     }
     for chunk in events.chunks(ROWS_PER_STATEMENT) {

@@ -37,6 +37,11 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
+    /// The attachment's description as stored (JSON), if there is one.
+    pub(crate) fn attachment_json(&self) -> Option<String> {
+        self.attachment.as_ref().and_then(|a| serde_json::to_string(a).ok())
+    }
+
     /// The message as it reads once stored under `id`, number `seq` of `conversation`.
     pub(crate) fn stored(&self, id: MessageId, conversation: ConversationId, seq: i64) -> Message {
         Message {
@@ -304,7 +309,7 @@ impl Store {
             .bind(&msg.body)
             .bind(msg.reply_to.map(|r| r.0))
             .bind(msg.attachment.as_ref().map(|a| a.id))
-            .bind(msg.attachment.as_ref().and_then(|a| serde_json::to_string(a).ok()))
+            .bind(msg.attachment_json())
             .bind(msg.now_ms)
             .execute(&mut *tx)
             .await;

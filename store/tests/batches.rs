@@ -2,7 +2,7 @@
 //! would get stored one at a time. Each test runs once per backend; the PostgreSQL
 //! variant needs `PARLEY_TEST_POSTGRES_URL`.
 
-use parley_store::testing::{migrated_store as store, new_user, text_message, Backend};
+use parley_store::testing::{migrated_store as store, new_user, text_message, Backend, TestDatabase};
 use parley_store::{NewGroup, NewMessage, NewUser, SettingsChange, Store, StoreError, Stored, Target};
 use parley_wire::payloads::Attachment;
 use parley_wire::{ConversationId, MessageId, Role, UserId};
@@ -112,13 +112,31 @@ async fn logs(store: &Store, cast: &Cast) -> Vec<Vec<(i64, String, Option<String
     out
 }
 
+/// The same scene in two databases: one to store batches in, one to store the
+/// same messages one at a time, for comparison.
+struct Twin {
+    cast: Cast,
+    batched: Store,
+    seed_batched: MessageId,
+    alone: Store,
+    seed_alone: MessageId,
+    _dbs: (TestDatabase, TestDatabase),
+}
+
+impl Twin {
+    async fn set(backend: Backend) -> Option<Twin> {
+        let ((batched, db1), (alone, db2)) = (store(backend).await?, store(backend).await?);
+        let cast = Cast::new();
+        let seed_batched = cast.set(&batched).await;
+        let seed_alone = cast.set(&alone).await;
+        Some(Twin { cast, batched, seed_batched, alone, seed_alone, _dbs: (db1, db2) })
+    }
+}
+
 async fn a_batch_answers_each_message_as_if_stored_alone(backend: Backend) {
-    let (Some((batched, _db1)), Some((alone, _db2))) = (store(backend).await, store(backend).await) else {
+    let Some(Twin { cast, batched, seed_batched, alone, seed_alone, _dbs }) = Twin::set(backend).await else {
         return;
     };
-    let cast = Cast::new();
-    let seed_batched = cast.set(&batched).await;
-    let seed_alone = cast.set(&alone).await;
 
     let outcome = batched.store_messages(&cast.batch(seed_batched)).await;
     let mut expected = Vec::new();
@@ -145,12 +163,9 @@ async fn a_batch_answers_each_message_as_if_stored_alone(backend: Backend) {
 /// them. PostgreSQL stores each through its batch function (one round trip);
 /// SQLite stores a batch of one as a message alone.
 async fn batches_of_one_answer_as_a_message_alone(backend: Backend) {
-    let (Some((batched, _db1)), Some((alone, _db2))) = (store(backend).await, store(backend).await) else {
+    let Some(Twin { cast, batched, seed_batched, alone, seed_alone, _dbs }) = Twin::set(backend).await else {
         return;
     };
-    let cast = Cast::new();
-    let seed_batched = cast.set(&batched).await;
-    let seed_alone = cast.set(&alone).await;
     let mut together = 0;
     for (m, n) in cast.batch(seed_batched).into_iter().zip(cast.batch(seed_alone)) {
         let outcome = batched.store_messages(std::slice::from_ref(&m)).await;

@@ -154,7 +154,9 @@ async fn forward(
                 if n == 0 {
                     break;
                 }
-                if packed && n < MAX_TAKEN && pace.linger(n, Instant::now()) {
+                // Every uplink counts towards the pace, a full take included.
+                let busy = pace.linger(n, Instant::now());
+                if packed && busy && n < MAX_TAKEN {
                     tokio::time::sleep(LINGER).await;
                     while taken.len() < MAX_TAKEN {
                         let Ok(u) = rx.try_recv() else { break };
