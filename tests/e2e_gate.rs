@@ -175,8 +175,10 @@ async fn foreign_and_wildcard_subscriptions_are_refused(backend: Backend) {
     // None of those filters lets Alice see Bob's traffic.
     let carol = app.user("carol").await;
     let c = app.device(&carol, "carol-phone").await;
-    c.publish_json(&format!("from/{}/msg", carol.id), &json!({"id": "c1", "to": bob.id, "text": "for bob only"})).await;
+    // Bob is connected first: a downlink for a user with no device is not held
+    // (devices catch up with `sync`), so connecting after the send would race it.
     let mut b = app.device(&bob, "bob-phone").await;
+    c.publish_json(&format!("from/{}/msg", carol.id), &json!({"id": "c1", "to": bob.id, "text": "for bob only"})).await;
     let _ = b.next_on(&format!("to/{}/msg", bob.id)).await;
     assert!(a.nothing_on(&format!("to/{}/msg", bob.id), Duration::from_millis(300)).await);
     app.stop().await;

@@ -131,8 +131,8 @@ async fn anonymous_clients_get_a_plain_broker_in_the_open_namespace_and_nothing_
     let (mut everything, _) = v5_client(app.mqtt, &connect_info(None, "everything")).await;
     assert_eq!(subscribe_with(&mut everything, filter("#", 1), None).await, granted(QoS::AtLeastOnce));
     let al = app.device(&alice, "alice-phone").await;
-    al.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "c1", "to": bob.id, "text": "private"})).await;
     let mut bo = app.device(&bob, "bob-phone").await;
+    al.publish_json(&format!("from/{}/msg", alice.id), &json!({"id": "c1", "to": bob.id, "text": "private"})).await;
     assert_eq!(bo.next_on(&format!("to/{}/msg", bob.id)).await["text"], "private");
     assert!(no_publish_within(&mut everything, QUIET).await, "chat traffic never reaches the namespace");
     assert_eq!(app.message_rows().await, 1, "only alice's message was stored");
