@@ -4,15 +4,18 @@
 //! thread), and on a busy machine those waits are most of a batch's time, so:
 //! - on PostgreSQL a batch is one call of the `store_message_batch` function
 //!   (migration 0005), one round trip;
-//! - on SQLite it is five: `BEGIN`, the 1:1 pairs' conversations (one more when
-//!   a first message makes one), everything else the batch reads, everything it
-//!   writes, `COMMIT` (each several statements sent at once).
+//! - on SQLite it is two hand-overs: `BEGIN IMMEDIATE` with everything the batch
+//!   reads, then everything it writes with `COMMIT` (each several statements
+//!   sent at once).
+//!
+//! Both are worth it for a single message too (about ten statements alone).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use parley_wire::{ConversationId, MessageId, UserId};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPool;
-use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Column, QueryBuilder, Row};
 use uuid::Uuid;
 
@@ -49,11 +52,11 @@ impl Store {
     #[tracing::instrument(skip_all, fields(messages = msgs.len()))]
     pub async fn store_messages(&self, msgs: &[NewMessage]) -> Batched {
         let mut done: Together = vec![None; msgs.len()];
-        // On PostgreSQL the batch function is one round trip, against about ten
-        // for a message alone: worth it for a single message too.
+        // One round trip (two on SQLite), against about ten for a message alone:
+        // worth it for a single message too.
         let together = match &self.backend {
             Backend::Postgres(pool) if !msgs.is_empty() => Some(store_together_pg(pool, msgs).await),
-            Backend::Sqlite(pool) if msgs.len() > 1 => Some(store_together_sqlite(pool, msgs).await),
+            Backend::Sqlite(pool) if !msgs.is_empty() => Some(store_together_sqlite(pool, msgs).await),
             _ => None,
         };
         match together {
@@ -134,15 +137,18 @@ async fn store_together_pg(pool: &PgPool, msgs: &[NewMessage]) -> Result<Togethe
 /// What the batch reads on SQLite once it holds the write lock.
 #[derive(Default)]
 struct Read {
-    /// Members (and whether they blocked) of each conversation.
-    members: HashMap<Uuid, Vec<(UserId, bool)>>,
+    /// Each 1:1 conversation found, by its pair's key.
+    by_key: HashMap<String, Uuid>,
+    /// Members (and whether they blocked) of each conversation. A conversation
+    /// may be read twice (named by id and by its pair), its members once.
+    members: HashMap<Uuid, BTreeMap<UserId, bool>>,
     /// (sender, client id) pairs already stored: retries.
     stored: HashSet<(Uuid, String)>,
     /// The conversation of each message answered.
     reply_in: HashMap<Uuid, Uuid>,
     /// Each conversation's last message number.
     last_seq: HashMap<Uuid, i64>,
-    /// Each member's last event number.
+    /// Each member's (and each 1:1 pair's person's) last event number.
     last_event: HashMap<UserId, i64>,
 }
 
@@ -150,11 +156,12 @@ impl Read {
     /// Files one row of the read query, told apart by its first column's name.
     fn file(&mut self, row: &SqliteRow) -> Result<(), StoreError> {
         match row.columns().first().map(|c| c.name()) {
-            Some("member_of") => self
-                .members
-                .entry(row.try_get("member_of")?)
-                .or_default()
-                .push((UserId(row.try_get("user_id")?), row.try_get("blocked")?)),
+            Some("member_of") => {
+                self.members
+                    .entry(row.try_get("member_of")?)
+                    .or_default()
+                    .insert(UserId(row.try_get("user_id")?), row.try_get("blocked")?);
+            }
             Some("sender_id") => {
                 self.stored.insert((row.try_get("sender_id")?, row.try_get("client_id")?));
             }
@@ -162,7 +169,11 @@ impl Read {
                 self.reply_in.insert(row.try_get("reply")?, row.try_get("reply_in")?);
             }
             Some("conversation") => {
-                self.last_seq.insert(row.try_get("conversation")?, row.try_get("last_seq")?);
+                let id: Uuid = row.try_get("conversation")?;
+                self.last_seq.insert(id, row.try_get("last_seq")?);
+                if let Some(key) = row.try_get::<Option<String>, _>("direct_key")? {
+                    self.by_key.insert(key, id);
+                }
             }
             Some("member") => {
                 self.last_event.insert(UserId(row.try_get("member")?), row.try_get("last_event_seq")?);
@@ -186,8 +197,47 @@ where
     q.push(")");
 }
 
-/// The batch on SQLite: what it can store, in one transaction.
+/// A pooled SQLite connection in a transaction begun by hand (`BEGIN IMMEDIATE`
+/// sent with the batch's reads). Dropped before the transaction ended (an error
+/// that `ROLLBACK` could not clear, or a cancelled future), it is closed rather
+/// than handed back to the pool mid-transaction.
+struct Writing {
+    conn: PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// The batch on SQLite: what it can store, in one transaction of two hand-overs
+/// to the connection's thread.
 async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result<Together, StoreError> {
+    let mut writing = Writing { conn: pool.acquire().await?, open: true };
+    let result = store_together_sqlite_in(&mut writing.conn, pool, msgs).await;
+    if let Ok(Some(_)) = result {
+        writing.open = false;
+    } else {
+        // Nothing to store, or a failure: whatever transaction is open ends here. A
+        // `ROLLBACK` that fails (none was open, as when `BEGIN` itself timed out)
+        // leaves the connection's state unknown, so it is closed.
+        writing.open = sqlx::query("ROLLBACK").execute(&mut *writing.conn).await.is_err();
+    }
+    result.map(|out| out.unwrap_or_else(|| vec![None; msgs.len()]))
+}
+
+/// The batch's two queries on `conn`: `BEGIN IMMEDIATE` and everything it reads,
+/// then everything it writes and `COMMIT`. `None`: nothing to store, the
+/// transaction is left for the caller to end.
+async fn store_together_sqlite_in(
+    conn: &mut SqliteConnection,
+    pool: &SqlitePool,
+    msgs: &[NewMessage],
+) -> Result<Option<Together>, StoreError> {
     let ids: Vec<MessageId> = msgs.iter().map(|_| MessageId::new()).collect();
     let now_ms = msgs.iter().map(|m| m.now_ms).min().unwrap_or_default();
     // Each 1:1 pair's key, with the two people (sender first).
@@ -199,84 +249,34 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
             }
         }
     }
-    let pairs: Vec<(String, (UserId, UserId))> = pairs.into_iter().collect();
-
-    let mut tx = pool.begin_with(begin_writing(pool)).await?;
-    // The pairs' conversations, and which recipients exist; those without a
-    // conversation get one here, with both members (the first message of a 1:1
-    // conversation). A recipient that does not exist is answered alone.
-    let mut by_key: HashMap<String, Uuid> = HashMap::new();
-    for chunk in pairs.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::new("SELECT id, direct_key FROM conversations WHERE direct_key IN ");
-        push_list(&mut q, chunk.iter().map(|(key, _)| key.as_str()));
-        q.push("; SELECT id AS recipient FROM users WHERE id IN ");
-        push_list(&mut q, chunk.iter().map(|(_, (_, to))| to.0));
-        let mut known: HashSet<Uuid> = HashSet::new();
-        for row in q.build().fetch_all(&mut *tx).await? {
-            if row.columns().first().map(|c| c.name()) == Some("recipient") {
-                known.insert(row.try_get("recipient")?);
-            } else {
-                by_key.insert(row.try_get("direct_key")?, row.try_get("id")?);
-            }
-        }
-        // This transaction holds the one write lock: nobody makes them meanwhile.
-        let made: Vec<(Uuid, &String, UserId, UserId)> = chunk
-            .iter()
-            .filter(|(key, (_, to))| known.contains(&to.0) && !by_key.contains_key(key))
-            .map(|(key, (from, to))| (Uuid::now_v7(), key, *from, *to))
-            .collect();
-        if made.is_empty() {
-            continue;
-        }
-        let mut q = QueryBuilder::new(
-            "INSERT INTO conversations (id, kind, direct_key, audience, created_by, last_seq, created_at) ",
-        );
-        q.push_values(&made, |mut row, (id, key, from, _)| {
-            row.push_bind(*id)
-                .push_bind("direct")
-                .push_bind(key.as_str())
-                .push_bind("user_user")
-                .push_bind(from.0)
-                .push_bind(0_i64)
-                .push_bind(now_ms);
-        });
-        q.push("; INSERT INTO conversation_members (conversation_id, user_id, role, joined_at) ");
-        q.push_values(made.iter().flat_map(|(id, _, from, to)| [(*id, *from), (*id, *to)]), |mut row, (id, user)| {
-            row.push_bind(id).push_bind(user.0).push_bind("member").push_bind(now_ms);
-        });
-        q.build().execute(&mut *tx).await?;
-        by_key.extend(made.into_iter().map(|(id, key, _, _)| (key.clone(), id)));
-    }
-    let conversation_of: Vec<Option<Uuid>> = msgs
+    let targets: Vec<Uuid> = msgs
         .iter()
-        .map(|m| match m.target {
-            Target::Direct(to) => by_key.get(&direct_key(m.sender, to)).copied(),
+        .filter_map(|m| match m.target {
             Target::Conversation(c) => Some(c.0),
+            Target::Direct(_) => None,
         })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
-    let conversations: Vec<Uuid> =
-        conversation_of.iter().flatten().copied().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    if conversations.is_empty() {
-        tx.rollback().await?;
-        return Ok(vec![None; msgs.len()]);
-    }
+    let keys: Vec<&str> = pairs.keys().map(String::as_str).collect();
+    let people: Vec<Uuid> = pairs.values().flat_map(|(a, b)| [a.0, b.0]).collect::<BTreeSet<_>>().into_iter().collect();
 
-    // Everything the batch reads, in one go: members, retries, answered messages,
-    // and the numbers it continues.
-    let mut q = QueryBuilder::new("");
-    for chunk in conversations.chunks(ROWS_PER_STATEMENT) {
-        q.push(
-            "SELECT conversation_id AS member_of, user_id, blocked FROM conversation_members WHERE conversation_id IN ",
-        );
+    // The write lock, then everything the batch reads: the conversations named
+    // (by id, or by their pair's key), their members and the numbers they
+    // continue, the pairs' people (a recipient not found does not exist),
+    // retries and answered messages.
+    let mut q = QueryBuilder::new(begin_writing(pool));
+    q.push("; ");
+    for chunk in targets.chunks(ROWS_PER_STATEMENT) {
+        push_conversation_reads(&mut q, "id", chunk);
+    }
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        push_conversation_reads(&mut q, "direct_key", chunk);
+    }
+    for chunk in people.chunks(ROWS_PER_STATEMENT) {
+        q.push("SELECT id AS member, last_event_seq FROM users WHERE id IN ");
         push_list(&mut q, chunk.iter().copied());
-        q.push("; SELECT id AS conversation, last_seq FROM conversations WHERE id IN ");
-        push_list(&mut q, chunk.iter().copied());
-        q.push(
-            "; SELECT id AS member, last_event_seq FROM users WHERE id IN \
-                (SELECT user_id FROM conversation_members WHERE conversation_id IN ",
-        );
-        push_list(&mut q, chunk.iter().copied());
-        q.push("); ");
+        q.push("; ");
     }
     for chunk in msgs.chunks(PAIRS_PER_STATEMENT) {
         q.push("SELECT sender_id, client_id FROM messages WHERE ");
@@ -293,9 +293,32 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
         q.push("; ");
     }
     let mut read = Read::default();
-    for row in q.build().fetch_all(&mut *tx).await? {
+    for row in q.build().fetch_all(&mut *conn).await? {
         read.file(&row)?;
     }
+
+    // Pairs without a conversation get one, with both members (the first message
+    // of a 1:1 conversation), unless the recipient does not exist: that message
+    // is answered alone. This transaction holds the one write lock: nobody makes
+    // one meanwhile.
+    let mut made: Vec<(Uuid, &str, UserId, UserId)> = Vec::new();
+    for (key, &(from, to)) in &pairs {
+        if read.by_key.contains_key(key) || !read.last_event.contains_key(&to) {
+            continue;
+        }
+        let id = Uuid::now_v7();
+        made.push((id, key, from, to));
+        read.by_key.insert(key.clone(), id);
+        read.last_seq.insert(id, 0);
+        read.members.insert(id, BTreeMap::from([(from, false), (to, false)]));
+    }
+    let conversation_of: Vec<Option<Uuid>> = msgs
+        .iter()
+        .map(|m| match m.target {
+            Target::Direct(to) => read.by_key.get(&direct_key(m.sender, to)).copied(),
+            Target::Conversation(c) => Some(c.0),
+        })
+        .collect();
 
     // Which messages this transaction takes, and their numbers; the rest go one by one.
     let mut accepted: Vec<(usize, Uuid, i64)> = Vec::new();
@@ -305,8 +328,8 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
         let (Some(people), Some(last)) = (read.members.get(&conversation), read.last_seq.get_mut(&conversation)) else {
             continue;
         };
-        let member = people.iter().any(|(u, _)| *u == msg.sender);
-        let blocked = msg.kind == "text" && people.iter().any(|(_, b)| *b);
+        let member = people.contains_key(&msg.sender);
+        let blocked = msg.kind == "text" && people.values().any(|blocked| *blocked);
         let reply_ok = msg.reply_to.is_none_or(|r| read.reply_in.get(&r.0) == Some(&conversation));
         if !member || blocked || !reply_ok || !read.stored.insert((msg.sender.0, msg.client_id.clone())) {
             continue;
@@ -317,17 +340,16 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
         *at = (*at).max(msg.now_ms);
     }
     if accepted.is_empty() {
-        tx.rollback().await?;
-        return Ok(vec![None; msgs.len()]);
+        return Ok(None);
     }
     // Every member's log moves on by one per message.
     let mut deliveries: HashMap<usize, Vec<(UserId, i64)>> = HashMap::new();
     let mut events: Vec<(usize, UserId, i64)> = Vec::new();
     let mut touched: BTreeMap<UserId, i64> = BTreeMap::new();
     for &(i, conversation, _) in &accepted {
-        let people = read.members.get(&conversation).map_or(&[][..], Vec::as_slice);
-        let mut taken = Vec::with_capacity(people.len());
-        for (user, _) in people {
+        let people = read.members.get(&conversation).map(BTreeMap::keys).into_iter().flatten();
+        let mut taken = Vec::new();
+        for user in people {
             let last = read.last_event.get_mut(user).ok_or(StoreError::MissingReference)?;
             *last += 1;
             taken.push((*user, *last));
@@ -337,8 +359,25 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
         deliveries.insert(i, taken);
     }
 
-    // Everything it writes, in one go.
+    // Everything it writes, and the commit, in one go.
     let mut q = QueryBuilder::new("");
+    for chunk in made.chunks(ROWS_PER_STATEMENT) {
+        q.push("INSERT INTO conversations (id, kind, direct_key, audience, created_by, last_seq, created_at) ");
+        q.push_values(chunk, |mut row, &(id, key, from, _)| {
+            row.push_bind(id)
+                .push_bind("direct")
+                .push_bind(key)
+                .push_bind("user_user")
+                .push_bind(from.0)
+                .push_bind(0_i64)
+                .push_bind(now_ms);
+        });
+        q.push("; INSERT INTO conversation_members (conversation_id, user_id, role, joined_at) ");
+        q.push_values(chunk.iter().flat_map(|&(id, _, from, to)| [(id, from), (id, to)]), |mut row, (id, user)| {
+            row.push_bind(id).push_bind(user.0).push_bind("member").push_bind(now_ms);
+        });
+        q.push("; ");
+    }
     let numbered: Vec<(Uuid, i64, i64)> = conversation_at.iter().map(|(c, at)| (*c, read.last_seq[c], *at)).collect();
     for chunk in numbered.chunks(ROWS_PER_STATEMENT) {
         q.push("UPDATE conversations SET last_seq = CASE id");
@@ -398,14 +437,36 @@ async fn store_together_sqlite(pool: &SqlitePool, msgs: &[NewMessage]) -> Result
         q.push("; ");
     }
     // A retry stored by the one-by-one path meanwhile cannot happen (one writer);
-    // any failure here fails the whole batch, which is then stored one by one.
-    q.build().execute(&mut *tx).await?;
-    tx.commit().await?;
+    // any failure here fails the whole batch (the caller rolls it back), which is
+    // then stored one by one.
+    q.push("COMMIT");
+    q.build().execute(&mut *conn).await?;
 
     let mut out: Together = vec![None; msgs.len()];
     for (i, conversation, seq) in accepted {
         let message = msgs[i].stored(ids[i], ConversationId(conversation), seq);
         out[i] = Some(Stored::New(Posted { message, deliveries: deliveries.remove(&i).unwrap_or_default() }));
     }
-    Ok(out)
+    Ok(Some(out))
+}
+
+/// Pushes the reads of the conversations whose `column` (`id` or `direct_key`)
+/// is in `list`: each conversation, its members, and their event numbers.
+fn push_conversation_reads<'a, T>(q: &mut QueryBuilder<'a, Sqlite>, column: &str, list: &'a [T])
+where
+    T: 'a + Copy + sqlx::Encode<'a, Sqlite> + sqlx::Type<Sqlite>,
+{
+    q.push(format_args!("SELECT id AS conversation, last_seq, direct_key FROM conversations WHERE {column} IN "));
+    push_list(q, list.iter().copied());
+    q.push(format_args!(
+        "; SELECT conversation_id AS member_of, user_id, blocked FROM conversation_members \
+         WHERE conversation_id IN (SELECT id FROM conversations WHERE {column} IN "
+    ));
+    push_list(q, list.iter().copied());
+    q.push(format_args!(
+        "); SELECT id AS member, last_event_seq FROM users WHERE id IN (SELECT user_id FROM conversation_members \
+         WHERE conversation_id IN (SELECT id FROM conversations WHERE {column} IN "
+    ));
+    push_list(q, list.iter().copied());
+    q.push(")); ");
 }
