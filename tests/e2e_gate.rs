@@ -215,7 +215,7 @@ async fn a_persistent_session_keeps_messages_while_the_device_is_away(backend: B
     assert!(!first.session_present);
     first.subscribe(&format!("to/{}/msg", bob.id)).await;
     drop(first);
-    wait_until(|| app.gate().session_counts() == (1, 0)).await;
+    common::wait_until("the device's session is away", || app.gate().session_counts() == (1, 0)).await;
 
     let mut a = app.device(&alice, "alice-phone").await;
     for i in 0..3 {
@@ -270,12 +270,4 @@ async fn another_users_client_id_is_another_session(backend: Backend) {
     assert!(a.closed.borrow().is_none(), "alice's connection was not taken over");
     assert_eq!(app.gate().session_counts(), (2, 2));
     app.stop().await;
-}
-
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

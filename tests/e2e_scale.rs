@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{part_settings, TestCluster};
 use common::mosquitto::Mosquitto;
-use common::{options_at, Backend, Device, TestUser, DEADLINE};
+use common::{options_at, wait_until, Backend, Device, TestUser, DEADLINE};
 use parley::app::Parts;
 use parley_store::testing::TestDatabase;
 use parley_wire::UserId;
@@ -31,14 +31,6 @@ both_backends!(
 
 fn uid(user: &TestUser) -> UserId {
     user.id.parse().expect("user id")
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The text messages `device` receives on `to/{uid}/msg`: waits for `expected` of

@@ -407,6 +407,15 @@ pub fn token_settings() -> parley_domain::TokenSettings {
     }
 }
 
+/// Waits until `done` holds, polling every 20 ms; fails naming `what` after [`DEADLINE`].
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Unix seconds now.
 pub fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()

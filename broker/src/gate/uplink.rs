@@ -10,8 +10,9 @@
 //! whatever it carries. While the gate is busy (2,000 uplinks a second or more), a
 //! pack waits 1 ms after its first uplink for more: the device was acknowledged
 //! already, and the bridge, busy with its previous batch under load, would not
-//! take it sooner. Below that, uplinks leave as they come. Open-namespace envelopes are for the
-//! gates and always go alone, as every uplink does on an external bus.
+//! take it sooner. Below that, uplinks leave as they come. Open-namespace
+//! envelopes are for the gates and always go alone, as every uplink does on an
+//! external bus.
 //!
 //! A full queue makes the device's connection wait before it acknowledges, which
 //! is the back-pressure a fast device feels.
@@ -24,7 +25,6 @@ use bytes::Bytes;
 use parley_wire::bus::{pack, Packed, UPLINK_BATCH_TOPIC};
 use parley_wire::topics;
 use rumqttc::{AsyncClient, QoS};
-
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
