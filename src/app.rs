@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use parley_api::{AppState, Publisher, ReadinessCheck};
-use parley_bridge::BridgeStats;
+use parley_bridge::{BridgeStats, Link};
 use parley_broker::bus::{self, BusProbe};
 use parley_broker::gate::{self, GateHandle, GateListener, GateSettings, Kind};
 use parley_config::Settings;
@@ -17,8 +17,10 @@ use parley_domain::{
     Auth, AuthPolicy, ContactPolicy, Delivery, DeliveryConfig, Domain, Limits, Rate, Store, TokenSettings, Tokens,
 };
 use parley_wire::bus::BusEndpoint;
+use parley_wire::payloads::Outgoing;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -184,14 +186,26 @@ pub async fn start_parts(settings: Settings, parts: Parts, shutdown: Cancellatio
         }
     };
 
+    // On the embedded bus every part runs here: the gate, the bridge and the API
+    // hand each other uplinks and downlinks on the lane (wire::bus::lane).
+    let (mut gate_lane, mut bridge_lane) = match external {
+        Some(_) => (None, None),
+        None => {
+            let (gate, bridge) = parley_wire::bus::lane();
+            (Some(gate), Some(bridge))
+        }
+    };
+    let api_lane = bridge_lane.as_ref().map(|lane| lane.downlinks.clone());
     let mut running = JoinSet::new();
     let bridge = if parts.bridge {
         let stats = Arc::new(BridgeStats::default());
         {
-            let (domain, bus, shutdown, handle) = (domain.clone(), bus.clone(), shutdown.clone(), stats.clone());
-            let embedded = external.is_none();
-            running
-                .spawn(async move { ("bridge", parley_bridge::run(domain, &bus, embedded, handle, shutdown).await) });
+            let (domain, shutdown, handle) = (domain.clone(), shutdown.clone(), stats.clone());
+            let link = match bridge_lane.take() {
+                Some(lane) => Link::Lane(lane),
+                None => Link::Bus(bus.clone()),
+            };
+            running.spawn(async move { ("bridge", parley_bridge::run(domain, link, handle, shutdown).await) });
         }
         // Uplinks the bus takes before the bridges subscribed would have no reader.
         if !stats.wait_subscribed(Duration::from_secs(settings.bus.start_timeout_secs.max(5))).await {
@@ -206,18 +220,18 @@ pub async fn start_parts(settings: Settings, parts: Parts, shutdown: Cancellatio
         Some((mut gate_settings, (listeners, _))) => {
             let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
             gate_settings.embedded_bus = external.is_none();
-            let (domain, bus, shutdown) = (domain.clone(), bus.clone(), shutdown.clone());
+            let (domain, bus, shutdown, lane) = (domain.clone(), bus.clone(), shutdown.clone(), gate_lane.take());
             running.spawn(async move {
                 let ready = move |h| {
                     let _ = gate_tx.send(h);
                 };
-                ("gate", gate::serve(listeners, gate_settings, domain, &bus, shutdown, ready).await)
+                ("gate", gate::serve(listeners, gate_settings, domain, &bus, lane, shutdown, ready).await)
             });
             Some(gate_rx.await.map_err(|_| anyhow!("the gate stopped before it started"))?)
         }
     };
     if let Some(http) = http {
-        let state = api_state(&settings, &domain, &bus, gate_addrs.mqtt, gate.clone(), &shutdown);
+        let state = api_state(&settings, &domain, &bus, api_lane, gate_addrs.mqtt, gate.clone(), &shutdown);
         let stop = shutdown.clone();
         running.spawn(async move { ("api", parley_api::serve(http, state, stop).await.map_err(Into::into)) });
         let (domain, shutdown, retention) = (domain.clone(), shutdown.clone(), settings.messages.event_retention_days);
@@ -244,6 +258,7 @@ fn api_state(
     settings: &Settings,
     domain: &Domain,
     bus: &BusEndpoint,
+    lane: Option<mpsc::Sender<Vec<Outgoing>>>,
     mqtt_addr: Option<SocketAddr>,
     gate: Option<GateHandle>,
     shutdown: &CancellationToken,
@@ -262,17 +277,29 @@ fn api_state(
         });
         readiness.push(("gate", gate_check));
     }
-    let bus_client = bus::publisher(bus, "api", shutdown.clone());
-    let publisher: Publisher = Arc::new(move |outgoing| {
-        let client = bus_client.clone();
-        Box::pin(async move {
-            for o in outgoing {
-                if let Err(e) = client.publish_bytes(o.topic(), o.mqtt_qos(), false, o.payload()).await {
-                    tracing::error!(error = %e, "could not hand a downlink to the bus");
+    let publisher: Publisher = match lane {
+        Some(lane) => Arc::new(move |outgoing| {
+            let lane = lane.clone();
+            Box::pin(async move {
+                if lane.send(outgoing).await.is_err() {
+                    tracing::debug!("the gate has stopped; downlinks dropped");
                 }
-            }
-        })
-    });
+            })
+        }),
+        None => {
+            let bus_client = bus::publisher(bus, "api", shutdown.clone());
+            Arc::new(move |outgoing| {
+                let client = bus_client.clone();
+                Box::pin(async move {
+                    for o in outgoing {
+                        if let Err(e) = client.publish_bytes(o.topic(), o.mqtt_qos(), false, o.payload()).await {
+                            tracing::error!(error = %e, "could not hand a downlink to the bus");
+                        }
+                    }
+                })
+            })
+        }
+    };
     AppState {
         domain: domain.clone(),
         readiness: Arc::new(readiness),

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 both_backends!(
     typing_reaches_only_the_other_members_throttled_and_unstored,
     presence_follows_the_devices_and_reaches_partners_only,
+    stopping_the_platform_records_its_devices_gone,
     senders_change_their_messages_and_members_react,
     search_finds_only_what_the_caller_can_read,
     media_messages_carry_uploads_that_members_can_fetch,
@@ -134,6 +135,29 @@ async fn presence_follows_the_devices_and_reaches_partners_only(backend: Backend
         "invalid_status"
     );
     app.stop().await;
+}
+
+/// A user's presence as stored: online, and when last seen.
+async fn stored_presence(store: &parley_store::Store, user: &common::TestUser) -> (bool, bool) {
+    let seen = store.presence_of(&[user.id.parse().expect("uuid")]).await.expect("presence");
+    (seen[0].online, seen[0].last_seen_at.is_some())
+}
+
+async fn stopping_the_platform_records_its_devices_gone(backend: Backend) {
+    let Some(mut app) = TestApp::spawn(backend).await else { return };
+    let ann = app.user("ann").await;
+    let _phone = app.device(&ann, "ann-phone").await;
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while stored_presence(&app.running().store, &ann).await != (true, false) {
+        assert!(tokio::time::Instant::now() < deadline, "ann never showed online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The gate's last reports reach the bridge and are stored before it stops.
+    app.running.take().expect("running").stop().await.expect("clean stop");
+    let store = parley::app::open_store(&app.settings).await.expect("the database opens again");
+    assert_eq!(stored_presence(&store, &ann).await, (false, true), "ann offline, with a last-seen time");
+    store.close().await;
 }
 
 async fn senders_change_their_messages_and_members_react(backend: Backend) {

@@ -1,6 +1,7 @@
-//! The bridge: takes every uplink from the bus (through a shared subscription, so
-//! several bridges can split the work), applies the domain rules, stores, and
-//! publishes the results to the users' downlink topics.
+//! The bridge: takes every uplink (from the gate's lane in one process on the
+//! embedded bus; from an external bus through a shared subscription, so several
+//! bridges can split the work), applies the domain rules, stores, and hands the
+//! results to the users' downlink topics.
 
 mod uplink;
 mod work;
@@ -10,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parley_domain::Domain;
-use parley_wire::bus::{unpack, BusEndpoint, Packed, UPLINK_BATCH_TOPIC};
+use parley_wire::bus::{BridgeLane, BusEndpoint, RawUplink};
 use parley_wire::topics;
 use rumqttc::{Event, Packet, QoS, SubscribeReasonCode};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use uplink::{handle_messages, handle_uplink};
@@ -21,14 +22,15 @@ pub use uplink::{handle_messages, handle_uplink};
 /// A running bridge's counters and state, for operators and tests.
 #[derive(Debug)]
 pub struct BridgeStats {
-    /// Uplinks (and presence reports) this bridge handled (downlinks handed to the bus).
+    /// Uplinks (and presence reports) this bridge handled (their downlinks handed on).
     pub uplinks_handled: AtomicU64,
     /// Messages stored in a transaction shared with others of the same batch.
     pub stored_together: AtomicU64,
-    /// Downlinks handed to the bus, and the publishes that carried them (fewer when packed).
+    /// Downlinks handed on, and the bus publishes among them (none on the lane).
     pub downlinks: AtomicU64,
     pub downlink_publishes: AtomicU64,
-    /// True while the bus has confirmed the bridge's shared subscriptions.
+    /// True while the bridge can take uplinks: at once on the lane, on an external
+    /// bus once it has confirmed the bridge's shared subscriptions.
     subscribed: watch::Sender<bool>,
 }
 
@@ -53,33 +55,51 @@ impl BridgeStats {
         self.stored_together.load(Ordering::Relaxed)
     }
 
-    /// Downlinks handed to the bus, and the bus publishes that carried them.
+    /// Downlinks handed on, and how many of them were bus publishes.
     pub fn downlinks(&self) -> (u64, u64) {
         (self.downlinks.load(Ordering::Relaxed), self.downlink_publishes.load(Ordering::Relaxed))
     }
 
-    /// Waits until the bus has confirmed the bridge's subscriptions, at most `limit`.
+    /// Waits until the bridge can take uplinks, at most `limit`.
     pub async fn wait_subscribed(&self, limit: Duration) -> bool {
         let mut rx = self.subscribed.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|s| *s)).await.is_ok_and(|r| r.is_ok())
     }
 }
 
-/// Runs the bridge until `shutdown`, counting its work in `stats`. `embedded`: the
-/// bus is the embedded one, whose one gate takes every downlink, so downlinks go
-/// packed (see `work`).
+/// Where a bridge takes its uplinks from and hands its downlinks to.
+pub enum Link {
+    /// The lane of one process on the embedded bus.
+    Lane(BridgeLane),
+    /// An external bus, shared with other bridges.
+    Bus(BusEndpoint),
+}
+
+/// Runs the bridge until `shutdown`, counting its work in `stats`.
 pub async fn run(
     domain: Domain,
-    bus: &BusEndpoint,
-    embedded: bool,
+    link: Link,
     stats: Arc<BridgeStats>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let bus = match link {
+        Link::Lane(lane) => {
+            stats.subscribed.send_replace(true);
+            let worker = tokio::spawn(work::work(domain, work::Downlinks::Lane(lane.downlinks), lane.uplinks, stats));
+            // The worker ends once the gate has closed the lane, after its last
+            // presence report.
+            shutdown.cancelled().await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+            tracing::info!("bridge stopped");
+            return Ok(());
+        }
+        Link::Bus(bus) => bus,
+    };
     // Uplinks are acknowledged to the bus as they arrive (see `work` for why).
     let (client, mut events) = parley_wire::bus::client(bus.options("bridge"), 1024);
-    let downlinks = parley_wire::bus::publisher(bus, "bridge-out", shutdown.child_token());
-    let (tx, rx) = mpsc::channel::<Packed>(work::MAX_BATCH);
-    let worker = tokio::spawn(work::work(domain, downlinks, embedded, rx, stats.clone()));
+    let downlinks = parley_wire::bus::publisher(&bus, "bridge-out", shutdown.child_token());
+    let (tx, rx) = parley_wire::bus::uplink_queue(work::BUS_QUEUE_BYTES);
+    let worker = tokio::spawn(work::work(domain, work::Downlinks::Bus(downlinks), rx, stats.clone()));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -102,19 +122,8 @@ pub async fn run(
                     tracing::error!(bus = %bus, "the bus refused the bridge's shared subscriptions; check its ACL");
                 }
             }
-            // A gate's pack of uplinks (embedded bus) is taken apart here, in order.
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == UPLINK_BATCH_TOPIC => match unpack(p.payload) {
-                Some(uplinks) => {
-                    for u in uplinks {
-                        if tx.send(u).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                None => tracing::warn!(bus = %bus, "unreadable pack of uplinks on the bus; ignored"),
-            },
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let uplink = Packed { topic: p.topic, qos: p.qos as u8, payload: p.payload };
+                let uplink = RawUplink { topic: p.topic, qos: p.qos as u8, payload: p.payload };
                 if tx.send(uplink).await.is_err() {
                     break;
                 }

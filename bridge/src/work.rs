@@ -8,7 +8,7 @@
 //! downlinks are out. A storm of them neither splits the batch's messages into
 //! many transactions nor, on PostgreSQL, makes them wait.
 //!
-//! The bus connection acknowledges each uplink as it arrives. rumqttd sends a
+//! On an external bus, the connection acknowledges each uplink as it arrives. rumqttd sends a
 //! client at most 100 unacknowledged QoS 1 messages (a constant in its router);
 //! acknowledging after the commit held every batch to those 100 and the bridge to
 //! 1,200–1,900 messages a second on PostgreSQL (measured with parley-bench,
@@ -18,23 +18,23 @@
 //! after the commit; a device without one sends the message again.
 //! Back-pressure is the bounded queue between the connection and the worker: when
 //! it is full, the connection stops reading and the bus keeps the rest in its log.
+//! On the lane (one process, embedded bus) the queue is the lane itself: when it
+//! is full, the gate's device connections wait before they acknowledge.
 //!
-//! Downlinks leave on a connection of their own: rumqttc takes no request while
-//! its window of unacknowledged publishes is full, so nothing the subscribing
-//! connection must send (pings, subscriptions) waits behind downlinks. On the
-//! embedded bus a batch's downlinks leave packed, as one publish (or a few, up to
-//! the bus's packet size) on `to/_batch`, in order, once the batch is handled:
-//! there one gate takes every downlink anyway, and each publish costs the bridge,
-//! the bus and the gate a round of work whatever it carries.
+//! Downlinks leave once their batch is handled, in order: on the lane as one
+//! hand-over per batch; on an external bus one publish each, on a connection of
+//! their own (rumqttc takes no request while its window of unacknowledged
+//! publishes is full, so nothing the subscribing connection must send, pings or
+//! subscriptions, waits behind downlinks).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parley_domain::Domain;
-use parley_wire::bus::{pack, Packed, DOWNLINK_BATCH_TOPIC};
+use parley_wire::bus::{RawUplink, UplinkReceiver};
 use parley_wire::payloads::Outgoing;
 use parley_wire::{topics, UserId};
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 
 use crate::{handle_messages, handle_uplink, BridgeStats};
@@ -43,34 +43,39 @@ use crate::{handle_messages, handle_uplink, BridgeStats};
 /// to 1,000 rows each.
 pub(crate) const MAX_BATCH: usize = 1000;
 
+/// Bytes of uplinks the queue between an external bus's connection and the
+/// worker holds, at most; beyond them the bus keeps the rest in its log.
+pub(crate) const BUS_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Signals waiting for their lane (PostgreSQL), at most; a full lane makes the
 /// message worker wait.
 const SIGNAL_QUEUE: usize = 10_000;
 
-/// Runs until `uplinks` closes; `packed`: each batch's downlinks leave packed (embedded bus).
-pub(crate) async fn work(
-    domain: Domain,
-    downlinks: AsyncClient,
-    packed: bool,
-    mut uplinks: mpsc::Receiver<Packed>,
-    stats: Arc<BridgeStats>,
-) {
-    let mut batch: Vec<Packed> = Vec::with_capacity(MAX_BATCH);
+/// Where downlinks go: the gate's end of the lane, or the bus.
+#[derive(Clone)]
+pub(crate) enum Downlinks {
+    Lane(mpsc::Sender<Vec<Outgoing>>),
+    Bus(AsyncClient),
+}
+
+/// Runs until `uplinks` closes.
+pub(crate) async fn work(domain: Domain, downlinks: Downlinks, mut uplinks: UplinkReceiver, stats: Arc<BridgeStats>) {
+    let mut batch: Vec<RawUplink> = Vec::with_capacity(MAX_BATCH);
     let mut outgoing: Vec<Outgoing> = Vec::new();
     // On PostgreSQL signals have a lane of their own, beside the messages: a
     // burst of them (every device back at once, each with its presence) neither
     // holds up the messages nor waits for them.
     let (lane, lane_task) = if domain.store().concurrent_writers() {
         let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
-        (Some(tx), Some(tokio::spawn(signal_lane(domain.clone(), downlinks.clone(), packed, rx, stats.clone()))))
+        (Some(tx), Some(tokio::spawn(signal_lane(domain.clone(), downlinks.clone(), rx, stats.clone()))))
     } else {
         (None, None)
     };
     while uplinks.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = std::time::Instant::now();
-        let (signals, ordered): (Vec<Packed>, Vec<Packed>) = batch.drain(..).partition(|p| is_signal(&p.topic));
+        let (signals, ordered): (Vec<RawUplink>, Vec<RawUplink>) = batch.drain(..).partition(|p| is_signal(&p.topic));
         outgoing.extend(handle_in_order(&domain, &ordered, &stats).await);
-        publish(&downlinks, packed, &mut outgoing, &stats).await;
+        publish(&downlinks, &mut outgoing, &stats).await;
         let signal_count = signals.len();
         match &lane {
             Some(lane) => {
@@ -84,7 +89,7 @@ pub(crate) async fn work(
             None => {
                 // One writer (SQLite): the signals follow the messages' downlinks.
                 outgoing.extend(handle_signals(&domain, &signals).await);
-                publish(&downlinks, packed, &mut outgoing, &stats).await;
+                publish(&downlinks, &mut outgoing, &stats).await;
                 stats.uplinks_handled.fetch_add(signal_count as u64, Ordering::Relaxed);
             }
         }
@@ -105,22 +110,21 @@ pub(crate) async fn work(
 /// Handles signals as they come, in order, until the worker closes the lane.
 async fn signal_lane(
     domain: Domain,
-    downlinks: AsyncClient,
-    packed: bool,
-    mut signals: mpsc::Receiver<Packed>,
+    downlinks: Downlinks,
+    mut signals: mpsc::Receiver<RawUplink>,
     stats: Arc<BridgeStats>,
 ) {
-    let mut taken: Vec<Packed> = Vec::new();
+    let mut taken: Vec<RawUplink> = Vec::new();
     while signals.recv_many(&mut taken, MAX_BATCH).await > 0 {
         let mut outgoing = handle_signals(&domain, &taken).await;
-        publish(&downlinks, packed, &mut outgoing, &stats).await;
+        publish(&downlinks, &mut outgoing, &stats).await;
         stats.uplinks_handled.fetch_add(taken.len() as u64, Ordering::Relaxed);
         taken.clear();
     }
 }
 
 /// Handles signals one after another, in order.
-async fn handle_signals(domain: &Domain, signals: &[Packed]) -> Vec<Outgoing> {
+async fn handle_signals(domain: &Domain, signals: &[RawUplink]) -> Vec<Outgoing> {
     let mut out = Vec::new();
     for p in signals {
         out.extend(handle_uplink(domain, &p.topic, &p.payload).await);
@@ -130,7 +134,7 @@ async fn handle_signals(domain: &Domain, signals: &[Packed]) -> Vec<Outgoing> {
 
 /// Handles `uplinks` in order: each run of messages together, anything else alone
 /// in its place; returns their downlinks in the same order.
-async fn handle_in_order(domain: &Domain, uplinks: &[Packed], stats: &BridgeStats) -> Vec<Outgoing> {
+async fn handle_in_order(domain: &Domain, uplinks: &[RawUplink], stats: &BridgeStats) -> Vec<Outgoing> {
     let mut outgoing = Vec::new();
     let mut rest = uplinks;
     while let Some(first) = rest.first() {
@@ -157,23 +161,26 @@ async fn handle_in_order(domain: &Domain, uplinks: &[Packed], stats: &BridgeStat
     outgoing
 }
 
-/// Hands a batch's downlinks to the bus, in order: packed into as few publishes
-/// as fit (`packed`, embedded bus), or one publish each.
-async fn publish(downlinks: &AsyncClient, packed: bool, outgoing: &mut Vec<Outgoing>, stats: &BridgeStats) {
-    stats.downlinks.fetch_add(outgoing.len() as u64, Ordering::Relaxed);
-    if packed {
-        for payload in pack(outgoing.drain(..).map(|d| (d.topic(), d.qos, d.payload()))) {
-            stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = downlinks.publish_bytes(DOWNLINK_BATCH_TOPIC, QoS::AtLeastOnce, false, payload).await {
-                tracing::error!(error = %e, "bridge could not publish a downlink pack");
-            }
-        }
+/// Hands a batch's downlinks on, in order: to the gate's lane in one go, or to
+/// the bus one publish each.
+async fn publish(downlinks: &Downlinks, outgoing: &mut Vec<Outgoing>, stats: &BridgeStats) {
+    if outgoing.is_empty() {
         return;
     }
-    for d in outgoing.drain(..) {
-        stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = downlinks.publish_bytes(d.topic(), d.mqtt_qos(), false, d.payload()).await {
-            tracing::error!(error = %e, "bridge could not publish a downlink");
+    stats.downlinks.fetch_add(outgoing.len() as u64, Ordering::Relaxed);
+    match downlinks {
+        Downlinks::Lane(lane) => {
+            if lane.send(std::mem::take(outgoing)).await.is_err() {
+                tracing::debug!("the gate has stopped; downlinks dropped");
+            }
+        }
+        Downlinks::Bus(client) => {
+            for d in outgoing.drain(..) {
+                stats.downlink_publishes.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = client.publish_bytes(d.topic(), d.mqtt_qos(), false, d.payload()).await {
+                    tracing::error!(error = %e, "bridge could not publish a downlink");
+                }
+            }
         }
     }
 }

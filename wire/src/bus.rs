@@ -1,86 +1,165 @@
-//! How the platform's own parts reach the internal bus (rumqttd, or an external
-//! MQTT broker): MQTT 3.1.1, clean sessions, no properties, loopback by default.
+//! How the platform's own parts reach each other: through the internal bus
+//! (rumqttd, or an external MQTT broker: MQTT 3.1.1, clean sessions, no
+//! properties, loopback by default) and, in one process on the embedded bus,
+//! through the lane.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, NetworkOptions};
+use tokio::sync::{mpsc, Semaphore, TryAcquireError};
+use tokio_util::sync::CancellationToken;
+
+use crate::payloads::Outgoing;
 
 /// Largest packet on the bus, either direction; device limits are enforced by the gate.
 pub const MAX_BUS_PACKET: usize = 4 * 1024 * 1024;
 
-/// Packs on the embedded bus, where one gate and one bridge do all the work: the
-/// bridge sends a batch's downlinks as one publish on this topic (the gate takes
-/// `to/#`), and the gate sends whatever uplinks are waiting as one publish on
-/// [`UPLINK_BATCH_TOPIC`] (the bridge takes `from/#`), instead of one publish, one
-/// write and one acknowledgement each. No user's topic is either (user ids are
-/// UUIDs, and devices publish only under their own), and devices never see them.
-pub const DOWNLINK_BATCH_TOPIC: &str = "to/_batch";
-
-/// Uplinks packed into one bus message; see [`DOWNLINK_BATCH_TOPIC`].
-pub const UPLINK_BATCH_TOPIC: &str = "from/_batch";
-
-const PACK_VERSION: u8 = 1;
-
-/// Room left in a pack for the MQTT header and topic.
-const PACK_LIMIT: usize = MAX_BUS_PACKET - 1024;
-
-/// One message in a pack: its topic, QoS and payload.
+/// An uplink as the gate forwards it to a bridge: its topic, QoS and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Packed {
+pub struct RawUplink {
     pub topic: String,
     pub qos: u8,
     pub payload: Bytes,
 }
 
-/// Packs messages (topic, QoS, payload), in order, into as few bus payloads as fit
-/// [`MAX_BUS_PACKET`]: a version byte, then for each a 2-byte topic length, the
-/// topic, the QoS byte, a 4-byte payload length and the payload.
-pub fn pack<T: AsRef<str>, P: AsRef<[u8]>>(messages: impl IntoIterator<Item = (T, u8, P)>) -> Vec<Bytes> {
-    let mut packs = Vec::new();
-    let mut out = BytesMut::new();
-    for (topic, qos, payload) in messages {
-        let (topic, payload) = (topic.as_ref(), payload.as_ref());
-        let size = 2 + topic.len() + 1 + 4 + payload.len();
-        if out.len() > 1 && out.len() + size > PACK_LIMIT {
-            packs.push(std::mem::take(&mut out).freeze());
-        }
-        if out.is_empty() {
-            out.put_u8(PACK_VERSION);
-        }
-        out.reserve(size);
-        out.put_u16(topic.len() as u16);
-        out.put_slice(topic.as_bytes());
-        out.put_u8(qos);
-        out.put_u32(payload.len() as u32);
-        out.put_slice(payload);
-    }
-    if !out.is_empty() {
-        packs.push(out.freeze());
-    }
-    packs
+/// Bytes of uplinks (topics and payloads) the lane holds for the bridge, at most:
+/// as much as the embedded bus's log kept when uplinks went through it. When it
+/// is full, a device's connection waits before it acknowledges: the back-pressure
+/// a fast device feels. A bound in bytes, not in uplinks, keeps the memory
+/// bounded whatever the packet size, and lets a bridge that is busy storing a
+/// batch find the next one waiting (at a bound of 1,000 uplinks, devices stalled
+/// behind a full lane and PostgreSQL stored 4,000-5,000 messages a second instead
+/// of 6,000-8,000; measured with parley-bench).
+pub const LANE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Batches of downlinks the lane holds for the gate, at most.
+pub const LANE_DOWNLINKS: usize = 1024;
+
+/// The lane's ends: on the embedded bus the process's gate, bridge and API are the
+/// bus's only clients (its password is made at each start and never leaves the
+/// process), so they hand each other uplinks and downlinks in memory, in order,
+/// instead of through the bus. Each trip through rumqttd cost a message a write,
+/// the router thread, a read and an acknowledgement on loopback (measured with
+/// parley-bench; docs/benchmarks.md). An external bus, where several processes
+/// share the work, is the bus alone.
+pub fn lane() -> (GateLane, BridgeLane) {
+    let (up_tx, up_rx) = uplink_queue(LANE_BYTES);
+    let (down_tx, down_rx) = mpsc::channel(LANE_DOWNLINKS);
+    (GateLane { uplinks: up_tx, downlinks: down_rx }, BridgeLane { uplinks: up_rx, downlinks: down_tx })
 }
 
-/// The messages in a pack (payloads share its memory); `None` if it is not one.
-pub fn unpack(mut pack: Bytes) -> Option<Vec<Packed>> {
-    if pack.first() != Some(&PACK_VERSION) {
-        return None;
+/// The gate's end of the lane: uplinks for the bridge leave on it, downlinks
+/// (the bridge's and the API's) arrive on it.
+pub struct GateLane {
+    pub uplinks: UplinkSender,
+    pub downlinks: mpsc::Receiver<Vec<Outgoing>>,
+}
+
+/// The bridge's end of the lane; the API hands its downlinks to a clone of
+/// `downlinks`.
+pub struct BridgeLane {
+    pub uplinks: UplinkReceiver,
+    pub downlinks: mpsc::Sender<Vec<Outgoing>>,
+}
+
+/// A queue of uplinks, in order, bounded by their bytes (topic and payload).
+pub fn uplink_queue(bytes: usize) -> (UplinkSender, UplinkReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let room = Arc::new(Semaphore::new(bytes));
+    let closed = CancellationToken::new();
+    (UplinkSender { tx, room: room.clone(), bytes, closed: closed.clone() }, UplinkReceiver { rx, room, bytes, closed })
+}
+
+/// The receiver is gone: nothing more is taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueueError {
+    #[error("uplinks are no longer taken")]
+    Closed,
+    #[error("the uplink queue is full")]
+    Full,
+}
+
+/// What an uplink counts against a queue's bound: at least 1, at most the bound.
+fn weight(u: &RawUplink, bytes: usize) -> u32 {
+    let w = (u.topic.len() + u.payload.len()).clamp(1, bytes);
+    u32::try_from(w).unwrap_or(u32::MAX)
+}
+
+/// The sending side of an uplink queue; cheap to clone.
+#[derive(Clone)]
+pub struct UplinkSender {
+    tx: mpsc::UnboundedSender<RawUplink>,
+    room: Arc<Semaphore>,
+    bytes: usize,
+    closed: CancellationToken,
+}
+
+impl UplinkSender {
+    /// Takes no more uplinks from any sender; the receiver gets what is queued,
+    /// then 0. For a gate that is done, while something (a will waiting for its
+    /// delay) may still hold a sender.
+    pub fn close(&self) {
+        self.room.close();
+        self.closed.cancel();
     }
-    pack.advance(1);
-    let mut messages = Vec::new();
-    while !pack.is_empty() {
-        let topic_len = usize::from(pack.try_get_u16().ok()?);
-        let topic = String::from_utf8(pack.get(..topic_len)?.to_vec()).ok()?;
-        pack.advance(topic_len);
-        let qos = pack.try_get_u8().ok()?;
-        let len = usize::try_from(pack.try_get_u32().ok()?).ok()?;
-        if pack.len() < len {
-            return None;
-        }
-        messages.push(Packed { topic, qos, payload: pack.split_to(len) });
+
+    /// Queues `u`, waiting while the queue has no room for it.
+    pub async fn send(&self, u: RawUplink) -> Result<(), QueueError> {
+        let permit = self.room.acquire_many(weight(&u, self.bytes)).await.map_err(|_| QueueError::Closed)?;
+        self.tx.send(u).map_err(|_| QueueError::Closed)?;
+        permit.forget();
+        Ok(())
     }
-    Some(messages)
+
+    /// Queues `u` now, or says why not.
+    pub fn try_send(&self, u: RawUplink) -> Result<(), QueueError> {
+        let permit = self.room.try_acquire_many(weight(&u, self.bytes)).map_err(|e| match e {
+            TryAcquireError::Closed => QueueError::Closed,
+            TryAcquireError::NoPermits => QueueError::Full,
+        })?;
+        self.tx.send(u).map_err(|_| QueueError::Closed)?;
+        permit.forget();
+        Ok(())
+    }
+}
+
+/// The receiving side of an uplink queue; dropping it fails every sender.
+pub struct UplinkReceiver {
+    rx: mpsc::UnboundedReceiver<RawUplink>,
+    room: Arc<Semaphore>,
+    bytes: usize,
+    closed: CancellationToken,
+}
+
+impl UplinkReceiver {
+    /// Takes up to `limit` uplinks into `buf`, waiting for the first; 0 once the
+    /// queue is empty and every sender is gone or the queue was closed.
+    pub async fn recv_many(&mut self, buf: &mut Vec<RawUplink>, limit: usize) -> usize {
+        let before = buf.len();
+        let n = tokio::select! {
+            biased;
+            n = self.rx.recv_many(buf, limit) => n,
+            () = self.closed.cancelled() => {
+                while buf.len() - before < limit {
+                    let Ok(u) = self.rx.try_recv() else { break };
+                    buf.push(u);
+                }
+                buf.len() - before
+            }
+        };
+        let freed: usize = buf[before..].iter().map(|u| weight(u, self.bytes) as usize).sum();
+        self.room.add_permits(freed);
+        n
+    }
+}
+
+impl Drop for UplinkReceiver {
+    fn drop(&mut self) {
+        self.room.close();
+    }
 }
 
 /// Where the bus listens and the credentials its internal clients use.
@@ -170,31 +249,63 @@ impl BusEndpoint {
 mod tests {
     use super::*;
 
-    #[test]
-    fn packs_read_back_in_order_and_anything_else_is_refused() {
-        let downlinks = vec![
-            ("to/a/ack".to_string(), 1, b"{\"id\":\"1\"}".to_vec()),
-            ("to/b/msg".to_string(), 1, Vec::new()),
-            ("to/b/typing".to_string(), 0, vec![0xff; 300]),
-        ];
-        let packs = pack(downlinks.clone());
-        assert_eq!(packs.len(), 1);
-        let back = unpack(packs[0].clone()).expect("a pack");
-        let back: Vec<_> = back.into_iter().map(|p| (p.topic, p.qos, p.payload.to_vec())).collect();
-        assert_eq!(back, downlinks);
-        assert!(pack(Vec::<(String, u8, Vec<u8>)>::new()).is_empty());
-        for bad in [&b""[..], b"\x02", b"\x01\x00", b"\x01\x00\x01a\x01\x00\x00\x00\x09short"] {
-            assert_eq!(unpack(Bytes::copy_from_slice(bad)), None, "{bad:?}");
-        }
+    fn uplink(topic: &str, payload: &[u8]) -> RawUplink {
+        RawUplink { topic: topic.into(), qos: 1, payload: Bytes::copy_from_slice(payload) }
     }
 
-    #[test]
-    fn messages_beyond_one_bus_packet_go_in_more_packs() {
-        let big = vec![7u8; 1024 * 1024];
-        let packs = pack((0..9).map(|i| (format!("to/u{i}/msg"), 1, &big[..])));
-        assert_eq!(packs.len(), 3, "three messages of 1 MiB fit in one bus packet, not four");
-        assert!(packs.iter().all(|p| p.len() <= MAX_BUS_PACKET - 1024));
-        let topics: Vec<String> = packs.into_iter().flat_map(|p| unpack(p).expect("pack")).map(|p| p.topic).collect();
-        assert_eq!(topics, (0..9).map(|i| format!("to/u{i}/msg")).collect::<Vec<_>>());
+    #[tokio::test]
+    async fn the_uplink_queue_keeps_order_and_holds_its_bytes_at_most() {
+        let (tx, mut rx) = uplink_queue(100);
+        tx.send(uplink("from/a/msg", &[1; 40])).await.expect("room for 50 bytes");
+        tx.send(uplink("from/a/msg", &[2; 40])).await.expect("room for 50 more");
+        // Full: one more byte does not fit, and a sender waits.
+        assert_eq!(tx.try_send(uplink("x", b"")), Err(QueueError::Full));
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(uplink("from/b/msg", &[3; 10])).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a sender got past a full queue");
+        // Taking makes room, in the order sent.
+        let mut taken = Vec::new();
+        assert_eq!(rx.recv_many(&mut taken, 10).await, 2);
+        waiting.await.expect("task").expect("room after the take");
+        assert_eq!(rx.recv_many(&mut taken, 10).await, 1);
+        let firsts: Vec<u8> = taken.iter().map(|u| u.payload[0]).collect();
+        assert_eq!(firsts, [1, 2, 3]);
+        // An uplink larger than the whole bound still goes, alone.
+        tx.send(uplink("from/c/msg", &[4; 500])).await.expect("an empty queue takes anything");
+        assert_eq!(tx.try_send(uplink("x", b"")), Err(QueueError::Full));
+        assert_eq!(rx.recv_many(&mut taken, 10).await, 1);
+        assert_eq!(taken[3].payload.len(), 500);
+    }
+
+    #[tokio::test]
+    async fn senders_fail_once_the_receiver_is_gone() {
+        let (tx, rx) = uplink_queue(10);
+        tx.send(uplink("from/a/msg", b"1234567890")).await.expect("room");
+        let blocked = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(uplink("from/a/msg", b"more")).await }
+        });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert_eq!(blocked.await.expect("task"), Err(QueueError::Closed), "a waiting sender is released");
+        assert_eq!(tx.try_send(uplink("x", b"")), Err(QueueError::Closed));
+        assert_eq!(tx.send(uplink("x", b"")).await, Err(QueueError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_closed_queue_hands_over_what_it_holds_then_ends() {
+        let (tx, mut rx) = uplink_queue(1000);
+        let held = tx.clone();
+        tx.send(uplink("sys/presence/g", b"last report")).await.expect("room");
+        tx.close();
+        assert_eq!(held.try_send(uplink("from/a/msg", b"late")), Err(QueueError::Closed));
+        let mut taken = Vec::new();
+        assert_eq!(rx.recv_many(&mut taken, 10).await, 1);
+        assert_eq!(taken[0].payload, &b"last report"[..]);
+        // Ends although `held` is still alive.
+        assert_eq!(rx.recv_many(&mut taken, 10).await, 0);
     }
 }

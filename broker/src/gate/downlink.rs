@@ -1,8 +1,7 @@
-//! Downlinks: every `to/{uid}/…` message on the bus is queued on the sessions of
-//! that user whose subscriptions match, and their connections are woken. A pack of
-//! downlinks (`to/_batch`, from a bridge on the embedded bus) is taken apart and
-//! each handled the same way, in order. The gate
-//! takes downlinks on a bus connection of its own, whose subscriptions
+//! Downlinks: every `to/{uid}/…` message is queued on the sessions of that user
+//! whose subscriptions match, and their connections are woken. They arrive on the
+//! lane (one process on the embedded bus: the bridge's and the API's, a batch at a
+//! time, in order) or on a bus connection of the gate's own, whose subscriptions
 //! `subscriptions.rs` keeps.
 
 use std::sync::Arc;
@@ -10,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parley_domain::SessionsRevoked;
-use parley_wire::bus::{unpack, BusEndpoint, DOWNLINK_BATCH_TOPIC};
+use parley_wire::bus::BusEndpoint;
+use parley_wire::payloads::Outgoing as Downlink;
 use parley_wire::{topics, UserId};
 use rumqttc::{Event, Outgoing, Packet};
 use tokio_util::sync::CancellationToken;
@@ -122,6 +122,27 @@ pub fn deliver(session: &Session, stats: &GateStats, max_queued: usize, m: &Offe
     session.notify.notify_one();
 }
 
+/// Takes downlinks from the lane until `shutdown`, or until the bridge and the
+/// API have let go of it.
+pub async fn from_lane(
+    mut lane: tokio::sync::mpsc::Receiver<Vec<Downlink>>,
+    registry: Arc<Registry>,
+    stats: Arc<GateStats>,
+    max_queued: usize,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            batch = lane.recv() => batch,
+        };
+        let Some(batch) = batch else { return };
+        for d in batch {
+            dispatch(&registry, &stats, max_queued, &d.topic(), d.body, d.qos);
+        }
+    }
+}
+
 /// Takes downlinks from the bus until `shutdown`: one bus connection at a time, each
 /// with a new client (under one client id, so a new connection replaces a stale one
 /// on the broker), subscribing afresh on each; dispatches what arrives.
@@ -156,14 +177,6 @@ pub async fn run(
                     Some(ns) if p.topic.starts_with(namespace::BUS_PREFIX) => {
                         ns.dispatch(&registry, &stats, max_queued, p.payload);
                     }
-                    _ if p.topic == DOWNLINK_BATCH_TOPIC => match unpack(p.payload) {
-                        Some(downlinks) => {
-                            for d in downlinks {
-                                dispatch(&registry, &stats, max_queued, &d.topic, d.payload, d.qos);
-                            }
-                        }
-                        None => tracing::warn!("unreadable pack of downlinks on the bus; ignored"),
-                    },
                     _ => dispatch(&registry, &stats, max_queued, &p.topic, p.payload, p.qos as u8),
                 },
                 Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use parley_domain::{Domain, Rate, Tokens};
-use parley_wire::bus::BusEndpoint;
+use parley_wire::bus::{BusEndpoint, GateLane};
 use parley_wire::UserId;
 use rumqttc::{AsyncClient, Event, Outgoing, QoS};
 use tokio_util::sync::CancellationToken;
@@ -54,9 +54,8 @@ pub struct GateSettings {
     /// This gate's name in presence reports.
     pub node_id: String,
     /// The bus is the embedded one, with this gate the only gate on it: the gate
-    /// takes every downlink with one subscription and packs uplinks (uplink.rs).
-    /// On an external bus (several gates) it subscribes to each connected user's
-    /// downlinks and sends uplinks one publish each.
+    /// takes every downlink on the bus with one subscription. On an external bus
+    /// (several gates) it subscribes to each connected user's downlinks.
     pub embedded_bus: bool,
     /// How long a CONNECT waits for the bus to confirm the user's downlink subscription
     /// before the device is refused with "server unavailable" (shorter than the usual
@@ -219,6 +218,7 @@ pub async fn serve(
     settings: GateSettings,
     domain: Domain,
     bus: &BusEndpoint,
+    lane: Option<GateLane>,
     shutdown: CancellationToken,
     ready: impl FnOnce(GateHandle),
 ) -> anyhow::Result<()> {
@@ -231,7 +231,11 @@ pub async fn serve(
     let presence_seq = PresenceSeq::default();
     let ((), seq) = presence_seq.stamp(|| ());
     let stats = Arc::new(GateStats::default());
-    let (uplinks, forwarder) = uplink::start(client, settings.embedded_bus, stats.clone());
+    let (lane_uplinks, lane_downlinks) = match lane {
+        Some(GateLane { uplinks, downlinks }) => (Some(uplinks), Some(downlinks)),
+        None => (None, None),
+    };
+    let (uplinks, forwarder) = uplink::start(client, lane_uplinks, stats.clone());
     uplinks.send(presence_topic.clone(), QoS::AtLeastOnce, presence_reset(seq)).await?;
     let namespace =
         settings.open_namespace.as_deref().map(|open| Arc::new(Namespace::new(open, settings.allow_anonymous)));
@@ -246,6 +250,10 @@ pub async fn serve(
         settings.max_queued,
         shutdown.clone(),
     ));
+    if let Some(downlinks) = lane_downlinks {
+        let (registry, stats, max_queued) = (registry.clone(), stats.clone(), settings.max_queued);
+        tasks.spawn(downlink::from_lane(downlinks, registry, stats, max_queued, shutdown.clone()));
+    }
     ready(GateHandle { stats: stats.clone(), registry: registry.clone() });
     let admission = Admission::new(settings.connection_rate, settings.flapping);
     let shared = Arc::new(Shared {
@@ -272,6 +280,7 @@ pub async fn serve(
     // then leave the bus once that and the last reports are out.
     let ((), seq) = shared.presence_seq.stamp(|| ());
     let _ = shared.uplinks.try_send(presence_topic, QoS::AtLeastOnce, presence_reset(seq));
+    shared.uplinks.close_lane();
     let sent = forwarder.finish(Duration::from_secs(2)).await;
     if !sent || tokio::time::timeout(Duration::from_secs(2), &mut uplink_connection).await.is_err() {
         uplink_connection.abort();

@@ -188,8 +188,8 @@ pub struct GateStats {
     /// Downlinks that reached this gate for a user with no session here (with an
     /// external bus, only those in flight while the user's last session goes).
     pub downlinks_unclaimed: AtomicU64,
-    /// Uplinks (device publishes, wills, presence reports) handed to the bus, and
-    /// the bus publishes that carried them (fewer when packed, on the embedded bus).
+    /// Uplinks (device publishes, wills, presence reports) handed on, and how many
+    /// of them were bus publishes (on the lane, only open-namespace envelopes).
     pub uplinks: AtomicU64,
     pub uplink_publishes: AtomicU64,
 }
