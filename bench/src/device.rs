@@ -95,6 +95,12 @@ pub struct Device {
     /// The 1:1 conversation, learnt from the first acknowledgement.
     conversation: Mutex<Option<String>>,
     pub connected: AtomicBool,
+    /// Parley devices, as an app's outbox does: new messages go out at once
+    /// while this holds; after a drop they wait until what must be sent again
+    /// has gone (`resumed`), so a device never sends its messages out of order.
+    sending: AtomicBool,
+    /// The messages that waited so, never handed to rumqttc.
+    held: Mutex<BTreeSet<u32>>,
     syncs: AtomicU64,
     /// How many times the device has been subscribed and ready.
     ready: watch::Sender<u64>,
@@ -133,6 +139,8 @@ impl Device {
             events: Mutex::default(),
             conversation: Mutex::default(),
             connected: AtomicBool::new(false),
+            sending: AtomicBool::new(true),
+            held: Mutex::default(),
             syncs: AtomicU64::new(0),
             ready: watch::channel(0).0,
         });
@@ -202,6 +210,10 @@ impl Device {
     /// Sends chat message number `k`, meant to leave at `intended_us`.
     pub async fn send(&self, k: u32, intended_us: u64) {
         self.tracker.sent(self.spec.idx, k, intended_us);
+        if !self.sending.load(Relaxed) {
+            lock(&self.held).insert(k);
+            return;
+        }
         self.publish("msg", QoS::AtLeastOnce, self.chat_payload(k, intended_us), Some(k)).await;
     }
 
@@ -283,6 +295,9 @@ impl Device {
                 Ok(_) => {}
                 Err(_) => {
                     self.connected.store(false, Relaxed);
+                    if self.spec.parley() {
+                        self.sending.store(false, Relaxed);
+                    }
                     let wait = self.spec.backoff_ms + rand::thread_rng().gen_range(0..=self.spec.jitter_ms);
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -296,22 +311,36 @@ impl Device {
         let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
     }
 
-    /// After a reconnect: ask for what was missed and, when the session (and with
-    /// it rumqttc's unacknowledged publishes) was lost, send those again.
+    /// After a reconnect: ask for what was missed, send again what was not
+    /// acknowledged (all of it when the session, and with it rumqttc's
+    /// unacknowledged publishes, was lost; else what waited while the device was
+    /// away), in order, then let new messages go out at once again.
     fn resumed(self: &Arc<Self>, session_lost: bool) {
         if !self.spec.parley() {
             return;
         }
         self.sync();
-        if session_lost {
-            let device = self.clone();
-            tokio::spawn(async move {
-                for (k, intended) in device.tracker.unacked(device.spec.idx) {
-                    let payload = device.chat_payload(k, intended);
-                    device.publish("msg", QoS::AtLeastOnce, payload, Some(k)).await;
+        let device = self.clone();
+        tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let pending: Vec<(u32, u64)> =
+                    device.tracker.unacked(device.spec.idx).into_iter().filter(|(k, _)| *k >= next).collect();
+                if pending.is_empty() {
+                    // Anything sent from here on goes out by itself.
+                    device.sending.store(true, Relaxed);
+                    break;
                 }
-            });
-        }
+                for (k, intended) in pending {
+                    let held = lock(&device.held).remove(&k);
+                    if session_lost || held {
+                        let payload = device.chat_payload(k, intended);
+                        device.publish("msg", QoS::AtLeastOnce, payload, Some(k)).await;
+                    }
+                    next = k + 1;
+                }
+            }
+        });
     }
 
     fn received(&self, p: &Publish) {
