@@ -5,7 +5,7 @@ use parley_store::{
     ConversationCursor, ConversationFilter, ConversationSummary, MessagePage, MessageRange, NewMessage, Posted,
     StoreError, Stored, Target,
 };
-use parley_wire::payloads::{Event, Outgoing, SendMessage};
+use parley_wire::payloads::{LiveEvent, Outgoing, SendMessage};
 use parley_wire::{topics, ConversationId, UserId};
 
 use crate::policy::ContactPolicy;
@@ -269,7 +269,8 @@ pub fn message_outgoing(posted: &Posted, ack_to: Option<UserId>) -> Vec<Outgoing
         out.push(Outgoing::new(sender, topics::ACK, &posted.message.ack(own)));
     }
     for (user, event_seq) in &posted.deliveries {
-        out.push(Outgoing::new(*user, topics::MSG, &Event::new(*event_seq, "message", &posted.message)));
+        let event = LiveEvent { event_seq: *event_seq, kind: "message", data: &posted.message };
+        out.push(Outgoing::new(*user, topics::MSG, &event));
     }
     out
 }

@@ -137,6 +137,19 @@ impl Event {
     }
 }
 
+/// An event as it leaves live, its data serialised straight from `data` (which
+/// must serialise as an object): the same JSON as [`Event::new`], without
+/// building a JSON value (a map of strings and values) first. For the message
+/// path, where every member's copy of every message is one.
+#[derive(Serialize)]
+pub struct LiveEvent<'a, T: Serialize> {
+    pub event_seq: i64,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    #[serde(flatten)]
+    pub data: &'a T,
+}
+
 /// `from/{uid}/receipt`: the device reports messages of a conversation delivered
 /// to it and/or read, up to a sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -406,4 +419,39 @@ pub struct Attachment {
     pub content_type: String,
     pub size: i64,
     pub filename: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_event_is_the_event_a_sync_gives() {
+        let message = Message {
+            id: MessageId(uuid::Uuid::from_u128(1)),
+            conversation_id: ConversationId(uuid::Uuid::from_u128(2)),
+            seq: 7,
+            sender_id: UserId(uuid::Uuid::from_u128(3)),
+            client_id: "c-\"1\"".into(),
+            kind: "text".into(),
+            text: "héllo \n there".into(),
+            sent_at: DateTime::from_timestamp_millis(1_700_000_000_123).expect("time"),
+            reply_to: Some(MessageId(uuid::Uuid::from_u128(4))),
+            edited_at: None,
+            deleted: false,
+            attachment: None,
+            reactions: [("👍".to_string(), 2)].into(),
+        };
+        let live: serde_json::Value =
+            serde_json::to_value(LiveEvent { event_seq: 42, kind: "message", data: &message }).expect("json");
+        let event = serde_json::to_value(Event::new(42, "message", &message)).expect("json");
+        assert_eq!(live, event);
+        assert_eq!(live["type"], "message");
+        assert_eq!(live["seq"], 7);
+        let back: Event = serde_json::from_value(live).expect("an event");
+        assert_eq!(
+            serde_json::from_value::<Message>(serde_json::Value::Object(back.data)).expect("its message"),
+            message
+        );
+    }
 }
