@@ -29,8 +29,14 @@ pub fn dispatch(registry: &Registry, stats: &GateStats, max_queued: usize, topic
         tracing::debug!(topic, "downlink for no user; ignored");
         return;
     };
+    dispatch_to(registry, stats, max_queued, (user, channel), &Offered::plain(topic, &payload, qos));
+}
+
+/// [`dispatch`] for a downlink whose user and channel are known (the lane's).
+fn dispatch_to(registry: &Registry, stats: &GateStats, max_queued: usize, to: (UserId, &str), m: &Offered<'_>) {
+    let (user, channel) = to;
     if channel == topics::SESSION {
-        match serde_json::from_slice::<SessionsRevoked>(&payload) {
+        match serde_json::from_slice::<SessionsRevoked>(m.payload) {
             Ok(r) => {
                 let n = registry.revoke(user, &r.revoked);
                 tracing::info!(user_id = %user, devices = n, "devices of revoked sign-ins disconnected");
@@ -44,7 +50,7 @@ pub fn dispatch(registry: &Registry, stats: &GateStats, max_queued: usize, topic
         GateStats::bump(&stats.downlinks_unclaimed);
     }
     for session in sessions {
-        offer(&session, stats, max_queued, &Offered::plain(topic, &payload, qos), false);
+        offer(&session, stats, max_queued, m, false);
     }
 }
 
@@ -138,7 +144,8 @@ pub async fn from_lane(
         };
         let Some(batch) = batch else { return };
         for d in batch {
-            dispatch(&registry, &stats, max_queued, &d.topic(), d.body, d.qos);
+            let topic = d.topic();
+            dispatch_to(&registry, &stats, max_queued, (d.user, d.channel), &Offered::plain(&topic, &d.body, d.qos));
         }
     }
 }

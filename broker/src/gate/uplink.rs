@@ -12,17 +12,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parley_wire::bus::{RawUplink, UplinkSender};
+use parley_wire::bus::{uplink_queue, RawUplink, UplinkReceiver, UplinkSender};
 use parley_wire::topics;
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::GateStats;
 
-/// Uplinks waiting for the bus connection, at most.
-const QUEUE: usize = 1024;
+/// Bytes of uplinks (topics and payloads) waiting for the bus connection, at most.
+const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The most uplinks taken from the queue at once.
 const MAX_TAKEN: usize = 1000;
@@ -33,7 +31,7 @@ pub(crate) struct Uplinks {
     /// The bridge's end of the lane, if there is one.
     lane: Option<UplinkSender>,
     /// The queue of the bus connection.
-    bus: mpsc::Sender<RawUplink>,
+    bus: UplinkSender,
     stats: Arc<GateStats>,
 }
 
@@ -53,10 +51,7 @@ impl Uplinks {
     /// Hands an uplink on, waiting while the lane or queue is full.
     pub(crate) async fn send(&self, topic: String, qos: QoS, payload: Bytes) -> Result<(), Closed> {
         let uplink = RawUplink { topic, qos: qos as u8, payload };
-        match &self.lane {
-            Some(lane) if topics::bridge_takes(&uplink.topic) => lane.send(uplink).await.map_err(|_| Closed)?,
-            _ => self.bus.send(uplink).await.map_err(|_| Closed)?,
-        }
+        self.route(&uplink.topic).send(uplink).await.map_err(|_| Closed)?;
         GateStats::bump(&self.stats.uplinks);
         Ok(())
     }
@@ -64,12 +59,17 @@ impl Uplinks {
     /// Hands an uplink on now, or says why not (full, or closed).
     pub(crate) fn try_send(&self, topic: String, qos: QoS, payload: Bytes) -> Result<(), String> {
         let uplink = RawUplink { topic, qos: qos as u8, payload };
-        match &self.lane {
-            Some(lane) if topics::bridge_takes(&uplink.topic) => lane.try_send(uplink).map_err(|e| e.to_string())?,
-            _ => self.bus.try_send(uplink).map_err(|e| e.to_string())?,
-        }
+        self.route(&uplink.topic).try_send(uplink).map_err(|e| e.to_string())?;
         GateStats::bump(&self.stats.uplinks);
         Ok(())
+    }
+
+    /// The lane for what the bridge takes, when there is one; else the bus queue.
+    fn route(&self, topic: &str) -> &UplinkSender {
+        match &self.lane {
+            Some(lane) if topics::bridge_takes(topic) => lane,
+            _ => &self.bus,
+        }
     }
 
     /// The gate is done: the bridge takes what is on the lane, then stops.
@@ -83,14 +83,15 @@ impl Uplinks {
 /// The running uplink forwarder.
 pub(crate) struct Forwarder {
     task: JoinHandle<()>,
-    closing: CancellationToken,
+    queue: UplinkSender,
 }
 
 impl Forwarder {
     /// Sends what is queued, then disconnects `client`; waits at most `limit`. False
     /// when the queue could not be sent in time.
     pub(crate) async fn finish(self, limit: std::time::Duration) -> bool {
-        self.closing.cancel();
+        // What is already queued still goes; nothing more is taken.
+        self.queue.close();
         let mut task = self.task;
         if tokio::time::timeout(limit, &mut task).await.is_err() {
             task.abort();
@@ -103,39 +104,19 @@ impl Forwarder {
 /// Starts forwarding queued uplinks to the bus through `client`, one publish
 /// each; what is for the bridge goes into `lane` instead, when there is one.
 pub(crate) fn start(client: AsyncClient, lane: Option<UplinkSender>, stats: Arc<GateStats>) -> (Uplinks, Forwarder) {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let closing = CancellationToken::new();
-    let task = tokio::spawn(forward(client, rx, stats.clone(), closing.clone()));
-    (Uplinks { lane, bus: tx, stats }, Forwarder { task, closing })
+    let (tx, rx) = uplink_queue(QUEUE_BYTES);
+    let task = tokio::spawn(forward(client, rx, stats.clone()));
+    (Uplinks { lane, bus: tx.clone(), stats }, Forwarder { task, queue: tx })
 }
 
-async fn forward(
-    client: AsyncClient,
-    mut rx: mpsc::Receiver<RawUplink>,
-    stats: Arc<GateStats>,
-    closing: CancellationToken,
-) {
+async fn forward(client: AsyncClient, mut rx: UplinkReceiver, stats: Arc<GateStats>) {
     let mut taken = Vec::with_capacity(MAX_TAKEN);
-    let mut closed = false;
-    loop {
-        tokio::select! {
-            biased;
-            n = rx.recv_many(&mut taken, MAX_TAKEN) => {
-                if n == 0 {
-                    break;
-                }
-                for p in taken.drain(..) {
-                    stats.uplink_publishes.fetch_add(1, Ordering::Relaxed);
-                    let qos = if p.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-                    if let Err(e) = client.publish_bytes(p.topic, qos, false, p.payload).await {
-                        tracing::error!(error = %e, "gate could not hand uplinks to the bus");
-                    }
-                }
-            }
-            // What is already queued still goes; nothing more is taken.
-            _ = closing.cancelled(), if !closed => {
-                rx.close();
-                closed = true;
+    while rx.recv_many(&mut taken, MAX_TAKEN).await > 0 {
+        for p in taken.drain(..) {
+            stats.uplink_publishes.fetch_add(1, Ordering::Relaxed);
+            let qos = if p.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            if let Err(e) = client.publish_bytes(p.topic, qos, false, p.payload).await {
+                tracing::error!(error = %e, "gate could not hand uplinks to the bus");
             }
         }
     }
