@@ -9,7 +9,10 @@ use std::sync::atomic::Ordering;
 use common::{Backend, Device, TestApp};
 use serde_json::{json, Value};
 
-both_backends!(two_users_exchange_two_hundred_messages_with_retries_stored_exactly_once);
+both_backends!(
+    two_users_exchange_two_hundred_messages_with_retries_stored_exactly_once,
+    a_backlog_is_stored_in_order_while_the_next_batch_is_checked,
+);
 
 /// Sends `count` messages from `from` to `to_id`, re-sending every 4th message's
 /// predecessor with the same client id (a phone that never saw its ack).
@@ -90,20 +93,56 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
+    exchange(&app, 100).await;
+    app.stop().await;
+}
+
+/// A backlog (two users sending 600 messages each, with retries, without waiting)
+/// reaches the bridge faster than it stores. On PostgreSQL the next batch is
+/// checked while the one before is stored, and stored after it: numbers, logs,
+/// retries and order come out exactly as with one batch at a time. SQLite has one
+/// writer and takes its batches one after another.
+async fn a_backlog_is_stored_in_order_while_the_next_batch_is_checked(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |s| {
+        s.messages.user_rate_per_sec = 100_000;
+        s.messages.user_burst = 100_000;
+        s.messages.conversation_rate_per_sec = 100_000;
+        s.messages.conversation_burst = 100_000;
+        s.mqtt.publish_rate_per_sec = 0;
+        // Each device takes its 1,350 downlinks only once it has sent everything.
+        s.mqtt.max_queued_messages = 10_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let bridge = exchange(&app, 600).await;
+    match backend {
+        Backend::Postgres => assert!(bridge.batches_alongside() > 0, "no batch was checked while another was stored"),
+        Backend::Sqlite => assert_eq!(bridge.batches_alongside(), 0),
+    }
+    app.stop().await;
+}
+
+/// Alice and Bob each send `count` messages to the other at once, with retries;
+/// checks every ack, delivery, event number, history page and row. Returns the
+/// bridge's counters.
+async fn exchange(app: &TestApp, count: usize) -> std::sync::Arc<parley_bridge::BridgeStats> {
+    let total = 2 * count as i64;
     let (alice, bob, mut a, mut b) = app.pair().await;
 
     tokio::join!(
-        send_with_retries(&a, &alice.id, &bob.id, "a", 100),
-        send_with_retries(&b, &bob.id, &alice.id, "b", 100),
+        send_with_retries(&a, &alice.id, &bob.id, "a", count),
+        send_with_retries(&b, &bob.id, &alice.id, "b", count),
     );
-    let (a_all, b_all) = tokio::join!(collect(&mut a, &alice.id, 100, 100), collect(&mut b, &bob.id, 100, 100));
+    let (a_all, b_all) = tokio::join!(collect(&mut a, &alice.id, count, count), collect(&mut b, &bob.id, count, count));
     let (a_acks, a_got) = (&a_all.acks, &a_all.received);
     let (b_acks, b_got) = (&b_all.acks, &b_all.received);
-    // Each user's log numbers its 200 message events 1..=200: retries add none.
+    // Each user's log numbers its message events 1..=total: retries add none.
     for all in [&a_all, &b_all] {
         let mut seqs: Vec<i64> = all.event_seqs.values().copied().collect();
         seqs.sort_unstable();
-        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
     }
     for (acks, all) in [(a_acks, &a_all), (b_acks, &b_all)] {
         for copies in acks.values() {
@@ -120,18 +159,18 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
     // gate and the bridge hand uplinks and downlinks (an ack and a message each)
     // to each other on the lane.
     let (downlinks, publishes) = bridge.downlinks();
-    assert!(downlinks >= 400, "{downlinks} downlinks for 200 messages");
+    assert!(downlinks >= 2 * total as u64, "{downlinks} downlinks for {total} messages");
     assert_eq!(publishes, 0, "{publishes} of {downlinks} downlinks went through the bus");
     let gate = app.gate().stats();
     let (uplinks, publishes) = (gate.uplinks.load(Ordering::Relaxed), gate.uplink_publishes.load(Ordering::Relaxed));
-    assert!(uplinks >= 200, "{uplinks} uplinks for 200 messages");
+    assert!(uplinks >= total as u64, "{uplinks} uplinks for {total} messages");
     assert_eq!(publishes, 0, "{publishes} of {uplinks} uplinks went through the bus");
 
-    let a_seqs = check_acks(a_acks, "a", 100);
-    let b_seqs = check_acks(b_acks, "b", 100);
+    let a_seqs = check_acks(a_acks, "a", count);
+    let b_seqs = check_acks(b_acks, "b", count);
     let mut all: Vec<i64> = a_seqs.iter().chain(&b_seqs).copied().collect();
     all.sort_unstable();
-    assert_eq!(all, (1..=200).collect::<Vec<_>>(), "one conversation, seqs 1..=200 without gaps or repeats");
+    assert_eq!(all, (1..=total).collect::<Vec<_>>(), "one conversation, seqs 1..=total without gaps or repeats");
 
     // Every message reached the other side live, with what the sender was told.
     let a_ids: HashSet<_> = a_acks.values().map(|v| v[0]["message_id"].as_str().expect("id").to_string()).collect();
@@ -144,7 +183,7 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
         assert_eq!(m["text"], json!(format!("a says {n}")));
     }
 
-    // History has exactly the 200, in order, for both members, across pages.
+    // History has exactly the messages, in order, for both members, across pages.
     let conversation = a_acks["a-0"][0]["conversation_id"].as_str().expect("conversation").to_string();
     for user in [&alice, &bob] {
         let mut seen = Vec::new();
@@ -165,15 +204,15 @@ async fn two_users_exchange_two_hundred_messages_with_retries_stored_exactly_onc
             }
         }
         let seqs: Vec<i64> = seen.iter().map(|m| m["seq"].as_i64().expect("seq")).collect();
-        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
         let ids: HashSet<String> = seen.iter().map(|m| m["id"].as_str().expect("id").to_string()).collect();
         assert_eq!(ids, a_ids.union(&b_ids).cloned().collect());
     }
     let (status, list) = app.get("/v1/conversations", Some(&alice.access_token)).await;
     assert_eq!(status, 200);
     assert_eq!(list["conversations"].as_array().expect("list").len(), 1);
-    assert_eq!(list["conversations"][0]["last_seq"], json!(200));
-    assert_eq!(app.message_rows().await, 200, "the database holds exactly 200 rows");
+    assert_eq!(list["conversations"][0]["last_seq"], json!(total));
+    assert_eq!(app.message_rows().await, total, "the database holds exactly {total} rows");
     drop((a, b));
-    app.stop().await;
+    bridge
 }

@@ -26,6 +26,8 @@ pub struct BridgeStats {
     pub uplinks_handled: AtomicU64,
     /// Messages stored in a transaction shared with others of the same batch.
     pub stored_together: AtomicU64,
+    /// Batches of messages handled beside the worker, while the one before was stored.
+    pub batches_alongside: AtomicU64,
     /// Downlinks handed on, and the bus publishes among them (none on the lane).
     pub downlinks: AtomicU64,
     pub downlink_publishes: AtomicU64,
@@ -39,6 +41,7 @@ impl Default for BridgeStats {
         Self {
             uplinks_handled: AtomicU64::new(0),
             stored_together: AtomicU64::new(0),
+            batches_alongside: AtomicU64::new(0),
             downlinks: AtomicU64::new(0),
             downlink_publishes: AtomicU64::new(0),
             subscribed: watch::channel(false).0,
@@ -53,6 +56,10 @@ impl BridgeStats {
 
     pub fn stored_together(&self) -> u64 {
         self.stored_together.load(Ordering::Relaxed)
+    }
+
+    pub fn batches_alongside(&self) -> u64 {
+        self.batches_alongside.load(Ordering::Relaxed)
     }
 
     /// Downlinks handed on, and how many of them were bus publishes.

@@ -46,10 +46,24 @@ impl Domain {
     /// with no query before it: retries are found there. The one difference from
     /// one at a time is that a retry counts against its sender's message rate.
     /// Also returns how many were stored together.
-    #[tracing::instrument(skip_all, fields(messages = batch.len()))]
     pub async fn send_messages(
         &self,
         batch: Vec<(UserId, SendMessage)>,
+    ) -> (Vec<Result<Stored<Posted>, DomainError>>, usize) {
+        self.send_messages_in_turn(batch, std::future::ready(()), || ()).await
+    }
+
+    /// [`Domain::send_messages`], storing only once `turn` is ready (see
+    /// [`parley_store::Store::store_messages_in_turn`]; `stored` is called once
+    /// they are): the messages are checked first. The bridge passes the end of
+    /// the previous batch's storing, so a batch is checked while the one before
+    /// it is stored, and stored after it.
+    #[tracing::instrument(skip_all, fields(messages = batch.len()))]
+    pub async fn send_messages_in_turn(
+        &self,
+        batch: Vec<(UserId, SendMessage)>,
+        turn: impl std::future::Future<Output = ()>,
+        stored: impl FnOnce(),
     ) -> (Vec<Result<Stored<Posted>, DomainError>>, usize) {
         let mut out: Vec<Option<Result<Stored<Posted>, DomainError>>> = batch.iter().map(|_| None).collect();
         let mut new = Vec::with_capacity(batch.len());
@@ -78,7 +92,7 @@ impl Domain {
                 }
             }
         }
-        let batched = self.store().store_messages(&new).await;
+        let batched = self.store().store_messages_in_turn(&new, turn, stored).await;
         for (slot, result) in slots.into_iter().zip(batched.results) {
             out[slot] = Some(result.map_err(refused));
         }

@@ -11,6 +11,7 @@
 //! Both are worth it for a single message too (about ten statements alone).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
 
 use parley_wire::{ConversationId, MessageId, UserId};
 use sqlx::pool::PoolConnection;
@@ -49,15 +50,37 @@ impl Store {
     /// every member's log is what storing them one by one would give. Retries and
     /// refusals store nothing and are answered one by one after it, each exactly as
     /// it would be alone; so is the whole batch if its transaction fails.
-    #[tracing::instrument(skip_all, fields(messages = msgs.len()))]
     pub async fn store_messages(&self, msgs: &[NewMessage]) -> Batched {
+        self.store_messages_in_turn(msgs, std::future::ready(()), || ()).await
+    }
+
+    /// [`Store::store_messages`], once `turn` is ready; `stored` is called as soon
+    /// as every message is stored or refused, before the answers are made. The
+    /// batch is made ready to send first (on PostgreSQL its arrays encoded), so a
+    /// caller that passes the end of the previous batch's storing as `turn` keeps
+    /// the database busy with one batch after another, and its messages stored
+    /// in the order of the batches, the ones left to the one-by-one path
+    /// included.
+    #[tracing::instrument(skip_all, fields(messages = msgs.len()))]
+    pub async fn store_messages_in_turn(
+        &self,
+        msgs: &[NewMessage],
+        turn: impl Future<Output = ()>,
+        stored: impl FnOnce(),
+    ) -> Batched {
         let mut done: Together = vec![None; msgs.len()];
         // One round trip (two on SQLite), against about ten for a message alone:
         // worth it for a single message too.
         let together = match &self.backend {
-            Backend::Postgres(pool) if !msgs.is_empty() => Some(store_together_pg(pool, msgs).await),
-            Backend::Sqlite(pool) if !msgs.is_empty() => Some(store_together_sqlite(pool, msgs).await),
-            _ => None,
+            Backend::Postgres(pool) if !msgs.is_empty() => Some(store_together_pg(pool, msgs, turn).await),
+            Backend::Sqlite(pool) if !msgs.is_empty() => {
+                turn.await;
+                Some(store_together_sqlite(pool, msgs).await)
+            }
+            _ => {
+                turn.await;
+                None
+            }
         };
         match together {
             Some(Ok(together)) => done = together,
@@ -65,6 +88,12 @@ impl Store {
             None => {}
         }
         let together = done.iter().filter(|d| d.is_some()).count();
+        let mut stored = Some(stored);
+        if together == msgs.len() {
+            if let Some(f) = stored.take() {
+                f();
+            }
+        }
         let mut results = Vec::with_capacity(msgs.len());
         for (msg, stored) in msgs.iter().zip(done) {
             results.push(match stored {
@@ -72,18 +101,26 @@ impl Store {
                 None => self.store_message(msg).await,
             });
         }
+        if let Some(f) = stored.take() {
+            f();
+        }
         Batched { results, together }
     }
 }
 
-/// The batch as one call of `store_message_batch`, its columns as arrays.
-async fn store_together_pg(pool: &PgPool, msgs: &[NewMessage]) -> Result<Together, StoreError> {
+/// The batch as one call of `store_message_batch`, its columns as arrays, sent
+/// once `turn` is ready.
+async fn store_together_pg(
+    pool: &PgPool,
+    msgs: &[NewMessage],
+    turn: impl Future<Output = ()>,
+) -> Result<Together, StoreError> {
     let ids: Vec<MessageId> = msgs.iter().map(|_| MessageId::new()).collect();
     let recipient = |m: &NewMessage| match m.target {
         Target::Direct(to) => Some(to),
         Target::Conversation(_) => None,
     };
-    let rows = sqlx::query(
+    let query = sqlx::query(
         "SELECT n, conversation_id, seq, user_id, event_seq \
          FROM store_message_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
@@ -106,9 +143,10 @@ async fn store_together_pg(pool: &PgPool, msgs: &[NewMessage]) -> Result<Togethe
     .bind(msgs.iter().map(|m| m.attachment.as_ref().map(|a| a.id)).collect::<Vec<Option<Uuid>>>())
     .bind(msgs.iter().map(NewMessage::attachment_json).collect::<Vec<Option<String>>>())
     .bind(msgs.iter().map(|m| m.now_ms).collect::<Vec<i64>>())
-    .bind(msgs.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>())
-    .fetch_all(pool)
-    .await?;
+    .bind(msgs.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>());
+    let conn = pool.acquire().await;
+    turn.await;
+    let rows = query.fetch_all(&mut *conn?).await?;
     // One row per member of each stored message, ordered by message.
     let mut out: Together = vec![None; msgs.len()];
     let mut current: Option<(usize, Posted)> = None;

@@ -14,7 +14,8 @@ parley_store::both_backends!(
     batches_of_one_answer_as_a_message_alone,
     a_batch_stores_every_field_as_given,
     a_full_batch_is_stored_together,
-    a_failed_batch_leaves_nothing_and_holds_nothing
+    a_failed_batch_leaves_nothing_and_holds_nothing,
+    batches_are_stored_in_the_order_of_their_turns
 );
 
 /// The people of the scene, the same ids in every database it is played in.
@@ -294,4 +295,60 @@ async fn a_failed_batch_leaves_nothing_and_holds_nothing(backend: Backend) {
     assert_eq!(outcome.together, 2, "the next batch is one transaction again");
     let shapes: Vec<String> = outcome.results.iter().map(shape).collect();
     assert!(shapes[0].starts_with("new=true g3 seq=4 ") && shapes[1].starts_with("new=true g4 seq=5 "), "{shapes:?}");
+}
+
+/// A batch stored in turn waits for its turn before it stores anything, and the
+/// batch before it says when its turn ends only once all of it is stored, the
+/// messages it left to the one-by-one path included: so the second batch's
+/// messages come after the first's in their conversation, whichever starts first.
+async fn batches_are_stored_in_the_order_of_their_turns(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else { return };
+    let cast = Cast::new();
+    cast.set(&store).await;
+    let (a, b) = (cast.id(0), cast.id(1));
+    let before = store.count_messages().await.expect("count");
+    let ghost = Attachment { id: Uuid::now_v7(), content_type: "image/png".into(), size: 1, filename: None };
+    let bad = NewMessage {
+        kind: "image",
+        body: String::new(),
+        attachment: Some(ghost),
+        ..msg(a, Target::Direct(b), "bad", None)
+    };
+    // The first batch fails as a whole and is stored one by one.
+    let first = [msg(a, Target::Direct(b), "t1", None), bad, msg(b, Target::Direct(a), "t2", None)];
+    let second = [msg(a, Target::Direct(b), "t3", None), msg(b, Target::Direct(a), "t4", None)];
+    let (first_stored, first_done) = tokio::sync::oneshot::channel::<()>();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let count = || {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    };
+    let waiting = store.store_messages_in_turn(
+        &second,
+        async {
+            let _ = first_done.await;
+        },
+        count,
+    );
+    tokio::pin!(waiting);
+    // Its turn has not come: it stores nothing, however long it is given.
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await.is_err());
+    assert_eq!(store.count_messages().await.expect("count"), before, "nothing stored before its turn");
+
+    let (second_outcome, first_outcome) = tokio::join!(
+        waiting,
+        store.store_messages_in_turn(&first, std::future::ready(()), || {
+            let _ = first_stored.send(());
+            count();
+        })
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "each batch said once that it was stored");
+    assert_eq!(first_outcome.together, 0, "the first batch failed as a whole");
+    assert_eq!(second_outcome.together, 2);
+    let seqs: Vec<String> =
+        first_outcome.results.iter().chain(&second_outcome.results).filter(|r| r.is_ok()).map(shape).collect();
+    let want = ["t1 seq=2", "t2 seq=3", "t3 seq=4", "t4 seq=5"];
+    assert_eq!(seqs.len(), 4, "{seqs:?}");
+    for (got, want) in seqs.iter().zip(want) {
+        assert!(got.starts_with(&format!("new=true {want} ")), "{seqs:?}");
+    }
 }
