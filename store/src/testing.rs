@@ -29,12 +29,36 @@ pub enum Backend {
     Postgres,
 }
 
-/// A database that exists for one test. SQLite files are deleted on drop;
-/// PostgreSQL databases are named `parley_test_*` and left for the server's owner.
+/// A database that exists for one test, deleted on drop: a SQLite file with its
+/// directory, or a PostgreSQL database named `parley_test_*` (dropped even with
+/// connections still open; one the server could not drop is named on stderr).
 #[derive(Debug)]
 pub struct TestDatabase {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
+    /// PostgreSQL: the server's administrative URL and the database's name.
+    server: Option<(String, String)>,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.server.take() else { return };
+        // A test's runtime cannot wait for a future inside `drop`: a thread with
+        // a runtime of its own drops the database.
+        let shown = name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await.ok()?;
+                admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.ok()?;
+                Some(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("note: the test database {shown} was left on the server");
+        }
+    }
 }
 
 impl TestDatabase {
@@ -45,7 +69,7 @@ impl TestDatabase {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temporary directory");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("parley.db").display());
-                Some(TestDatabase { url, _dir: Some(dir) })
+                Some(TestDatabase { url, _dir: Some(dir), server: None })
             }
             Backend::Postgres => {
                 let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
@@ -62,7 +86,7 @@ impl TestDatabase {
                 let mut admin = PgConnection::connect(&admin_url).await.expect("connect to the PostgreSQL test server");
                 admin.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
                 let (base, _) = admin_url.rsplit_once('/').expect("URL with a database name");
-                Some(TestDatabase { url: format!("{base}/{name}"), _dir: None })
+                Some(TestDatabase { url: format!("{base}/{name}"), _dir: None, server: Some((admin_url, name)) })
             }
         }
     }
