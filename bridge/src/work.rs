@@ -8,6 +8,12 @@
 //! downlinks are out. A storm of them neither splits the batch's messages into
 //! many transactions nor, on PostgreSQL, makes them wait.
 //!
+//! On PostgreSQL a worker that is behind does not wait for a large batch of
+//! messages to be answered before it takes the next: that one is decoded,
+//! checked and encoded meanwhile, then stored right after it (its turn), and the
+//! downlinks of both leave in batch order. Anything that is not a message waits
+//! for every batch in flight, as the one-at-a-time worker did.
+//!
 //! On an external bus, the connection acknowledges each uplink as it arrives. rumqttd sends a
 //! client at most 100 unacknowledged QoS 1 messages (a constant in its router);
 //! acknowledging after the commit held every batch to those 100 and the bridge to
@@ -53,8 +59,9 @@ pub(crate) const BUS_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Batches of messages handled beside the worker at once, at most (PostgreSQL).
 /// The next batch is read, decoded and checked while the one before it is
 /// stored, and stored after it, while the one before makes its downlinks. At
-/// `--rate 10000` on PostgreSQL this took the bridge from 7,000-7,300 to
-/// 9,400 messages a second (docs/benchmarks.md, session 13).
+/// `--rate 10000` on PostgreSQL, seven runs interleaved with the build before:
+/// median 7,400 -> 8,100 messages a second; near 10,000 with either build when
+/// the machine is quiet (docs/benchmarks.md, session 13).
 const ALONGSIDE: usize = 2;
 
 /// The fewest messages a batch handled beside the worker holds. Smaller batches
