@@ -63,6 +63,9 @@ async fn a_short_chat_run_against_parley_delivers_everything_once_and_in_order()
     assert_eq!(report.ack_latency.count, report.delivery_latency.count, "{report:?}");
     assert!(report.ack_latency.p50 > 0.0 && report.ack_latency.p50 <= report.ack_latency.max, "{report:?}");
     assert!(report.server_cpu_seconds.is_some_and(|s| s > 0.0), "{report:?}");
+    // The machine was busy (Parley and the generator ran); what was stolen is a share.
+    assert!(report.machine_busy.is_some_and(|b| b > 0.0 && b <= 1.0), "{report:?}");
+    assert!(report.machine_stolen.is_some_and(|s| (0.0..1.0).contains(&s)), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,6 +91,11 @@ pub struct Report {
     pub recovery_seconds: Option<f64>,
     /// CPU seconds the server process used during the run.
     pub server_cpu_seconds: Option<f64>,
+    /// Shares of the whole machine's CPU while the workload ran: busy (every
+    /// process, the generator included) and stolen by the hypervisor, which a
+    /// figure on a shared virtual machine should be read with.
+    pub machine_busy: Option<f64>,
+    pub machine_stolen: Option<f64>,
 }
 
 /// Prints the runs as a table; a Parley row is followed by its ratio to each peer
@@ -99,7 +104,7 @@ pub fn table(reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<9} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>5} {:>5} {:>9}",
+        "{:<20} {:<9} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>5} {:>5} {:>9} {:>7}",
         "target",
         "workload",
         "devs",
@@ -114,7 +119,8 @@ pub fn table(reports: &[Report]) -> String {
         "lost",
         "dup",
         "order",
-        "rss/dev"
+        "rss/dev",
+        "stolen"
     );
     for r in reports {
         let target = match r.transport {
@@ -123,7 +129,7 @@ pub fn table(reports: &[Report]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<20} {:<9} {:>6} {:>8.0} {:>9.0} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>5} {:>5} {:>5} {:>9}",
+            "{:<20} {:<9} {:>6} {:>8.0} {:>9.0} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>5} {:>5} {:>5} {:>9} {:>7}",
             target,
             r.workload,
             r.devices,
@@ -138,7 +144,8 @@ pub fn table(reports: &[Report]) -> String {
             r.lost,
             r.duplicates,
             r.out_of_order,
-            r.rss_per_device.map(|b| format!("{:.1} KiB", b / 1024.0)).unwrap_or_default()
+            r.rss_per_device.map(|b| format!("{:.1} KiB", b / 1024.0)).unwrap_or_default(),
+            r.machine_stolen.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_default()
         );
     }
     let ratios = ratios(reports);

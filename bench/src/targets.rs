@@ -344,3 +344,44 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
 }
+
+/// The machine's CPU time so far, all CPUs together, in clock ticks: (busy,
+/// stolen by the hypervisor, total). `None` where `/proc/stat` is not there.
+pub fn machine_cpu() -> Option<(u64, u64, u64)> {
+    parse_cpu_line(std::fs::read_to_string("/proc/stat").ok()?.lines().next()?)
+}
+
+/// The first line of `/proc/stat`: `cpu user nice system idle iowait irq softirq
+/// steal guest guest_nice` (guest time is already in user and nice).
+fn parse_cpu_line(line: &str) -> Option<(u64, u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let t: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = t[..] else { return None };
+    let busy = user + nice + system + irq + softirq;
+    Some((busy, steal, busy + idle + iowait + steal))
+}
+
+/// Shares of the machine's CPU between two [`machine_cpu`] readings: (busy, stolen).
+pub fn machine_shares(before: (u64, u64, u64), after: (u64, u64, u64)) -> Option<(f64, f64)> {
+    let total = after.2.checked_sub(before.2).filter(|t| *t > 0)? as f64;
+    Some((after.0.saturating_sub(before.0) as f64 / total, after.1.saturating_sub(before.1) as f64 / total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_line_gives_busy_stolen_and_total_ticks() {
+        let line = "cpu  100 5 40 800 20 3 2 30 7 0";
+        assert_eq!(parse_cpu_line(line), Some((150, 30, 1000)));
+        assert_eq!(parse_cpu_line("cpu0 1 2 3 4 5 6 7 8"), None, "one CPU's line is not the machine's");
+        assert_eq!(parse_cpu_line("cpu 1 2 3"), None, "too few fields");
+        let (busy, stolen) = machine_shares((150, 30, 1000), (650, 130, 2000)).expect("shares");
+        assert!((busy - 0.5).abs() < 1e-9 && (stolen - 0.1).abs() < 1e-9, "{busy} {stolen}");
+        assert_eq!(machine_shares((0, 0, 10), (0, 0, 10)), None, "no time passed");
+    }
+}

@@ -16,7 +16,7 @@ use crate::device::{Dest, Device, Spec};
 use crate::provision::{self, Account, Api};
 use crate::proxy::Proxy;
 use crate::report::{Percentiles, Report};
-use crate::targets::{cpu_seconds, Target};
+use crate::targets::{cpu_seconds, machine_cpu, machine_shares, Target};
 use crate::tracker::{histogram, Tracker};
 use crate::transport::Transport;
 
@@ -166,9 +166,14 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Report> {
     }
 
     let cpu_before = target.pid().and_then(cpu_seconds);
+    let machine_before = machine_cpu();
     let window = traffic(&devices, &tracker, options, proxy.as_ref(), &mut report, &stop).await;
     if let (Some(before), Some(after)) = (cpu_before, target.pid().and_then(cpu_seconds)) {
         report.server_cpu_seconds = Some(after - before);
+    }
+    if let Some((busy, stolen)) = machine_before.zip(machine_cpu()).and_then(|(b, a)| machine_shares(b, a)) {
+        report.machine_busy = Some(busy);
+        report.machine_stolen = Some(stolen);
     }
     finish(&devices, &tracker, options, window, &mut report).await;
     if let Some(proxy) = &proxy {

@@ -138,7 +138,7 @@ pub(crate) async fn work(domain: Domain, downlinks: Downlinks, mut uplinks: Upli
                 .await;
                 (out, ordered.len())
             }));
-        } else {
+        } else if !ordered.is_empty() {
             // Whatever is in flight first: anything but a message may depend on it.
             while let Some(task) = alongside.pop_front() {
                 finish(&downlinks, task.await, &stats).await;

@@ -89,6 +89,13 @@ fn msg(sender: UserId, target: Target, client_id: &str, reply_to: Option<Message
     NewMessage { reply_to, ..text_message(sender, target, client_id, 100) }
 }
 
+/// A message whose writes fail: its attachment is no upload (the bridge checks
+/// that before, so only a bug would send it), and the foreign key refuses it.
+fn unwritable(sender: UserId, target: Target) -> NewMessage {
+    let ghost = Attachment { id: Uuid::now_v7(), content_type: "image/png".into(), size: 1, filename: None };
+    NewMessage { kind: "image", body: String::new(), attachment: Some(ghost), ..msg(sender, target, "bad", None) }
+}
+
 /// What an answer says, without the ids each database makes up.
 fn shape(result: &Result<Stored<parley_store::Posted>, StoreError>) -> String {
     match result {
@@ -274,13 +281,7 @@ async fn a_failed_batch_leaves_nothing_and_holds_nothing(backend: Backend) {
     cast.set(&store).await;
     let (a, b) = (cast.id(0), cast.id(1));
     let before = store.count_messages().await.expect("count");
-    let ghost = Attachment { id: Uuid::now_v7(), content_type: "image/png".into(), size: 1, filename: None };
-    let bad = NewMessage {
-        kind: "image",
-        body: String::new(),
-        attachment: Some(ghost),
-        ..msg(a, Target::Direct(b), "bad", None)
-    };
+    let bad = unwritable(a, Target::Direct(b));
     let batch = [msg(a, Target::Direct(b), "g1", None), bad, msg(b, Target::Direct(a), "g2", None)];
     let outcome = store.store_messages(&batch).await;
     assert_eq!(outcome.together, 0, "the batch failed as a whole");
@@ -307,13 +308,7 @@ async fn batches_are_stored_in_the_order_of_their_turns(backend: Backend) {
     cast.set(&store).await;
     let (a, b) = (cast.id(0), cast.id(1));
     let before = store.count_messages().await.expect("count");
-    let ghost = Attachment { id: Uuid::now_v7(), content_type: "image/png".into(), size: 1, filename: None };
-    let bad = NewMessage {
-        kind: "image",
-        body: String::new(),
-        attachment: Some(ghost),
-        ..msg(a, Target::Direct(b), "bad", None)
-    };
+    let bad = unwritable(a, Target::Direct(b));
     // The first batch fails as a whole and is stored one by one.
     let first = [msg(a, Target::Direct(b), "t1", None), bad, msg(b, Target::Direct(a), "t2", None)];
     let second = [msg(a, Target::Direct(b), "t3", None), msg(b, Target::Direct(a), "t4", None)];
