@@ -144,9 +144,10 @@ async fn store_together_pg(
     .bind(msgs.iter().map(NewMessage::attachment_json).collect::<Vec<Option<String>>>())
     .bind(msgs.iter().map(|m| m.now_ms).collect::<Vec<i64>>())
     .bind(msgs.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>());
-    let conn = pool.acquire().await;
+    // The connection is taken after the turn: one held while waiting could be
+    // the one the batch before needs (a pool of one or two).
     turn.await;
-    let rows = query.fetch_all(&mut *conn?).await?;
+    let rows = query.fetch_all(pool).await?;
     // One row per member of each stored message, ordered by message.
     let mut out: Together = vec![None; msgs.len()];
     let mut current: Option<(usize, Posted)> = None;
