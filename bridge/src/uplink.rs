@@ -2,6 +2,7 @@
 //! it directly against a real database.
 
 use parley_domain::{message_outgoing, Domain, DomainError, Posted, Stored};
+use parley_store::Turn;
 use parley_wire::payloads::{
     AckError, DeleteMessage, EditMessage, ErrorBody, GatePresence, Outgoing, PresenceUpdate, React, ReceiptUpdate,
     SendMessage, SettingsUpdate, SyncRequest, TypingUpdate,
@@ -114,15 +115,9 @@ async fn send_message(domain: &Domain, sender: UserId, payload: &[u8]) -> Vec<Ou
 /// each, in order, what [`handle_uplink`] would publish for it alone. The ones
 /// that store something share one transaction. Also returns how many did.
 ///
-/// They are checked at once but stored only once `turn` is ready; `stored` is
-/// called as soon as they are, before their downlinks are made (see
-/// [`parley_store::Store::store_messages_in_turn`]).
-pub async fn handle_messages(
-    domain: &Domain,
-    uplinks: &[(UserId, &[u8])],
-    turn: impl std::future::Future<Output = ()>,
-    stored: impl FnOnce(),
-) -> (Vec<Vec<Outgoing>>, usize) {
+/// They are checked at once and stored in `turn`, which ends before their
+/// downlinks are made (see [`parley_store::Store::store_messages_in_turn`]).
+pub async fn handle_messages(domain: &Domain, uplinks: &[(UserId, &[u8])], turn: Turn) -> (Vec<Vec<Outgoing>>, usize) {
     let mut out: Vec<Vec<Outgoing>> = uplinks.iter().map(|_| Vec::new()).collect();
     let mut batch = Vec::with_capacity(uplinks.len());
     let mut slots = Vec::with_capacity(uplinks.len());
@@ -135,7 +130,7 @@ pub async fn handle_messages(
             Err((id, message)) => out[i] = vec![error(*sender, topics::ACK, id, "invalid_payload", message)],
         }
     }
-    let (results, together) = domain.send_messages_in_turn(batch, turn, stored).await;
+    let (results, together) = domain.send_messages_in_turn(batch, turn).await;
     for ((i, sender, client_id), result) in slots.into_iter().zip(results) {
         out[i] = message_answer(sender, client_id, result);
     }

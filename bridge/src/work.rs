@@ -34,16 +34,16 @@
 //! subscriptions, waits behind downlinks).
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parley_domain::Domain;
+use parley_store::{Turn, TurnEnd};
 use parley_wire::bus::{RawUplink, UplinkReceiver};
 use parley_wire::payloads::Outgoing;
 use parley_wire::{topics, UserId};
 use rumqttc::AsyncClient;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::{handle_messages, handle_uplink, BridgeStats};
@@ -94,9 +94,9 @@ pub(crate) async fn work(domain: Domain, downlinks: Downlinks, mut uplinks: Upli
         (None, None)
     };
     // Batches of messages handled beside the worker (PostgreSQL), oldest first,
-    // and the end of the last one's storing, which the next one stores after.
-    let mut alongside: VecDeque<JoinHandle<(Vec<Outgoing>, usize)>> = VecDeque::new();
-    let mut last_stored: Option<oneshot::Receiver<()>> = None;
+    // and the end of the last one's turn, after which the next one stores.
+    let mut alongside: Alongside = VecDeque::new();
+    let mut last_turn: Option<TurnEnd> = None;
     loop {
         let room = alongside.len() < ALONGSIDE;
         let taken = match alongside.front_mut() {
@@ -122,28 +122,17 @@ pub(crate) async fn work(domain: Domain, downlinks: Downlinks, mut uplinks: Upli
             && ordered.iter().all(|p| message_sender(&p.topic).is_some())
         {
             stats.batches_alongside.fetch_add(1, Ordering::Relaxed);
-            let (stored, next_turn) = oneshot::channel();
-            let turn = last_stored.replace(next_turn);
+            let (turn, end) = Turn::after(last_turn.take());
+            last_turn = Some(end);
             let (domain, stats) = (domain.clone(), stats.clone());
             alongside.push_back(tokio::spawn(async move {
-                let turn = async move {
-                    if let Some(turn) = turn {
-                        // A batch that failed before storing ends its turn too.
-                        let _ = turn.await;
-                    }
-                };
-                let out = store_run(&domain, &ordered, &stats, turn, move || {
-                    let _ = stored.send(());
-                })
-                .await;
+                let out = store_run(&domain, &ordered, &stats, turn).await;
                 (out, ordered.len())
             }));
         } else if !ordered.is_empty() {
             // Whatever is in flight first: anything but a message may depend on it.
-            while let Some(task) = alongside.pop_front() {
-                finish(&downlinks, task.await, &stats).await;
-            }
-            last_stored = None;
+            finish_all(&mut alongside, &downlinks, &stats).await;
+            last_turn = None;
             outgoing.extend(handle_in_order(&domain, &ordered, &stats).await);
             publish(&downlinks, &mut outgoing, &stats).await;
             // Counted once their downlinks are with the bus (signals on a lane: by the lane).
@@ -172,12 +161,20 @@ pub(crate) async fn work(domain: Domain, downlinks: Downlinks, mut uplinks: Upli
             "batch taken"
         );
     }
-    while let Some(task) = alongside.pop_front() {
-        finish(&downlinks, task.await, &stats).await;
-    }
+    finish_all(&mut alongside, &downlinks, &stats).await;
     drop(lane);
     if let Some(task) = lane_task {
         let _ = task.await;
+    }
+}
+
+/// Batches of messages handled beside the worker: their downlinks and count.
+type Alongside = VecDeque<JoinHandle<(Vec<Outgoing>, usize)>>;
+
+/// Waits for every batch in flight, oldest first, and finishes each.
+async fn finish_all(alongside: &mut Alongside, downlinks: &Downlinks, stats: &BridgeStats) {
+    while let Some(task) = alongside.pop_front() {
+        finish(downlinks, task.await, stats).await;
     }
 }
 
@@ -232,26 +229,20 @@ async fn handle_in_order(domain: &Domain, uplinks: &[RawUplink], stats: &BridgeS
         if run == 0 {
             outgoing.extend(handle_uplink(domain, &first.topic, &first.payload).await);
         } else {
-            outgoing.extend(store_run(domain, now, stats, std::future::ready(()), || ()).await);
+            outgoing.extend(store_run(domain, now, stats, Turn::default()).await);
         }
         rest = later;
     }
     outgoing
 }
 
-/// A run of message uplinks stored together once `turn` is ready (`stored` is
-/// called then); returns their downlinks in order.
-async fn store_run(
-    domain: &Domain,
-    run: &[RawUplink],
-    stats: &BridgeStats,
-    turn: impl Future<Output = ()>,
-    stored: impl FnOnce(),
-) -> Vec<Outgoing> {
+/// A run of message uplinks stored together in `turn`; returns their downlinks
+/// in order.
+async fn store_run(domain: &Domain, run: &[RawUplink], stats: &BridgeStats, turn: Turn) -> Vec<Outgoing> {
     let messages: Vec<(UserId, &[u8])> =
         run.iter().filter_map(|p| Some((message_sender(&p.topic)?, &p.payload[..]))).collect();
     let handling = std::time::Instant::now();
-    let (outs, together) = handle_messages(domain, &messages, turn, stored).await;
+    let (outs, together) = handle_messages(domain, &messages, turn).await;
     tracing::debug!(
         messages = messages.len(),
         together,

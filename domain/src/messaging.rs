@@ -3,7 +3,7 @@
 
 use parley_store::{
     ConversationCursor, ConversationFilter, ConversationSummary, MessagePage, MessageRange, NewMessage, Posted,
-    StoreError, Stored, Target,
+    StoreError, Stored, Target, Turn,
 };
 use parley_wire::payloads::{LiveEvent, Outgoing, SendMessage};
 use parley_wire::{topics, ConversationId, UserId};
@@ -50,20 +50,18 @@ impl Domain {
         &self,
         batch: Vec<(UserId, SendMessage)>,
     ) -> (Vec<Result<Stored<Posted>, DomainError>>, usize) {
-        self.send_messages_in_turn(batch, std::future::ready(()), || ()).await
+        self.send_messages_in_turn(batch, Turn::default()).await
     }
 
-    /// [`Domain::send_messages`], storing only once `turn` is ready (see
-    /// [`parley_store::Store::store_messages_in_turn`]; `stored` is called once
-    /// they are): the messages are checked first. The bridge passes the end of
-    /// the previous batch's storing, so a batch is checked while the one before
-    /// it is stored, and stored after it.
+    /// [`Domain::send_messages`], stored in `turn` (see
+    /// [`parley_store::Store::store_messages_in_turn`]): the messages are checked
+    /// first. The bridge gives each batch the turn after the previous one, so a
+    /// batch is checked while the one before it is stored, and stored after it.
     #[tracing::instrument(skip_all, fields(messages = batch.len()))]
     pub async fn send_messages_in_turn(
         &self,
         batch: Vec<(UserId, SendMessage)>,
-        turn: impl std::future::Future<Output = ()>,
-        stored: impl FnOnce(),
+        turn: Turn,
     ) -> (Vec<Result<Stored<Posted>, DomainError>>, usize) {
         let mut out: Vec<Option<Result<Stored<Posted>, DomainError>>> = batch.iter().map(|_| None).collect();
         let mut new = Vec::with_capacity(batch.len());
@@ -92,7 +90,7 @@ impl Domain {
                 }
             }
         }
-        let batched = self.store().store_messages_in_turn(&new, turn, stored).await;
+        let batched = self.store().store_messages_in_turn(&new, turn).await;
         for (slot, result) in slots.into_iter().zip(batched.results) {
             out[slot] = Some(result.map_err(refused));
         }

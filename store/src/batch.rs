@@ -11,13 +11,13 @@
 //! Both are worth it for a single message too (about ten statements alone).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::future::Future;
 
 use parley_wire::{ConversationId, MessageId, UserId};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Column, QueryBuilder, Row};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::backend::{begin_writing, Backend};
@@ -39,6 +39,48 @@ pub struct Batched {
     pub together: usize,
 }
 
+/// A batch's place among batches stored one after another: it waits for the end
+/// of the previous batch's storing before it stores, and ends its own once all of
+/// it is stored. Dropped unended (a batch that failed before storing), it ends
+/// too.
+#[derive(Debug, Default)]
+pub struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    ends: Option<oneshot::Sender<()>>,
+}
+
+/// The end of a [`Turn`], for the turn after it.
+#[derive(Debug)]
+pub struct TurnEnd(oneshot::Receiver<()>);
+
+impl Turn {
+    /// The turn after `previous` (none: at once), and its end.
+    pub fn after(previous: Option<TurnEnd>) -> (Turn, TurnEnd) {
+        let (ends, end) = oneshot::channel();
+        (Turn { after: previous.map(|p| p.0), ends: Some(ends) }, TurnEnd(end))
+    }
+
+    async fn wait(&mut self) {
+        if let Some(previous) = self.after.take() {
+            let _ = previous.await;
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(ends) = self.ends.take() {
+            let _ = ends.send(());
+        }
+    }
+}
+
+impl TurnEnd {
+    /// Waits for the turn to end: true once its batch is stored, false when it
+    /// was dropped first.
+    pub async fn stored(self) -> bool {
+        self.0.await.is_ok()
+    }
+}
+
 /// What the shared transaction stored: `None` for the messages left to the
 /// one-by-one path.
 type Together = Vec<Option<Stored<Posted>>>;
@@ -51,34 +93,28 @@ impl Store {
     /// refusals store nothing and are answered one by one after it, each exactly as
     /// it would be alone; so is the whole batch if its transaction fails.
     pub async fn store_messages(&self, msgs: &[NewMessage]) -> Batched {
-        self.store_messages_in_turn(msgs, std::future::ready(()), || ()).await
+        self.store_messages_in_turn(msgs, Turn::default()).await
     }
 
-    /// [`Store::store_messages`], once `turn` is ready; `stored` is called as soon
-    /// as every message is stored or refused, before the answers are made. The
-    /// batch is made ready to send first (on PostgreSQL its arrays encoded), so a
-    /// caller that passes the end of the previous batch's storing as `turn` keeps
-    /// the database busy with one batch after another, and its messages stored
-    /// in the order of the batches, the ones left to the one-by-one path
-    /// included.
+    /// [`Store::store_messages`] in its `turn`, which ends as soon as every message
+    /// is stored or refused, before the answers are made. The batch is made ready
+    /// to send first (on PostgreSQL its arrays encoded), so a caller that gives
+    /// each batch the turn after the previous one keeps the database busy with
+    /// one batch after another, and its messages stored in the order of the
+    /// batches, the ones left to the one-by-one path included.
     #[tracing::instrument(skip_all, fields(messages = msgs.len()))]
-    pub async fn store_messages_in_turn(
-        &self,
-        msgs: &[NewMessage],
-        turn: impl Future<Output = ()>,
-        stored: impl FnOnce(),
-    ) -> Batched {
+    pub async fn store_messages_in_turn(&self, msgs: &[NewMessage], mut turn: Turn) -> Batched {
         let mut done: Together = vec![None; msgs.len()];
         // One round trip (two on SQLite), against about ten for a message alone:
         // worth it for a single message too.
         let together = match &self.backend {
-            Backend::Postgres(pool) if !msgs.is_empty() => Some(store_together_pg(pool, msgs, turn).await),
+            Backend::Postgres(pool) if !msgs.is_empty() => Some(store_together_pg(pool, msgs, &mut turn).await),
             Backend::Sqlite(pool) if !msgs.is_empty() => {
-                turn.await;
+                turn.wait().await;
                 Some(store_together_sqlite(pool, msgs).await)
             }
             _ => {
-                turn.await;
+                turn.wait().await;
                 None
             }
         };
@@ -88,11 +124,8 @@ impl Store {
             None => {}
         }
         let together = done.iter().filter(|d| d.is_some()).count();
-        let mut stored = Some(stored);
         if together == msgs.len() {
-            if let Some(f) = stored.take() {
-                f();
-            }
+            turn.end();
         }
         let mut results = Vec::with_capacity(msgs.len());
         for (msg, stored) in msgs.iter().zip(done) {
@@ -101,20 +134,14 @@ impl Store {
                 None => self.store_message(msg).await,
             });
         }
-        if let Some(f) = stored.take() {
-            f();
-        }
+        turn.end();
         Batched { results, together }
     }
 }
 
 /// The batch as one call of `store_message_batch`, its columns as arrays, sent
-/// once `turn` is ready.
-async fn store_together_pg(
-    pool: &PgPool,
-    msgs: &[NewMessage],
-    turn: impl Future<Output = ()>,
-) -> Result<Together, StoreError> {
+/// in its turn.
+async fn store_together_pg(pool: &PgPool, msgs: &[NewMessage], turn: &mut Turn) -> Result<Together, StoreError> {
     let ids: Vec<MessageId> = msgs.iter().map(|_| MessageId::new()).collect();
     let recipient = |m: &NewMessage| match m.target {
         Target::Direct(to) => Some(to),
@@ -146,7 +173,7 @@ async fn store_together_pg(
     .bind(msgs.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>());
     // The connection is taken after the turn: one held while waiting could be
     // the one the batch before needs (a pool of one or two).
-    turn.await;
+    turn.wait().await;
     let rows = query.fetch_all(pool).await?;
     // One row per member of each stored message, ordered by message.
     let mut out: Together = vec![None; msgs.len()];

@@ -28,7 +28,7 @@ mod users;
 pub mod testing;
 
 pub use backend::Store;
-pub use batch::Batched;
+pub use batch::{Batched, Turn, TurnEnd};
 pub use codes::{Attempt, Issue, NewCode, SendLimits};
 pub use consultations::{
     ConsultationChange, ConsultationCursor, ConsultationRecord, ConsultationStanding, ConsultationStatus,

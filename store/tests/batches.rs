@@ -3,7 +3,7 @@
 //! variant needs `PARLEY_TEST_POSTGRES_URL`.
 
 use parley_store::testing::{migrated_store as store, new_user, text_message, Backend, TestDatabase};
-use parley_store::{NewGroup, NewMessage, NewUser, SettingsChange, Store, StoreError, Stored, Target};
+use parley_store::{NewGroup, NewMessage, NewUser, SettingsChange, Store, StoreError, Stored, Target, Turn};
 use parley_wire::payloads::Attachment;
 use parley_wire::{ConversationId, MessageId, Role, UserId};
 use uuid::Uuid;
@@ -312,31 +312,16 @@ async fn batches_are_stored_in_the_order_of_their_turns(backend: Backend) {
     // The first batch fails as a whole and is stored one by one.
     let first = [msg(a, Target::Direct(b), "t1", None), bad, msg(b, Target::Direct(a), "t2", None)];
     let second = [msg(a, Target::Direct(b), "t3", None), msg(b, Target::Direct(a), "t4", None)];
-    let (first_stored, first_done) = tokio::sync::oneshot::channel::<()>();
-    let calls = std::sync::atomic::AtomicUsize::new(0);
-    let count = || {
-        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    };
-    let waiting = store.store_messages_in_turn(
-        &second,
-        async {
-            let _ = first_done.await;
-        },
-        count,
-    );
+    let (first_turn, first_end) = Turn::after(None);
+    let (second_turn, second_end) = Turn::after(Some(first_end));
+    let waiting = store.store_messages_in_turn(&second, second_turn);
     tokio::pin!(waiting);
     // Its turn has not come: it stores nothing, however long it is given.
     assert!(tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await.is_err());
     assert_eq!(store.count_messages().await.expect("count"), before, "nothing stored before its turn");
 
-    let (second_outcome, first_outcome) = tokio::join!(
-        waiting,
-        store.store_messages_in_turn(&first, std::future::ready(()), || {
-            let _ = first_stored.send(());
-            count();
-        })
-    );
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "each batch said once that it was stored");
+    let (second_outcome, first_outcome) = tokio::join!(waiting, store.store_messages_in_turn(&first, first_turn));
+    assert!(second_end.stored().await, "the second batch's turn ended with its storing");
     assert_eq!(first_outcome.together, 0, "the first batch failed as a whole");
     assert_eq!(second_outcome.together, 2);
     let seqs: Vec<String> =
