@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use futures_util::future::join_all;
 use parley_wire::{ConversationId, MessageId, UserId};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPool;
@@ -139,65 +140,174 @@ impl Store {
     }
 }
 
-/// The batch as one call of `store_message_batch`, its columns as arrays, sent
-/// in its turn.
+/// The batch on PostgreSQL: one call of `store_message_batch`, or, for a large
+/// batch whose messages fall into groups of people who share no conversation,
+/// one call per part at once, each on its own connection (see [`parts`]); sent in
+/// its turn. A part that fails leaves its messages to the one-by-one path, as a
+/// whole batch that fails does.
 async fn store_together_pg(pool: &PgPool, msgs: &[NewMessage], turn: &mut Turn) -> Result<Together, StoreError> {
-    let ids: Vec<MessageId> = msgs.iter().map(|_| MessageId::new()).collect();
-    let recipient = |m: &NewMessage| match m.target {
-        Target::Direct(to) => Some(to),
-        Target::Conversation(_) => None,
-    };
-    let query = sqlx::query(
-        "SELECT n, conversation_id, seq, user_id, event_seq \
-         FROM store_message_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(ids.iter().map(|id| id.0).collect::<Vec<Uuid>>())
-    .bind(msgs.iter().map(|m| m.sender.0).collect::<Vec<Uuid>>())
-    .bind(msgs.iter().map(|m| recipient(m).map(|to| to.0)).collect::<Vec<Option<Uuid>>>())
-    .bind(msgs.iter().map(|m| recipient(m).map(|to| direct_key(m.sender, to))).collect::<Vec<Option<String>>>())
-    .bind(
-        msgs.iter()
-            .map(|m| match m.target {
-                Target::Conversation(c) => Some(c.0),
-                Target::Direct(_) => None,
-            })
-            .collect::<Vec<Option<Uuid>>>(),
-    )
-    .bind(msgs.iter().map(|m| m.client_id.as_str()).collect::<Vec<&str>>())
-    .bind(msgs.iter().map(|m| m.kind).collect::<Vec<&str>>())
-    .bind(msgs.iter().map(|m| m.body.as_str()).collect::<Vec<&str>>())
-    .bind(msgs.iter().map(|m| m.reply_to.map(|r| r.0)).collect::<Vec<Option<Uuid>>>())
-    .bind(msgs.iter().map(|m| m.attachment.as_ref().map(|a| a.id)).collect::<Vec<Option<Uuid>>>())
-    .bind(msgs.iter().map(NewMessage::attachment_json).collect::<Vec<Option<String>>>())
-    .bind(msgs.iter().map(|m| m.now_ms).collect::<Vec<i64>>())
-    .bind(msgs.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>());
-    // The connection is taken after the turn: one held while waiting could be
+    let parts = parts(msgs, PARTS);
+    let calls: Vec<PgCall> = parts.iter().map(|part| PgCall::new(part.iter().map(|&i| &msgs[i]).collect())).collect();
+    // The connections are taken after the turn: one held while waiting could be
     // the one the batch before needs (a pool of one or two).
     turn.wait().await;
-    let rows = query.fetch_all(pool).await?;
-    // One row per member of each stored message, ordered by message.
+    let mut stored = join_all(calls.into_iter().map(|call| call.run(pool))).await;
+    if parts.len() == 1 {
+        if let Some(whole) = stored.pop() {
+            return whole;
+        }
+    }
     let mut out: Together = vec![None; msgs.len()];
-    let mut current: Option<(usize, Posted)> = None;
-    for row in rows {
-        let i = usize::try_from(row.try_get::<i32, _>("n")? - 1).map_err(|_| StoreError::MissingReference)?;
-        let msg = msgs.get(i).ok_or(StoreError::MissingReference)?;
-        let member = (UserId(row.try_get("user_id")?), row.try_get("event_seq")?);
-        match &mut current {
-            Some((at, posted)) if *at == i => posted.deliveries.push(member),
-            _ => {
-                if let Some((at, posted)) = current.take() {
-                    out[at] = Some(Stored::New(posted));
-                }
-                let conversation = ConversationId(row.try_get("conversation_id")?);
-                let message = msg.stored(ids[i], conversation, row.try_get("seq")?);
-                current = Some((i, Posted { message, deliveries: vec![member] }));
+    for (part, stored) in parts.into_iter().zip(stored) {
+        match stored {
+            Ok(stored) => part.into_iter().zip(stored).for_each(|(i, s)| out[i] = s),
+            Err(e) => {
+                tracing::warn!(error = %e, messages = part.len(), "part of a batch fell back to one message at a time")
             }
         }
     }
-    if let Some((at, posted)) = current {
-        out[at] = Some(Stored::New(posted));
-    }
     Ok(out)
+}
+
+/// The parts a large batch is stored in at once on PostgreSQL, at most. At
+/// `--rate 10000` on two cores, three rounds each, interleaved: one part 7,300–8,841
+/// messages a second, two 8,860–9,783, three 8,606–10,017, four 9,093–9,854
+/// (docs/benchmarks.md, session 14): two take the gain.
+const PARTS: usize = 2;
+
+/// The fewest messages a batch holds for [`parts`] to split it: below, a second
+/// call costs about what it saves (a call's fixed cost is about 1.7 ms).
+const PARTS_FROM: usize = 128;
+
+/// The batch's messages (indices, in order) in up to `wanted` parts that can be
+/// stored at once, each on its own connection, with the same result as one after
+/// the other: no conversation, and so no person's log, has messages in two
+/// parts. Split only when every message goes to a person (a 1:1 conversation has
+/// those two members and no other; a group's members are not known before it is
+/// read), and only when each part holds at least a quarter of an even share.
+fn parts(msgs: &[NewMessage], wanted: usize) -> Vec<Vec<usize>> {
+    let whole = || vec![(0..msgs.len()).collect()];
+    if msgs.len() < PARTS_FROM || wanted < 2 {
+        return whole();
+    }
+    // People joined by a 1:1 message of the batch (union-find over their indices).
+    let mut person: HashMap<UserId, usize> = HashMap::new();
+    let mut parent: Vec<usize> = Vec::new();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut index = |u: UserId, parent: &mut Vec<usize>| {
+        *person.entry(u).or_insert_with(|| {
+            parent.push(parent.len());
+            parent.len() - 1
+        })
+    };
+    let mut groups = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let Target::Direct(to) = m.target else { return whole() };
+        let (a, b) = (index(m.sender, &mut parent), index(to, &mut parent));
+        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+        parent[ra] = rb;
+        groups.push(a);
+    }
+    // Each group's messages, the largest groups first, each to the smallest part.
+    let mut sizes: HashMap<usize, usize> = HashMap::new();
+    for g in &mut groups {
+        *g = root(&mut parent, *g);
+        *sizes.entry(*g).or_default() += 1;
+    }
+    let mut by_size: Vec<(usize, usize)> = sizes.into_iter().collect();
+    by_size.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut lengths = vec![0; wanted];
+    let mut part_of: HashMap<usize, usize> = HashMap::new();
+    for (group, size) in by_size {
+        let smallest = (0..wanted).min_by_key(|&p| lengths[p]).unwrap_or(0);
+        lengths[smallest] += size;
+        part_of.insert(group, smallest);
+    }
+    if lengths.iter().min().copied().unwrap_or(0) < msgs.len() / (4 * wanted) {
+        return whole();
+    }
+    let mut parts = vec![Vec::new(); wanted];
+    for (i, g) in groups.into_iter().enumerate() {
+        parts[part_of[&g]].push(i);
+    }
+    parts
+}
+
+/// One call of `store_message_batch`: the messages' columns as arrays.
+struct PgCall<'m> {
+    msgs: Vec<&'m NewMessage>,
+    ids: Vec<MessageId>,
+    query: sqlx::query::Query<'m, sqlx::Postgres, sqlx::postgres::PgArguments>,
+}
+
+impl<'m> PgCall<'m> {
+    fn new(msgs: Vec<&'m NewMessage>) -> PgCall<'m> {
+        let ids: Vec<MessageId> = msgs.iter().map(|_| MessageId::new()).collect();
+        let recipient = |m: &NewMessage| match m.target {
+            Target::Direct(to) => Some(to),
+            Target::Conversation(_) => None,
+        };
+        let query = sqlx::query(
+            "SELECT n, conversation_id, seq, user_id, event_seq \
+             FROM store_message_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(ids.iter().map(|id| id.0).collect::<Vec<Uuid>>())
+        .bind(msgs.iter().map(|m| m.sender.0).collect::<Vec<Uuid>>())
+        .bind(msgs.iter().map(|m| recipient(m).map(|to| to.0)).collect::<Vec<Option<Uuid>>>())
+        .bind(msgs.iter().map(|m| recipient(m).map(|to| direct_key(m.sender, to))).collect::<Vec<Option<String>>>())
+        .bind(
+            msgs.iter()
+                .map(|m| match m.target {
+                    Target::Conversation(c) => Some(c.0),
+                    Target::Direct(_) => None,
+                })
+                .collect::<Vec<Option<Uuid>>>(),
+        )
+        .bind(msgs.iter().map(|m| m.client_id.as_str()).collect::<Vec<&str>>())
+        .bind(msgs.iter().map(|m| m.kind).collect::<Vec<&str>>())
+        .bind(msgs.iter().map(|m| m.body.as_str()).collect::<Vec<&str>>())
+        .bind(msgs.iter().map(|m| m.reply_to.map(|r| r.0)).collect::<Vec<Option<Uuid>>>())
+        .bind(msgs.iter().map(|m| m.attachment.as_ref().map(|a| a.id)).collect::<Vec<Option<Uuid>>>())
+        .bind(msgs.iter().map(|m| m.attachment_json()).collect::<Vec<Option<String>>>())
+        .bind(msgs.iter().map(|m| m.now_ms).collect::<Vec<i64>>())
+        .bind(msgs.iter().map(|_| Uuid::now_v7()).collect::<Vec<Uuid>>());
+        PgCall { msgs, ids, query }
+    }
+
+    /// Sends the call and reads what it stored, one entry per message.
+    async fn run(self, pool: &PgPool) -> Result<Together, StoreError> {
+        let PgCall { msgs, ids, query } = self;
+        let rows = query.fetch_all(pool).await?;
+        // One row per member of each stored message, ordered by message.
+        let mut out: Together = vec![None; msgs.len()];
+        let mut current: Option<(usize, Posted)> = None;
+        for row in rows {
+            let i = usize::try_from(row.try_get::<i32, _>("n")? - 1).map_err(|_| StoreError::MissingReference)?;
+            let msg = msgs.get(i).ok_or(StoreError::MissingReference)?;
+            let member = (UserId(row.try_get("user_id")?), row.try_get("event_seq")?);
+            match &mut current {
+                Some((at, posted)) if *at == i => posted.deliveries.push(member),
+                _ => {
+                    if let Some((at, posted)) = current.take() {
+                        out[at] = Some(Stored::New(posted));
+                    }
+                    let conversation = ConversationId(row.try_get("conversation_id")?);
+                    let message = msg.stored(ids[i], conversation, row.try_get("seq")?);
+                    current = Some((i, Posted { message, deliveries: vec![member] }));
+                }
+            }
+        }
+        if let Some((at, posted)) = current {
+            out[at] = Some(Stored::New(posted));
+        }
+        Ok(out)
+    }
 }
 
 /// What the batch reads on SQLite once it holds the write lock.
@@ -535,4 +645,112 @@ where
     ));
     push_list(q, list.iter().copied());
     q.push(")); ");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(sender: UserId, target: Target) -> NewMessage {
+        NewMessage {
+            sender,
+            target,
+            client_id: Uuid::now_v7().to_string(),
+            kind: "text",
+            body: "hi".into(),
+            reply_to: None,
+            attachment: None,
+            now_ms: 1,
+        }
+    }
+
+    /// `count` messages going round `pairs` (each pair's two people write to each other).
+    fn among(pairs: &[(UserId, UserId)], count: usize) -> Vec<NewMessage> {
+        (0..count)
+            .map(|k| {
+                let (a, b) = pairs[k % pairs.len()];
+                if k / pairs.len() % 2 == 0 {
+                    to(a, Target::Direct(b))
+                } else {
+                    to(b, Target::Direct(a))
+                }
+            })
+            .collect()
+    }
+
+    fn people(n: usize) -> Vec<(UserId, UserId)> {
+        (0..n).map(|_| (UserId::new(), UserId::new())).collect()
+    }
+
+    /// The people of each part.
+    fn who(msgs: &[NewMessage], parts: &[Vec<usize>]) -> Vec<HashSet<UserId>> {
+        parts
+            .iter()
+            .map(|part| {
+                part.iter()
+                    .flat_map(|&i| match msgs[i].target {
+                        Target::Direct(to) => [msgs[i].sender, to],
+                        Target::Conversation(_) => [msgs[i].sender, msgs[i].sender],
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pairs_that_share_nobody_are_split_evenly_and_keep_their_order() {
+        let msgs = among(&people(50), 1000);
+        let parts = parts(&msgs, 2);
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [500, 500]);
+        let who = who(&msgs, &parts);
+        assert!(who[0].is_disjoint(&who[1]), "nobody is in both parts");
+        for part in &parts {
+            assert!(part.windows(2).all(|w| w[0] < w[1]), "each part in the batch's order");
+        }
+        let mut all: Vec<usize> = parts.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>(), "every message once");
+    }
+
+    #[test]
+    fn people_linked_through_someone_stay_in_one_part() {
+        // a–b, b–c, c–d … : one chain, whatever the batch's size.
+        let chain: Vec<UserId> = (0..20).map(|_| UserId::new()).collect();
+        let pairs: Vec<(UserId, UserId)> = chain.windows(2).map(|w| (w[0], w[1])).collect();
+        assert_eq!(parts(&among(&pairs, 1000), 2).len(), 1);
+        // Two chains linked by a single message are one group too.
+        let mut msgs = among(&people(1), 300);
+        msgs.extend(among(&people(1), 300));
+        assert_eq!(parts(&msgs, 2).len(), 2);
+        let (a, b) = (msgs[0].sender, msgs[599].sender);
+        msgs.push(to(a, Target::Direct(b)));
+        assert_eq!(parts(&msgs, 2).len(), 1, "{a} now links both pairs");
+    }
+
+    #[test]
+    fn a_group_message_small_batch_or_lopsided_split_keeps_the_batch_whole() {
+        let mut msgs = among(&people(50), 1000);
+        msgs.push(to(msgs[0].sender, Target::Conversation(ConversationId::new())));
+        assert_eq!(parts(&msgs, 2).len(), 1, "a group's members are not known before it is read");
+        assert_eq!(parts(&among(&people(50), PARTS_FROM - 1), 2).len(), 1, "too small to be worth a second call");
+        assert_eq!(parts(&among(&people(50), PARTS_FROM), 2).len(), 2);
+        // One pair with 940 messages, 20 others with 3 each: the second part would hold 60.
+        let mut msgs = among(&people(1), 940);
+        msgs.extend(among(&people(20), 60));
+        assert_eq!(parts(&msgs, 2).len(), 1, "a part of 60 in 1,000 is not worth a call");
+        let mut msgs = among(&people(1), 860);
+        msgs.extend(among(&people(20), 140));
+        assert_eq!(parts(&msgs, 2).iter().map(Vec::len).collect::<Vec<_>>(), [860, 140]);
+        assert_eq!(parts(&among(&people(50), 1000), 1).len(), 1, "one part wanted");
+    }
+
+    #[test]
+    fn a_note_to_oneself_is_a_group_of_one() {
+        let me = UserId::new();
+        let mut msgs: Vec<NewMessage> = (0..200).map(|_| to(me, Target::Direct(me))).collect();
+        msgs.extend(among(&people(10), 200));
+        let parts = parts(&msgs, 2);
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [200, 200]);
+        assert_eq!(parts[0], (0..200).collect::<Vec<_>>());
+    }
 }

@@ -15,7 +15,8 @@ parley_store::both_backends!(
     a_batch_stores_every_field_as_given,
     a_full_batch_is_stored_together,
     a_failed_batch_leaves_nothing_and_holds_nothing,
-    batches_are_stored_in_the_order_of_their_turns
+    batches_are_stored_in_the_order_of_their_turns,
+    a_batch_stored_in_parts_answers_as_if_stored_alone
 );
 
 /// The people of the scene, the same ids in every database it is played in.
@@ -331,4 +332,62 @@ async fn batches_are_stored_in_the_order_of_their_turns(backend: Backend) {
     for (got, want) in seqs.iter().zip(want) {
         assert!(got.starts_with(&format!("new=true {want} ")), "{seqs:?}");
     }
+}
+
+/// A large batch of two groups of people who share no conversation (a–b, c–d) is
+/// stored on PostgreSQL in two parts at once, each its own transaction; the
+/// answers, numbers and logs are still those of one message at a time. A part
+/// that fails (c–d, with a message whose writes fail) is stored one by one
+/// without taking the other part with it. SQLite stores the batch as one
+/// transaction, which that message fails as a whole.
+async fn a_batch_stored_in_parts_answers_as_if_stored_alone(backend: Backend) {
+    let Some(Twin { cast, batched, seed_batched, alone, seed_alone, _dbs }) = Twin::set(backend).await else {
+        return;
+    };
+    let (a, b, c, d) = (cast.id(0), cast.id(1), cast.id(2), cast.id(3));
+    let batch = |seed: MessageId| -> Vec<NewMessage> {
+        let mut out = Vec::new();
+        for k in 0..100 {
+            let ab = match k {
+                10 => msg(a, Target::Direct(b), "p0", None),   // a retry inside the batch
+                20 => msg(a, Target::Direct(b), "seed", None), // a retry of an earlier message
+                30 => msg(a, Target::Direct(UserId::new()), "p30", None), // nobody
+                41 => msg(b, Target::Direct(a), "p41", Some(seed)), // a reply in place
+                k if k % 2 == 0 => msg(a, Target::Direct(b), &format!("p{k}"), None),
+                k => msg(b, Target::Direct(a), &format!("p{k}"), None),
+            };
+            let cd = match k {
+                50 => unwritable(c, Target::Direct(d)),
+                k if k % 3 == 0 => msg(d, Target::Direct(c), &format!("q{k}"), None),
+                k => msg(c, Target::Direct(d), &format!("q{k}"), None),
+            };
+            out.extend([ab, cd]);
+        }
+        out
+    };
+
+    let outcome = batched.store_messages(&batch(seed_batched)).await;
+    let mut expected = Vec::new();
+    for m in batch(seed_alone) {
+        expected.push(shape(&alone.store_message(&m).await));
+    }
+    let got: Vec<String> = outcome.results.iter().map(shape).collect();
+    for (i, (got, want)) in got.iter().zip(&expected).enumerate() {
+        // The failing message's error names its attachment, a new id in each database.
+        if i != 101 {
+            assert_eq!(got, want, "message {i}");
+        }
+    }
+    let together = match backend {
+        // a–b's part: 100 messages but for the two retries and the one to nobody.
+        Backend::Postgres => 97,
+        Backend::Sqlite => 0,
+    };
+    assert_eq!(outcome.together, together);
+    assert!(got[1].starts_with("new=true q0 seq=1 "), "c–d made by its first message: {}", got[1]);
+    assert!(outcome.results[101].is_err(), "the message whose writes fail: {}", got[101]);
+    assert_eq!(got[60], "MissingReference", "the message to nobody");
+    assert!(got[20].starts_with("new=false p0 "), "{}", got[20]);
+    assert_eq!(logs(&batched, &cast).await, logs(&alone, &cast).await, "every log as if one at a time");
+    assert_eq!(batched.count_messages().await.expect("count"), alone.count_messages().await.expect("count"));
 }
