@@ -3,7 +3,9 @@
 //! database (a round trip to PostgreSQL, a hand-over to SQLite's connection
 //! thread), and on a busy machine those waits are most of a batch's time, so:
 //! - on PostgreSQL a batch is one call of the `store_message_batch` function
-//!   (migration 0005), one round trip;
+//!   (migration 0005), one round trip; a large batch whose messages fall into
+//!   groups of people who share no conversation is two calls at once, one per
+//!   part, on two connections, so that the database works on it with two cores;
 //! - on SQLite it is two hand-overs: `BEGIN IMMEDIATE` with everything the batch
 //!   reads, then everything it writes with `COMMIT` (each several statements
 //!   sent at once).
@@ -89,8 +91,10 @@ type Together = Vec<Option<Stored<Posted>>>;
 impl Store {
     /// Stores `msgs` as [`Store::store_message`] would one after another, and
     /// answers each in order. The ones that store something (the first message of
-    /// a 1:1 conversation included) share one transaction, so every number and
-    /// every member's log is what storing them one by one would give. Retries and
+    /// a 1:1 conversation included) share one transaction (on PostgreSQL, a large
+    /// batch of 1:1 messages one per part, and parts share no conversation and no
+    /// person), so every number and every member's log is what storing them one by
+    /// one would give. Retries and
     /// refusals store nothing and are answered one by one after it, each exactly as
     /// it would be alone; so is the whole batch if its transaction fails.
     pub async fn store_messages(&self, msgs: &[NewMessage]) -> Batched {
