@@ -93,10 +93,10 @@ impl Store {
     /// answers each in order. The ones that store something (the first message of
     /// a 1:1 conversation included) share one transaction (on PostgreSQL, a large
     /// batch of 1:1 messages one per part, and parts share no conversation and no
-    /// person), so every number and every member's log is what storing them one by
-    /// one would give. Retries and
-    /// refusals store nothing and are answered one by one after it, each exactly as
-    /// it would be alone; so is the whole batch if its transaction fails.
+    /// person), so every number and every member's log is what storing them one
+    /// by one would give. Retries and refusals store nothing and are answered one
+    /// by one after it, each exactly as it would be alone; so is the whole batch
+    /// (or part) if its transaction fails.
     pub async fn store_messages(&self, msgs: &[NewMessage]) -> Batched {
         self.store_messages_in_turn(msgs, Turn::default()).await
     }
