@@ -656,16 +656,7 @@ mod tests {
     use super::*;
 
     fn to(sender: UserId, target: Target) -> NewMessage {
-        NewMessage {
-            sender,
-            target,
-            client_id: Uuid::now_v7().to_string(),
-            kind: "text",
-            body: "hi".into(),
-            reply_to: None,
-            attachment: None,
-            now_ms: 1,
-        }
+        crate::testing::text_message(sender, target, &Uuid::now_v7().to_string(), 1)
     }
 
     /// `count` messages going round `pairs` (each pair's two people write to each other).
@@ -673,7 +664,7 @@ mod tests {
         (0..count)
             .map(|k| {
                 let (a, b) = pairs[k % pairs.len()];
-                if k / pairs.len() % 2 == 0 {
+                if (k / pairs.len()).is_multiple_of(2) {
                     to(a, Target::Direct(b))
                 } else {
                     to(b, Target::Direct(a))
@@ -693,8 +684,8 @@ mod tests {
             .map(|part| {
                 part.iter()
                     .flat_map(|&i| match msgs[i].target {
-                        Target::Direct(to) => [msgs[i].sender, to],
-                        Target::Conversation(_) => [msgs[i].sender, msgs[i].sender],
+                        Target::Direct(to) => vec![msgs[i].sender, to],
+                        Target::Conversation(_) => vec![msgs[i].sender],
                     })
                     .collect()
             })

@@ -143,6 +143,15 @@ impl Twin {
     }
 }
 
+/// One database with the scene set: the store, its database, the cast and the
+/// seed message's id.
+async fn staged(backend: Backend) -> Option<(Store, TestDatabase, Cast, MessageId)> {
+    let (store, db) = store(backend).await?;
+    let cast = Cast::new();
+    let seed = cast.set(&store).await;
+    Some((store, db, cast, seed))
+}
+
 async fn a_batch_answers_each_message_as_if_stored_alone(backend: Backend) {
     let Some(Twin { cast, batched, seed_batched, alone, seed_alone, _dbs }) = Twin::set(backend).await else {
         return;
@@ -189,9 +198,7 @@ async fn batches_of_one_answer_as_a_message_alone(backend: Backend) {
 }
 
 async fn a_batch_of_one_group_keeps_its_order(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
-    let cast = Cast::new();
-    cast.set(&store).await;
+    let Some((store, _db, cast, _)) = staged(backend).await else { return };
     let senders = [cast.id(0), cast.id(1), cast.id(2)];
     let batch: Vec<NewMessage> =
         (0..30).map(|k| msg(senders[k % 3], Target::Conversation(cast.group), &format!("g{k}"), None)).collect();
@@ -214,9 +221,7 @@ async fn a_batch_of_one_group_keeps_its_order(backend: Backend) {
 /// Whatever a message carries is read back as given: quotes, backslashes,
 /// newlines and other scripts in ids and texts, an attachment, a reply.
 async fn a_batch_stores_every_field_as_given(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
-    let cast = Cast::new();
-    let seed = cast.set(&store).await;
+    let Some((store, _db, cast, seed)) = staged(backend).await else { return };
     let (a, b) = (cast.id(0), cast.id(1));
     let upload = Uuid::now_v7();
     let attachment = Attachment {
@@ -253,9 +258,7 @@ async fn a_batch_stores_every_field_as_given(backend: Backend) {
 /// The bridge's largest batch (1,000 messages) is one transaction on both
 /// backends: no statement of it runs into a limit of the database.
 async fn a_full_batch_is_stored_together(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
-    let cast = Cast::new();
-    cast.set(&store).await;
+    let Some((store, _db, cast, _)) = staged(backend).await else { return };
     let (a, b, d) = (cast.id(0), cast.id(1), cast.id(3));
     let batch: Vec<NewMessage> = (0..1000)
         .map(|k| match k % 3 {
@@ -277,9 +280,7 @@ async fn a_full_batch_is_stored_together(backend: Backend) {
 /// batch is stored together (on SQLite a transaction left open would hold the
 /// write lock, and both would wait for it and fail).
 async fn a_failed_batch_leaves_nothing_and_holds_nothing(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
-    let cast = Cast::new();
-    cast.set(&store).await;
+    let Some((store, _db, cast, _)) = staged(backend).await else { return };
     let (a, b) = (cast.id(0), cast.id(1));
     let before = store.count_messages().await.expect("count");
     let bad = unwritable(a, Target::Direct(b));
@@ -304,9 +305,7 @@ async fn a_failed_batch_leaves_nothing_and_holds_nothing(backend: Backend) {
 /// messages it left to the one-by-one path included: so the second batch's
 /// messages come after the first's in their conversation, whichever starts first.
 async fn batches_are_stored_in_the_order_of_their_turns(backend: Backend) {
-    let Some((store, _db)) = store(backend).await else { return };
-    let cast = Cast::new();
-    cast.set(&store).await;
+    let Some((store, _db, cast, _)) = staged(backend).await else { return };
     let (a, b) = (cast.id(0), cast.id(1));
     let before = store.count_messages().await.expect("count");
     let bad = unwritable(a, Target::Direct(b));
