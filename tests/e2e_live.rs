@@ -316,6 +316,51 @@ async fn search_finds_only_what_the_caller_can_read(backend: Backend) {
     app.stop().await;
 }
 
+/// PostgreSQL: new messages' search entries wait in the index's pending list
+/// (which the insert that fills it would merge inside a batch of messages);
+/// housekeeping merges them within a second or two, and search finds the
+/// messages before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_merges_pending_search_entries_on_postgres() {
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else { return };
+    let db = sqlx::PgPool::connect(app.database_url()).await.expect("database");
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pgstattuple").execute(&db).await.expect("pgstattuple");
+    let (ann, ben, mut a, _b) = app.pair().await;
+    for i in 0..40 {
+        a.publish_json(
+            &format!("from/{}/msg", ann.id),
+            &json!({"id": format!("m{i}"), "to": ben.id, "text": format!("note {i}")}),
+        )
+        .await;
+        a.next_on(&format!("to/{}/ack", ann.id)).await;
+    }
+    let found = |q: &'static str| {
+        let app = &app;
+        let token = ben.access_token.clone();
+        async move {
+            app.get(&format!("/v1/search?q={q}&limit=100"), Some(&token)).await.1["results"].as_array().map(Vec::len)
+        }
+    };
+    assert_eq!((found("note").await, found("17").await), (Some(40), Some(1)));
+
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        let (pages, tuples): (i32, i64) =
+            sqlx::query_as("SELECT pending_pages, pending_tuples FROM pgstatginindex('messages_search')")
+                .fetch_one(&db)
+                .await
+                .expect("index statistics");
+        if (pages, tuples) == (0, 0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{tuples} entries still pending on {pages} pages");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((found("note").await, found("17").await), (Some(40), Some(1)));
+    db.close().await;
+    app.stop().await;
+}
+
 async fn media_messages_carry_uploads_that_members_can_fetch(backend: Backend) {
     let Some(app) = TestApp::spawn_with(backend, |s| s.messages.max_upload_bytes = 1024).await else { return };
     let (ann, ben, eve) = (app.user("ann").await, app.user("ben").await, app.user("eve").await);

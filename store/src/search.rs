@@ -1,5 +1,6 @@
 //! Full-text search over the messages a user can read: SQLite FTS5 and
 //! PostgreSQL `tsvector`, the one place where the two dialects differ outright.
+//! Also the upkeep of PostgreSQL's index, which housekeeping calls every second.
 
 use parley_wire::payloads::Message;
 use parley_wire::{ConversationId, MessageId, UserId};
@@ -92,6 +93,35 @@ impl Store {
             }
             Ok(hits)
         })
+    }
+}
+
+impl Store {
+    /// PostgreSQL: merges the entries waiting in the search index's pending list
+    /// into the index, on a connection of its own; returns how many pages of
+    /// them it emptied. SQLite: nothing to do (FTS5 merges as it writes), 0.
+    ///
+    /// New messages are not indexed one by one but listed as pending (GIN's
+    /// `fastupdate`), and the insert that finds the list full (4 MB, about ten
+    /// seconds of messages at 10,000 a second) merges all of it inside its own
+    /// transaction. On the message path that was one batch taking 200-300 ms
+    /// while it held its conversations and people, and every batch behind it
+    /// waiting: a stall of every conversation every few seconds. Merged often
+    /// from here, the list never fills. The merge takes no lock that inserts
+    /// wait for. Indexing each message as it is written (`fastupdate = off`)
+    /// would avoid the stall too, at about three times the index's cost per
+    /// message of twelve words (docs/benchmarks.md, session 15).
+    #[tracing::instrument(skip_all)]
+    pub async fn merge_pending_search_entries(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(0),
+            Backend::Postgres(pool) => {
+                let pages: i64 = sqlx::query_scalar("SELECT gin_clean_pending_list('messages_search'::regclass)")
+                    .fetch_one(pool)
+                    .await?;
+                Ok(u64::try_from(pages).unwrap_or(0))
+            }
+        }
     }
 }
 

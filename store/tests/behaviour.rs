@@ -21,6 +21,7 @@ parley_store::both_backends!(
     edits_deletions_and_reactions_change_messages_and_tell_members,
     settings_filter_listings_and_blocks_stop_messages_both_ways,
     search_finds_what_the_reader_may_see_as_it_is_now,
+    search_finds_the_same_once_pending_entries_are_merged,
 );
 
 fn user(name: &str) -> NewUser {
@@ -500,4 +501,28 @@ async fn search_finds_what_the_reader_may_see_as_it_is_now(backend: Backend) {
     assert_eq!(ids(store.search_messages(b, "eight", None, None, 10).await.expect("b still")), vec![later.id]);
     store.delete_message(later.id, b, "{}", 70).await.expect("delete").expect("deleted");
     assert!(store.search_messages(b, "eight", None, None, 10).await.expect("deleted").is_empty());
+}
+
+async fn search_finds_the_same_once_pending_entries_are_merged(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else { return };
+    let a = store.insert_user(&user("a")).await.expect("a").id;
+    let b = store.insert_user(&user("b")).await.expect("b").id;
+    for i in 0..300 {
+        let mut m = msg(a, b, &i.to_string(), i);
+        m.body = format!("common w{i}");
+        store.store_message(&m).await.expect("store");
+    }
+    let found = |text: &'static str| {
+        let store = store.clone();
+        async move { store.search_messages(b, text, None, None, 1000).await.expect("search").len() }
+    };
+    assert_eq!((found("common").await, found("w17").await, found("w300").await), (300, 1, 0));
+
+    let merged = store.merge_pending_search_entries().await.expect("merge");
+    match backend {
+        Backend::Postgres => assert!(merged > 0, "the 300 messages' entries were pending"),
+        Backend::Sqlite => assert_eq!(merged, 0),
+    }
+    assert_eq!(store.merge_pending_search_entries().await.expect("again"), 0, "nothing left pending");
+    assert_eq!((found("common").await, found("w17").await, found("w300").await), (300, 1, 0));
 }

@@ -135,6 +135,11 @@ impl TestApp {
         (status, headers, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// The database this deployment uses.
+    pub fn database_url(&self) -> &str {
+        &self._db.url
+    }
+
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
     }
