@@ -12,9 +12,7 @@
 //! messages to be answered before it takes the next: that one is decoded,
 //! checked and encoded meanwhile, then stored right after it (its turn), and the
 //! downlinks of both leave in batch order. Anything that is not a message waits
-//! for every batch in flight, as the one-at-a-time worker did. A short run of
-//! messages taken while a batch is in flight waits for more to join it, so that
-//! it is not stored alone behind every batch in flight.
+//! for every batch in flight, as the one-at-a-time worker did.
 //!
 //! On an external bus, the connection acknowledges each uplink as it arrives. rumqttd sends a
 //! client at most 100 unacknowledged QoS 1 messages (a constant in its router);
@@ -84,6 +82,8 @@ pub(crate) enum Downlinks {
 
 /// Runs until `uplinks` closes.
 pub(crate) async fn work(domain: Domain, downlinks: Downlinks, mut uplinks: UplinkReceiver, stats: Arc<BridgeStats>) {
+    let mut batch: Vec<RawUplink> = Vec::with_capacity(MAX_BATCH);
+    let mut outgoing: Vec<Outgoing> = Vec::new();
     // On PostgreSQL signals have a lane of their own, beside the messages: a
     // burst of them (every device back at once, each with its presence) neither
     // holds up the messages nor waits for them.
@@ -93,127 +93,67 @@ pub(crate) async fn work(domain: Domain, downlinks: Downlinks, mut uplinks: Upli
     } else {
         (None, None)
     };
-    let mut worker =
-        Worker { domain, downlinks, stats, lane, outgoing: Vec::new(), alongside: VecDeque::new(), last_turn: None };
-    // Uplinks taken and not yet handled, in bus order (signals go to their lane
-    // as they are taken).
-    let mut held: Vec<RawUplink> = Vec::with_capacity(MAX_BATCH);
+    // Batches of messages handled beside the worker (PostgreSQL), oldest first,
+    // and the end of the last one's turn, after which the next one stores.
+    let mut alongside: Alongside = VecDeque::new();
+    let mut last_turn: Option<TurnEnd> = None;
     loop {
-        if !held.is_empty() && worker.alongside.len() < ALONGSIDE && !waits_for_more(&held, worker.alongside.len()) {
-            let batch = std::mem::replace(&mut held, Vec::with_capacity(MAX_BATCH));
-            worker.handle(batch).await;
-            continue;
-        }
-        let room = worker.alongside.len() < ALONGSIDE && held.len() < MAX_BATCH;
-        let before = held.len();
-        let taken = match worker.alongside.front_mut() {
-            None => uplinks.recv_many(&mut held, MAX_BATCH - before).await,
+        let room = alongside.len() < ALONGSIDE;
+        let taken = match alongside.front_mut() {
+            None => uplinks.recv_many(&mut batch, MAX_BATCH).await,
             Some(oldest) => tokio::select! {
                 biased;
                 done = oldest => {
-                    worker.alongside.pop_front();
-                    finish(&worker.downlinks, done, &worker.stats).await;
+                    alongside.pop_front();
+                    finish(&downlinks, done, &stats).await;
                     continue;
                 }
-                n = uplinks.recv_many(&mut held, MAX_BATCH - before), if room => n,
+                n = uplinks.recv_many(&mut batch, MAX_BATCH), if room => n,
             },
         };
         if taken == 0 {
             break;
         }
-        worker.send_signals(&mut held, before).await;
-    }
-    // Closed: what is held, after whatever is in flight.
-    worker.finish_all().await;
-    if !held.is_empty() {
-        worker.handle(held).await;
-        worker.finish_all().await;
-    }
-    let Worker { lane, .. } = worker;
-    drop(lane);
-    if let Some(task) = lane_task {
-        let _ = task.await;
-    }
-}
-
-/// True while `held` is a short run of messages and a batch is in flight: it
-/// waits to be a batch worth its own call of the database (`ALONGSIDE_FROM`),
-/// or for nothing to be in flight. Taken at once, a message or two arriving
-/// just after a large batch went alongside was handled as anything but a
-/// message is: wait for every batch in flight, then be stored alone. At
-/// `--rate 10000` every other batch was such a straggler and the batches in
-/// flight never overlapped (docs/benchmarks.md, session 15).
-fn waits_for_more(held: &[RawUplink], in_flight: usize) -> bool {
-    in_flight > 0 && held.len() < ALONGSIDE_FROM && held.iter().all(|p| message_sender(&p.topic).is_some())
-}
-
-/// The worker's state between batches.
-struct Worker {
-    domain: Domain,
-    downlinks: Downlinks,
-    stats: Arc<BridgeStats>,
-    /// Signals' own lane (PostgreSQL).
-    lane: Option<mpsc::Sender<RawUplink>>,
-    outgoing: Vec<Outgoing>,
-    /// Batches of messages handled beside the worker (PostgreSQL), oldest first.
-    alongside: Alongside,
-    /// The end of the last one's turn, after which the next one stores.
-    last_turn: Option<TurnEnd>,
-}
-
-impl Worker {
-    /// Hands the signals among `held[from..]` to their lane, when there is one.
-    async fn send_signals(&mut self, held: &mut Vec<RawUplink>, from: usize) {
-        let Some(lane) = &self.lane else { return };
-        if !held[from..].iter().any(|p| is_signal(&p.topic)) {
-            return;
-        }
-        let taken: Vec<RawUplink> = held.drain(from..).collect();
-        for p in taken {
-            if !is_signal(&p.topic) {
-                held.push(p);
-            } else if lane.send(p).await.is_err() {
-                tracing::error!("the bridge's signal lane stopped");
-            }
-        }
-    }
-
-    /// Handles a batch: a run of messages large enough beside the worker
-    /// (PostgreSQL), anything else in order once every batch in flight is done;
-    /// signals (SQLite: none went to a lane) after the messages' downlinks.
-    async fn handle(&mut self, batch: Vec<RawUplink>) {
         let started = std::time::Instant::now();
-        let (signals, ordered): (Vec<RawUplink>, Vec<RawUplink>) = batch.into_iter().partition(|p| is_signal(&p.topic));
+        let (signals, ordered): (Vec<RawUplink>, Vec<RawUplink>) = batch.drain(..).partition(|p| is_signal(&p.topic));
         let ordered_count = ordered.len();
-        if self.lane.is_some()
+        if lane.is_some()
             && ordered.len() >= ALONGSIDE_FROM
             && ordered.iter().all(|p| message_sender(&p.topic).is_some())
         {
-            self.stats.batches_alongside.fetch_add(1, Ordering::Relaxed);
-            let (turn, end) = Turn::after(self.last_turn.take());
-            self.last_turn = Some(end);
-            let (domain, stats) = (self.domain.clone(), self.stats.clone());
-            self.alongside.push_back(tokio::spawn(async move {
+            stats.batches_alongside.fetch_add(1, Ordering::Relaxed);
+            let (turn, end) = Turn::after(last_turn.take());
+            last_turn = Some(end);
+            let (domain, stats) = (domain.clone(), stats.clone());
+            alongside.push_back(tokio::spawn(async move {
                 let out = store_run(&domain, &ordered, &stats, turn).await;
                 (out, ordered.len())
             }));
         } else if !ordered.is_empty() {
             // Whatever is in flight first: anything but a message may depend on it.
-            self.finish_all().await;
-            self.last_turn = None;
-            let out = handle_in_order(&self.domain, &ordered, &self.stats).await;
-            self.outgoing.extend(out);
-            publish(&self.downlinks, &mut self.outgoing, &self.stats).await;
+            finish_all(&mut alongside, &downlinks, &stats).await;
+            last_turn = None;
+            outgoing.extend(handle_in_order(&domain, &ordered, &stats).await);
+            publish(&downlinks, &mut outgoing, &stats).await;
             // Counted once their downlinks are with the bus (signals on a lane: by the lane).
-            self.stats.uplinks_handled.fetch_add(ordered_count as u64, Ordering::Relaxed);
+            stats.uplinks_handled.fetch_add(ordered_count as u64, Ordering::Relaxed);
         }
         let signal_count = signals.len();
-        if !signals.is_empty() {
-            // One writer (SQLite): the signals follow the messages' downlinks.
-            let out = handle_signals(&self.domain, &signals).await;
-            self.outgoing.extend(out);
-            publish(&self.downlinks, &mut self.outgoing, &self.stats).await;
-            self.stats.uplinks_handled.fetch_add(signal_count as u64, Ordering::Relaxed);
+        match &lane {
+            Some(lane) => {
+                for signal in signals {
+                    if lane.send(signal).await.is_err() {
+                        tracing::error!("the bridge's signal lane stopped");
+                        break;
+                    }
+                }
+            }
+            None => {
+                // One writer (SQLite): the signals follow the messages' downlinks.
+                outgoing.extend(handle_signals(&domain, &signals).await);
+                publish(&downlinks, &mut outgoing, &stats).await;
+                stats.uplinks_handled.fetch_add(signal_count as u64, Ordering::Relaxed);
+            }
         }
         tracing::debug!(
             uplinks = ordered_count + signal_count,
@@ -221,17 +161,22 @@ impl Worker {
             "batch taken"
         );
     }
-
-    /// Waits for every batch in flight, oldest first, and finishes each.
-    async fn finish_all(&mut self) {
-        while let Some(task) = self.alongside.pop_front() {
-            finish(&self.downlinks, task.await, &self.stats).await;
-        }
+    finish_all(&mut alongside, &downlinks, &stats).await;
+    drop(lane);
+    if let Some(task) = lane_task {
+        let _ = task.await;
     }
 }
 
 /// Batches of messages handled beside the worker: their downlinks and count.
 type Alongside = VecDeque<JoinHandle<(Vec<Outgoing>, usize)>>;
+
+/// Waits for every batch in flight, oldest first, and finishes each.
+async fn finish_all(alongside: &mut Alongside, downlinks: &Downlinks, stats: &BridgeStats) {
+    while let Some(task) = alongside.pop_front() {
+        finish(downlinks, task.await, stats).await;
+    }
+}
 
 /// Publishes the downlinks of a batch handled beside the worker, and counts it.
 async fn finish(
@@ -360,20 +305,6 @@ mod tests {
         ] {
             assert_eq!(message_sender(&other), None, "{other}");
         }
-    }
-
-    #[test]
-    fn a_short_run_of_messages_waits_only_while_a_batch_is_in_flight() {
-        let uid = "0193b6d0-7c1e-7a55-8f0e-3f0b1c2d4e5f";
-        let uplink = |kind: &str| RawUplink { topic: format!("from/{uid}/{kind}"), qos: 1, payload: "{}".into() };
-        let messages = |n: usize| (0..n).map(|_| uplink("msg")).collect::<Vec<_>>();
-        assert!(waits_for_more(&messages(1), 1));
-        assert!(waits_for_more(&messages(ALONGSIDE_FROM - 1), 2));
-        assert!(!waits_for_more(&messages(1), 0), "nothing in flight: taken at once");
-        assert!(!waits_for_more(&messages(ALONGSIDE_FROM), 1), "large enough to go alongside");
-        let mut with_receipt = messages(3);
-        with_receipt.push(uplink("receipt"));
-        assert!(!waits_for_more(&with_receipt, 1), "a receipt waits for the batches in flight anyway");
     }
 
     #[test]
