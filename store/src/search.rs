@@ -97,21 +97,22 @@ impl Store {
 }
 
 impl Store {
-    /// PostgreSQL: merges the entries waiting in the search index's pending list
-    /// into the index, outside any message's transaction; returns how many pages of
-    /// them it emptied. SQLite: nothing to do (FTS5 merges as it writes), 0.
+    /// PostgreSQL: merges the entries waiting in the search index's pending
+    /// list into the index, outside any message's transaction; returns how many
+    /// pages of them it emptied. SQLite: nothing to do (FTS5 merges as it
+    /// writes), 0.
     ///
     /// New messages are not indexed one by one but listed as pending (GIN's
     /// `fastupdate`), and the insert that finds the list full (4 MB: at 10,000
     /// messages a second, twelve seconds of one-word ones, under two of
-    /// twelve-word ones) merges all of it inside its own
-    /// transaction. On the message path that was one batch taking 200-300 ms
-    /// while it held its conversations and people, and every batch behind it
-    /// waiting: a stall of every conversation each time the list filled. Merged often
-    /// from here, the list never fills. The merge takes no lock that inserts
-    /// wait for. Indexing each message as it is written (`fastupdate = off`)
-    /// would avoid the stall too, but an insert of a twelve-word message then
-    /// costs 3.4 times as much (docs/benchmarks.md, session 15).
+    /// twelve-word ones) merges all of it inside its own transaction. On the
+    /// message path that was one batch taking 200-300 ms while it held its
+    /// conversations and people, and every batch behind it waiting: a stall of
+    /// every conversation each time the list filled. Merged often from here,
+    /// the list never fills. The merge takes no lock that inserts wait for.
+    /// Indexing each message as it is written (`fastupdate = off`) would avoid
+    /// the stall too, but an insert of a twelve-word message then costs 3.4
+    /// times as much (docs/benchmarks.md, session 15).
     #[tracing::instrument(skip_all)]
     pub async fn merge_pending_search_entries(&self) -> Result<u64, StoreError> {
         match &self.backend {
