@@ -94,9 +94,7 @@ impl Store {
             Ok(hits)
         })
     }
-}
 
-impl Store {
     /// PostgreSQL: merges the entries waiting in the search index's pending
     /// list into the index, outside any message's transaction; returns how many
     /// pages of them it emptied. SQLite: nothing to do (FTS5 merges as it
