@@ -155,7 +155,14 @@ async fn store_together_pg(pool: &PgPool, msgs: &[NewMessage], turn: &mut Turn) 
     // The connections are taken after the turn: one held while waiting could be
     // the one the batch before needs (a pool of one or two).
     turn.wait().await;
+    let called = std::time::Instant::now();
     let mut stored = join_all(calls.into_iter().map(|call| call.run(pool))).await;
+    tracing::debug!(
+        messages = msgs.len(),
+        parts = parts.len(),
+        ms = called.elapsed().as_secs_f64() * 1e3,
+        "batch call"
+    );
     if parts.len() == 1 {
         if let Some(whole) = stored.pop() {
             return whole;

@@ -135,6 +135,16 @@ pub struct UplinkReceiver {
 }
 
 impl UplinkReceiver {
+    /// Uplinks waiting to be taken.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Nothing is waiting to be taken.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Takes up to `limit` uplinks into `buf`, waiting for the first; 0 once the
     /// queue is empty and every sender is gone or the queue was closed.
     pub async fn recv_many(&mut self, buf: &mut Vec<RawUplink>, limit: usize) -> usize {
