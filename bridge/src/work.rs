@@ -77,10 +77,10 @@ const ALONGSIDE_FROM: usize = 64;
 /// the first, if need be), or when it is behind: a batch's worth is already
 /// waiting and there is room beside it. Otherwise it waits for the oldest batch
 /// in flight. Taking whatever had arrived instead (at `--rate 10000` on
-/// PostgreSQL, one batch in two was a run of 1-5 messages taken just after a
-/// large one, which waited for it and then was stored alone) gave a p99 of
-/// 75-166 ms against 51-65 ms this way, six rounds of 30 s interleaved
-/// (docs/benchmarks.md, session 16).
+/// PostgreSQL, 800 of 1,034 takes were a large batch followed by a run of a
+/// few messages, which waited for it and then cost a call of its own: 193 µs
+/// a message at the median call against 95 this way) gave a higher p50 in
+/// seven interleaved rounds of nine (docs/benchmarks.md, session 16).
 fn takes_now(in_flight: usize, waiting: usize) -> bool {
     in_flight == 0 || (in_flight < ALONGSIDE && waiting >= ALONGSIDE_FROM)
 }
