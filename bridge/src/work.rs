@@ -80,7 +80,7 @@ const ALONGSIDE_FROM: usize = 64;
 /// PostgreSQL, 800 of 1,034 takes were a large batch followed by a run of a
 /// few messages, which waited for it and then cost a call of its own: 193 µs
 /// a message at the median call against 95 this way) gave a higher p50 in
-/// seven interleaved rounds of nine (docs/benchmarks.md, session 16).
+/// eight interleaved rounds of nine (docs/benchmarks.md, session 16).
 fn takes_now(in_flight: usize, waiting: usize) -> bool {
     in_flight == 0 || (in_flight < ALONGSIDE && waiting >= ALONGSIDE_FROM)
 }
