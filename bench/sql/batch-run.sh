@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The batch benchmark: PostgreSQL's `store_message_batch` alone, batches of 300
+# messages, one connection, no Parley. For each variant a fresh database from
+# the migrations, bench/sql/batch-setup.sql and the variant's scratch SQL
+# ("base" for none); then ROUNDS rounds, the variants interleaved, each CALLS
+# calls after 20 to warm up, printing pgbench's average latency per call.
+#
+#   bench/sql/batch-run.sh [ROUNDS [CALLS]] [VARIANT...]
+#   PARLEY_BENCH_POSTGRES=postgres://postgres:postgres@127.0.0.1:5432/postgres \
+#     bench/sql/batch-run.sh 3 150 base no-foreign-keys statement-checks
+#
+# Variants are bench/sql/variants/NAME.sql. Needs psql and pgbench; drops and
+# makes databases named parley_batch_NAME. The server is the one in
+# PARLEY_BENCH_POSTGRES (a URL without query parameters).
+set -euo pipefail
+export PGOPTIONS="-c client_min_messages=warning"
+here=$(cd "$(dirname "$0")" && pwd)
+migrations="$here/../../migrations/postgres"
+server=${PARLEY_BENCH_POSTGRES:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
+root=${server%/*}
+rounds=3
+calls=150
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then rounds=$1; shift; fi
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then calls=$1; shift; fi
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(base no-foreign-keys)
+
+for v in "${variants[@]}"; do
+    [ "$v" = base ] || [ -f "$here/variants/$v.sql" ] || { echo "no variant $v" >&2; exit 2; }
+    db="parley_batch_${v//-/_}"
+    psql -q "$server" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+    for f in "$migrations"/*.sql "$here/batch-setup.sql"; do
+        psql -q -v ON_ERROR_STOP=1 "$root/$db" -f "$f" >/dev/null
+    done
+    [ "$v" = base ] || psql -q -v ON_ERROR_STOP=1 "$root/$db" -f "$here/variants/$v.sql" >/dev/null
+    psql -q "$root/$db" -c "VACUUM ANALYZE" >/dev/null
+done
+for r in $(seq 1 "$rounds"); do
+    for v in "${variants[@]}"; do
+        db="$root/parley_batch_${v//-/_}"
+        # The warm-up has a connection of its own: one whose first call finds
+        # `messages` analyzed and empty keeps plans that scan the whole table
+        # for every message (docs/benchmarks.md, session 17).
+        pgbench -n -f "$here/batch-call.sql" -t 20 "$db" >/dev/null 2>&1
+        ms=$(pgbench -n -f "$here/batch-call.sql" -t "$calls" "$db" 2>&1 | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+        awk -v r="$r" -v v="$v" -v ms="$ms" 'BEGIN { printf "round %s  %-20s %7.2f ms a call, %5.1f us a message\n", r, v, ms, ms * 1000 / 300 }'
+    done
+done
