@@ -24,6 +24,8 @@ if [[ ${1:-} =~ ^[0-9]+$ ]]; then rounds=$1; shift; fi
 if [[ ${1:-} =~ ^[0-9]+$ ]]; then calls=$1; shift; fi
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(base no-foreign-keys)
+# batch-setup.sql prepares 2,000 batches; a call past them would store nothing.
+(( rounds * (calls + 20) <= 2000 )) || { echo "ROUNDS x (CALLS + 20) must be at most 2000" >&2; exit 2; }
 
 for v in "${variants[@]}"; do
     [ "$v" = base ] || [ -f "$here/variants/$v.sql" ] || { echo "no variant $v" >&2; exit 2; }
@@ -43,6 +45,7 @@ for r in $(seq 1 "$rounds"); do
         # for every message (docs/benchmarks.md, session 17).
         pgbench -n -f "$here/batch-call.sql" -t 20 "$db" >/dev/null 2>&1
         ms=$(pgbench -n -f "$here/batch-call.sql" -t "$calls" "$db" 2>&1 | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+        [ -n "$ms" ] || { echo "pgbench failed on $db" >&2; exit 1; }
         awk -v r="$r" -v v="$v" -v ms="$ms" 'BEGIN { printf "round %s  %-20s %7.2f ms a call, %5.1f us a message\n", r, v, ms, ms * 1000 / 300 }'
     done
 done
