@@ -26,10 +26,11 @@ variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(base no-foreign-keys)
 # batch-setup.sql prepares 2,000 batches; a call past them would store nothing.
 (( rounds * (calls + 20) <= 2000 )) || { echo "ROUNDS x (CALLS + 20) must be at most 2000" >&2; exit 2; }
+db_of() { echo "parley_batch_${1//-/_}"; }
 
 for v in "${variants[@]}"; do
     [ "$v" = base ] || [ -f "$here/variants/$v.sql" ] || { echo "no variant $v" >&2; exit 2; }
-    db="parley_batch_${v//-/_}"
+    db=$(db_of "$v")
     psql -q "$server" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
     for f in "$migrations"/*.sql "$here/batch-setup.sql"; do
         psql -q -v ON_ERROR_STOP=1 "$root/$db" -f "$f" >/dev/null
@@ -39,7 +40,7 @@ for v in "${variants[@]}"; do
 done
 for r in $(seq 1 "$rounds"); do
     for v in "${variants[@]}"; do
-        db="$root/parley_batch_${v//-/_}"
+        db="$root/$(db_of "$v")"
         # The warm-up has a connection of its own: one whose first call finds
         # `messages` analyzed and empty keeps plans that scan the whole table
         # for every message (docs/benchmarks.md, session 17).

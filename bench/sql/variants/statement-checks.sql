@@ -6,25 +6,23 @@
 -- deleted) and their update side.
 ALTER TABLE messages DROP CONSTRAINT messages_conversation_id_fkey, DROP CONSTRAINT messages_sender_id_fkey;
 ALTER TABLE user_events DROP CONSTRAINT user_events_user_id_fkey;
-CREATE FUNCTION messages_refs_exist() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One check for every key: TG_ARGV is the table referred to, then the column.
+CREATE FUNCTION refs_exist() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    missing boolean;
 BEGIN
-    IF (SELECT count(*) FROM (SELECT 1 FROM conversations c WHERE c.id IN (SELECT n.conversation_id FROM new_rows n) FOR KEY SHARE) x)
-       <> (SELECT count(DISTINCT n.conversation_id) FROM new_rows n) THEN
-        RAISE foreign_key_violation USING MESSAGE = 'messages.conversation_id';
-    END IF;
-    IF (SELECT count(*) FROM (SELECT 1 FROM users u WHERE u.id IN (SELECT n.sender_id FROM new_rows n) FOR KEY SHARE) x)
-       <> (SELECT count(DISTINCT n.sender_id) FROM new_rows n) THEN
-        RAISE foreign_key_violation USING MESSAGE = 'messages.sender_id';
+    EXECUTE format(
+        'SELECT (SELECT count(*) FROM (SELECT 1 FROM %1$I r WHERE r.id IN (SELECT n.%2$I FROM new_rows n) FOR KEY SHARE) x)
+              <> (SELECT count(DISTINCT n.%2$I) FROM new_rows n)',
+        TG_ARGV[0], TG_ARGV[1]) INTO missing;
+    IF missing THEN
+        RAISE foreign_key_violation USING MESSAGE = format('%s.%s', TG_TABLE_NAME, TG_ARGV[1]);
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER messages_refs AFTER INSERT ON messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION messages_refs_exist();
-CREATE FUNCTION events_refs_exist() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF (SELECT count(*) FROM (SELECT 1 FROM users u WHERE u.id IN (SELECT n.user_id FROM new_rows n) FOR KEY SHARE) x)
-       <> (SELECT count(DISTINCT n.user_id) FROM new_rows n) THEN
-        RAISE foreign_key_violation USING MESSAGE = 'user_events.user_id';
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER events_refs AFTER INSERT ON user_events REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION events_refs_exist();
+CREATE TRIGGER messages_conversation AFTER INSERT ON messages REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION refs_exist('conversations', 'conversation_id');
+CREATE TRIGGER messages_sender AFTER INSERT ON messages REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION refs_exist('users', 'sender_id');
+CREATE TRIGGER user_events_user AFTER INSERT ON user_events REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION refs_exist('users', 'user_id');
