@@ -1,8 +1,9 @@
 -- The batch benchmark's data, after the migrations: 100 users in 50 1:1
 -- conversations (the chat workload's shape at --devices 100), and 2,000 batches
--- of 300 messages ready as the arrays `store_message_batch` takes. Batch b's
--- message i goes from one person of pair 1 + ((i - 1) / 2) % 50 to the other,
--- the two taking turns; every message has a client id of its own.
+-- of :size messages (a psql variable, at most 1,000) ready as the arrays
+-- `store_message_batch` takes. Message n of the whole run (batch b's message i,
+-- n = (b - 1) * size + i) goes from one person of pair 1 + ((n - 1) / 2) % 50 to
+-- the other, the two taking turns; every message has a client id of its own.
 CREATE SEQUENCE batch_no;
 INSERT INTO users (id, username, password_hash, created_at)
 SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'u' || g, 'x', 0
@@ -27,8 +28,8 @@ INSERT INTO bench_batches
 SELECT bn,
     -- Time-ordered ids, as `Uuid::now_v7` gives.
     array_agg(('00000000-0000-7000-8000-' || lpad(to_hex(bn * 1000 + i), 12, '0'))::uuid ORDER BY i),
-    array_agg(CASE WHEN i % 2 = 0 THEN p.a ELSE p.b END ORDER BY i),
-    array_agg(CASE WHEN i % 2 = 0 THEN p.b ELSE p.a END ORDER BY i),
+    array_agg(CASE WHEN ((bn - 1) * :size + i) % 2 = 0 THEN p.a ELSE p.b END ORDER BY i),
+    array_agg(CASE WHEN ((bn - 1) * :size + i) % 2 = 0 THEN p.b ELSE p.a END ORDER BY i),
     array_agg(p.k ORDER BY i),
     array_agg(NULL::uuid ORDER BY i),
     array_agg('c' || bn || '-' || i ORDER BY i),
@@ -38,5 +39,6 @@ SELECT bn,
     array_agg(NULL::uuid ORDER BY i), array_agg(NULL::uuid ORDER BY i), array_agg(NULL::text ORDER BY i),
     array_agg((1765000000000 + bn)::bigint ORDER BY i),
     array_agg(gen_random_uuid() ORDER BY i)
-FROM generate_series(1, 2000) bn, generate_series(1, 300) i JOIN bench_pairs p ON p.p = 1 + ((i - 1) / 2) % 50
+FROM generate_series(1, 2000) bn CROSS JOIN generate_series(1, :size) i
+    JOIN bench_pairs p ON p.p = 1 + (((bn - 1) * :size + i - 1) / 2) % 50
 GROUP BY bn;
