@@ -30,6 +30,7 @@ fn parley(dir: &Path, args: &[&str]) -> Command {
 }
 
 /// Reads JSON log lines until "parley is up"; returns the HTTP address it logged.
+/// A clean start logs no error on the way.
 async fn wait_until_up(child: &mut Child) -> String {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
@@ -38,6 +39,7 @@ async fn wait_until_up(child: &mut Child) -> String {
             let Ok(entry) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
+            assert_ne!(entry["level"], "ERROR", "an error while starting: {line}");
             if entry["fields"]["message"] == "parley is up" {
                 return entry["fields"]["http_addr"].as_str().expect("http_addr").to_string();
             }

@@ -74,7 +74,7 @@ pub fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
             }
         })
         .context("could not start the bus thread")?;
-    wait_until_listening(addr)?;
+    wait_until_listening(addr, &password)?;
     tracing::info!(%addr, "embedded bus listening on loopback");
     Ok(BusEndpoint { host: ip_text(addr.ip()), port: addr.port(), credentials: Some((BUS_USER.into(), password)) })
 }
@@ -83,15 +83,51 @@ fn ip_text(ip: IpAddr) -> String {
     ip.to_string()
 }
 
-fn wait_until_listening(addr: SocketAddr) -> anyhow::Result<()> {
+/// Waits until the embedded bus accepts Parley's connections: a client that
+/// connects with the bus's credentials and is answered. rumqttd 0.20 logs an
+/// error for a connection closed before CONNECT, and for one that sends
+/// DISCONNECT (the router sees it leave twice), so the client leaves by closing
+/// the connection after CONNACK, which it logs as information.
+fn wait_until_listening(addr: SocketAddr, password: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
+        if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            return say_hello(stream, password)
+                .with_context(|| format!("the embedded bus on {addr} did not accept Parley's connection"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("the embedded bus did not start listening on {addr}")
+}
+
+/// CONNECT with the bus's credentials and CONNACK on `stream`, then the stream is closed.
+fn say_hello(mut stream: TcpStream, password: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut connect = rumqttc::Connect::new(format!("parley-start-{}", uuid::Uuid::new_v4().simple()));
+    connect.set_login(BUS_USER, password);
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(connect).write(&mut out, MAX_BUS_PACKET)?;
+    stream.write_all(&out)?;
+    let mut incoming = bytes::BytesMut::new();
+    let answer = loop {
+        match Packet::read(&mut incoming, MAX_BUS_PACKET) {
+            Ok(packet) => break packet,
+            Err(rumqttc::Error::InsufficientBytes(_)) => {}
+            Err(e) => bail!("unreadable answer: {e}"),
+        }
+        let mut chunk = [0u8; 64];
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("the connection closed before CONNACK");
+        }
+        incoming.extend_from_slice(&chunk[..n]);
+    };
+    match answer {
+        Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {}
+        other => bail!("answered {other:?} instead of a CONNACK"),
+    }
+    Ok(())
 }
 
 /// Waits until the external bus accepts a connection, retrying (with a warning per
