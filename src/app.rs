@@ -180,10 +180,7 @@ pub async fn start_parts(settings: Settings, parts: Parts, shutdown: Cancellatio
             bus::reach_external(&bus, Duration::from_secs(settings.bus.start_timeout_secs)).await?;
             bus
         }
-        None => {
-            let listen = settings.bus.listen.clone();
-            tokio::task::spawn_blocking(move || bus::start_embedded(&listen)).await??
-        }
+        None => bus::start_embedded(&settings.bus.listen).await?,
     };
 
     // On the embedded bus every part runs here: the gate, the bridge and the API

@@ -5,7 +5,7 @@
 //! place and nothing is started here.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ const BUS_USER: &str = "parley";
 
 /// Starts rumqttd on its own threads, listening on the loopback address `listen`
 /// (port 0 picks a free port), and returns how to reach it once it accepts.
-pub fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
+pub async fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
     let mut addr: SocketAddr = listen.parse().with_context(|| format!("bus.listen {listen:?} is not an address"))?;
     if !addr.ip().is_loopback() {
         bail!("bus.listen must be a loopback address (the bus is internal), not {addr}");
@@ -74,60 +74,64 @@ pub fn start_embedded(listen: &str) -> anyhow::Result<BusEndpoint> {
             }
         })
         .context("could not start the bus thread")?;
-    wait_until_listening(addr, &password)?;
+    let bus =
+        BusEndpoint { host: ip_text(addr.ip()), port: addr.port(), credentials: Some((BUS_USER.into(), password)) };
+    wait_until_listening(&bus).await?;
     tracing::info!(%addr, "embedded bus listening on loopback");
-    Ok(BusEndpoint { host: ip_text(addr.ip()), port: addr.port(), credentials: Some((BUS_USER.into(), password)) })
+    Ok(bus)
 }
 
 fn ip_text(ip: IpAddr) -> String {
     ip.to_string()
 }
 
-/// Waits until the embedded bus accepts Parley's connections: a client that
-/// connects with the bus's credentials and is answered. rumqttd 0.20 logs an
-/// error for a connection closed before CONNECT, and for one that sends
-/// DISCONNECT (the router sees it leave twice), so the client leaves by closing
-/// the connection after CONNACK, which it logs as information.
-fn wait_until_listening(addr: SocketAddr, password: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            return say_hello(stream, password)
-                .with_context(|| format!("the embedded bus on {addr} did not accept Parley's connection"));
+/// Waits until the embedded bus, started on its thread, answers Parley's connection.
+async fn wait_until_listening(bus: &BusEndpoint) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match hello(bus, Duration::from_secs(1)).await {
+            Ok(()) => return Ok(()),
+            Err(NoHello::Refused(code)) => bail!("the embedded bus on {bus} refused Parley's connection ({code:?})"),
+            Err(NoHello::Unreachable(why)) if tokio::time::Instant::now() >= deadline => {
+                bail!("the embedded bus did not start listening on {bus} ({why})")
+            }
+            Err(NoHello::Unreachable(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("the embedded bus did not start listening on {addr}")
 }
 
-/// CONNECT with the bus's credentials and CONNACK on `stream`, then the stream is closed.
-fn say_hello(mut stream: TcpStream, password: &str) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut connect = rumqttc::Connect::new(format!("parley-start-{}", uuid::Uuid::new_v4().simple()));
-    connect.set_login(BUS_USER, password);
-    let mut out = bytes::BytesMut::new();
-    Packet::Connect(connect).write(&mut out, MAX_BUS_PACKET)?;
-    stream.write_all(&out)?;
-    let mut incoming = bytes::BytesMut::new();
-    let answer = loop {
-        match Packet::read(&mut incoming, MAX_BUS_PACKET) {
-            Ok(packet) => break packet,
-            Err(rumqttc::Error::InsufficientBytes(_)) => {}
-            Err(e) => bail!("unreadable answer: {e}"),
+/// Why a connection to the bus went unanswered.
+enum NoHello {
+    /// The broker answered and refused, other than as unavailable: waiting would not help.
+    Refused(ConnectReturnCode),
+    /// Not reachable, or not yet.
+    Unreachable(String),
+}
+
+/// One connection of Parley's to `bus`, answered with CONNACK within `limit`, then
+/// closed. Closed without DISCONNECT: rumqttd 0.20 logs a client that sends one as
+/// leaving twice, and a bare TCP connection that never sends CONNECT, both as
+/// errors; a connection closed after CONNACK as information.
+async fn hello(bus: &BusEndpoint, limit: Duration) -> Result<(), NoHello> {
+    let (_client, mut events) = parley_wire::bus::client(bus.options("start"), 4);
+    let answered = tokio::time::timeout(limit, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
         }
-        let mut chunk = [0u8; 64];
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            bail!("the connection closed before CONNACK");
+    })
+    .await;
+    match answered {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(ConnectionError::ConnectionRefused(code))) if code != ConnectReturnCode::ServiceUnavailable => {
+            Err(NoHello::Refused(code))
         }
-        incoming.extend_from_slice(&chunk[..n]);
-    };
-    match answer {
-        Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {}
-        other => bail!("answered {other:?} instead of a CONNACK"),
+        Ok(Err(e)) => Err(NoHello::Unreachable(e.to_string())),
+        Err(_) => Err(NoHello::Unreachable("no CONNACK".to_string())),
     }
-    Ok(())
 }
 
 /// Waits until the external bus accepts a connection, retrying (with a warning per
@@ -138,33 +142,19 @@ pub async fn reach_external(bus: &BusEndpoint, limit: Duration) -> anyhow::Resul
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let (client, mut events) = parley_wire::bus::client(bus.options("start"), 4);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let connected = tokio::time::timeout(left.max(Duration::from_millis(100)), async {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        })
-        .await;
-        let why = match connected {
-            Ok(Ok(())) => {
-                let _ = client.try_disconnect();
-                let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+        let why = match hello(bus, left.max(Duration::from_millis(100))).await {
+            Ok(()) => {
                 tracing::info!(%bus, "external bus reachable");
                 return Ok(());
             }
-            Ok(Err(ConnectionError::ConnectionRefused(code))) if code != ConnectReturnCode::ServiceUnavailable => {
+            Err(NoHello::Refused(code)) => {
                 bail!(
                     "the bus at {bus} refused Parley's connection ({code:?}): check the user name and password \
                      in bus.url (PARLEY_BUS__URL) and the broker's ACL"
                 )
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no CONNACK".to_string(),
+            Err(NoHello::Unreachable(why)) => why,
         };
         if tokio::time::Instant::now() >= deadline {
             bail!(
