@@ -142,6 +142,12 @@ pub async fn start_parts(settings: Settings, parts: Parts, shutdown: Cancellatio
     }
     let store = open_store(&settings).await?;
     tracing::info!(backend = store.backend_name(), database = %settings.database_url_for_logs(), "database ready");
+    // Every connection opened and warmed now, not by the first messages after a start.
+    match store.warm_up().await {
+        Ok(0) => {}
+        Ok(connections) => tracing::info!(connections, "database connections warmed up"),
+        Err(e) => tracing::warn!(error = %e, "could not open and warm every database connection"),
+    }
     let key = match &settings.auth.signing_key {
         Some(key) => key.expose().as_bytes().to_vec(),
         None => parley_domain::load_or_create_signing_key(&settings.data_dir.join("signing.key"))

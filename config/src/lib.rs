@@ -39,6 +39,8 @@ pub struct Settings {
 pub struct DatabaseSettings {
     /// `sqlite://path` or `postgres://…`; unset means `sqlite://{data_dir}/parley.db`.
     pub url: Option<DatabaseUrl>,
+    /// Connections in the pool. On PostgreSQL all of them are opened at start,
+    /// warmed up and kept (the server must allow that many for each process).
     pub max_connections: u32,
 }
 
