@@ -64,8 +64,10 @@ pub(crate) fn begin_writing<DB: sqlx::Database>(_: &sqlx::Pool<DB>) -> &'static 
 }
 
 /// A call of the batch function (migration 0005) with no messages: it stores
-/// nothing, takes no lock and plans its statements up to the one that stores the
-/// messages, with the reference checks that statement fires.
+/// nothing, locks no row, holds no lock once answered, and plans its statements
+/// up to the one that stores the messages, with the reference checks that
+/// statement fires. The members' logs' two statements are planned by the first
+/// batch that stores something.
 const WARM_UP: &str = "SELECT count(*) FROM store_message_batch('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', \
      '{}', '{}', '{}', '{}', '{}')";
 
